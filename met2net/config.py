@@ -1,0 +1,261 @@
+"""One typed config: dataclasses loaded from YAML, `key=value` overrides, validated once.
+
+Every error names where the value came from (the file or the command line), the dotted
+key, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
+OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("fp32", "bf16")
+DATA_SOURCES = ("synthetic", "shards")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message says which and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    variables: list[str] = field(default_factory=lambda: ["u10", "v10", "t2m", "tcc", "r"])
+    in_frames: int = 12
+    out_frames: int = 12
+    grid: list[int] = field(default_factory=lambda: [32, 64])
+    hid_s: int = 32
+    hid_t: int = 256
+    num_spatial_layers: int = 2
+    num_translator_blocks: int = 8
+    num_heads: int = 8
+    drop_path: float = 0.1
+
+    @property
+    def frames(self) -> int:
+        return self.in_frames
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        f = 2 ** (self.num_spatial_layers // 2)
+        return self.grid[0] // f, self.grid[1] // f
+
+
+@dataclass
+class MomentumConfig:
+    codec: float = 0.0
+    translator: float = 0.9
+
+
+@dataclass
+class TrainingConfig:
+    schedule: str = "implicit"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    epochs: int = 50
+    max_steps: int = 0
+    batch_size: int = 16
+    val_every: int = 0
+    val_batches: int = 0
+    precision: str = "fp32"
+    grad_clip: float = 0.0
+    pred_loss_weight: float = 0.0
+    channels_last: bool = True
+    init_from: str = ""
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    path: str = ""
+    train_years: list[int] = field(default_factory=lambda: [2010, 2011, 2012, 2013, 2014, 2015])
+    val_years: list[int] = field(default_factory=lambda: [2016])
+    test_years: list[int] = field(default_factory=lambda: [2017, 2018])
+    step_hours: int = 1
+    stride: int = 1
+    subsample: int = 1
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    momentum: MomentumConfig = field(default_factory=MomentumConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """YAML file (may be None for defaults) + `a.b=value` overrides → validated Config."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    cfg = Config()
+    _apply(cfg, raw, source, prefix="")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value")
+        nested: dict[str, Any] = {}
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+        _apply(cfg, nested, "command line", prefix="")
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}{' + command line' if overrides else ''}: {e}") from None
+    return cfg
+
+
+def _apply(obj: Any, raw: dict[str, Any], source: str, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            valid = [f"{prefix}{n}" for n in names]
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section; give a mapping of its keys")
+            _apply(current, value, source, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], source, dotted))
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
+        return [_coerce(v, item_type, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")  # keep the schema simple
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+# --- validation ----------------------------------------------------------------------------
+
+def validate(cfg: Config) -> None:
+    """Check every value once, at start-up, so a run never fails an hour in."""
+    m, t, d = cfg.model, cfg.training, cfg.data
+    _need(len(m.variables) > 0, "model.variables", "must list at least one variable")
+    _need(len(set(m.variables)) == len(m.variables), "model.variables",
+          f"has duplicates: {m.variables}")
+    _need(len(m.grid) == 2 and all(g > 0 for g in m.grid), "model.grid",
+          f"must be [lat, lon] with positive sizes, got {m.grid}")
+    for key in ("in_frames", "hid_s", "hid_t", "num_spatial_layers", "num_translator_blocks",
+                "num_heads"):
+        _need(getattr(m, key) >= 1, f"model.{key}", f"must be ≥ 1, got {getattr(m, key)}")
+    _need(m.out_frames == m.in_frames, "model.out_frames",
+          f"must equal model.in_frames ({m.in_frames}), got {m.out_frames}: the Translator maps "
+          f"in_frames·hid_s = {m.in_frames * m.hid_s} latent channels to as many output channels, "
+          f"so set model.out_frames={m.in_frames}")
+    factor = 2 ** (m.num_spatial_layers // 2)
+    _need(all(g % factor == 0 for g in m.grid), "model.grid",
+          f"{m.grid} is not divisible by {factor}, the encoder's downsampling with "
+          f"num_spatial_layers={m.num_spatial_layers}; use a grid that is a multiple of {factor} "
+          f"(or data.subsample / fewer spatial layers)")
+    _need(m.hid_s % 2 == 0, "model.hid_s",
+          f"must be even (GroupNorm with 2 groups), got {m.hid_s}")
+    _need(m.hid_t % m.num_heads == 0, "model.hid_t",
+          f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}")
+    _need(0.0 <= m.drop_path < 1.0, "model.drop_path", f"must be in [0, 1), got {m.drop_path}")
+    for key in ("codec", "translator"):
+        v = getattr(cfg.momentum, key)
+        _need(0.0 <= v < 1.0, f"momentum.{key}", f"must be in [0, 1), got {v}")
+    _need(t.schedule in SCHEDULES, "training.schedule", f"must be one of {SCHEDULES}, got {t.schedule!r}")
+    _need(t.optimizer in OPTIMIZERS, "training.optimizer",
+          f"must be one of {OPTIMIZERS}, got {t.optimizer!r}")
+    _need(t.precision in PRECISIONS, "training.precision",
+          f"must be one of {PRECISIONS}, got {t.precision!r}")
+    _need(t.lr > 0, "training.lr", f"must be > 0, got {t.lr}")
+    _need(0 <= t.min_lr <= t.lr, "training.min_lr", f"must be in [0, training.lr={t.lr}], got {t.min_lr}")
+    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "training.betas",
+          f"must be two numbers in [0, 1), got {t.betas}")
+    for key in ("warmup_steps", "max_steps", "val_every", "val_batches", "epochs"):
+        _need(getattr(t, key) >= 0, f"training.{key}", f"must be ≥ 0, got {getattr(t, key)}")
+    _need(t.epochs > 0 or t.max_steps > 0, "training.max_steps",
+          "training.epochs and training.max_steps are both 0: set one of them")
+    _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
+    _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
+    _need(t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
+          "training.weight_decay/grad_clip/pred_loss_weight", "must be ≥ 0")
+    _need(not (t.schedule == "end_to_end" and t.pred_loss_weight > 0), "training.pred_loss_weight",
+          "has no meaning for schedule end_to_end (no momentum copies); set it to 0")
+    _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
+    _need(d.source != "shards" or bool(d.path), "data.path",
+          "is empty but data.source is 'shards': give the directory that holds index.json")
+    for key in ("step_hours", "stride", "subsample"):
+        _need(getattr(d, key) >= 1, f"data.{key}", f"must be ≥ 1, got {getattr(d, key)}")
+    _need(d.num_workers >= 0, "data.num_workers", f"must be ≥ 0, got {d.num_workers}")
+    for key in ("train_years", "val_years"):
+        _need(len(getattr(d, key)) > 0, f"data.{key}", "must list at least one year")
+    splits = [set(d.train_years), set(d.val_years), set(d.test_years)]
+    _need(not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
+          "data.train_years/val_years/test_years", "overlap: each year may be in one split only")
+
+
+def _need(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}' {problem}")

@@ -1,0 +1,101 @@
+"""Met²Net: per-variable encoders/decoders and a shared Translator, each with a trained
+(q) copy and a frozen momentum (k) copy (MODEL.md §1–3).
+
+Shapes: x, y (B, T, C, H, W); latents in translator layout (B, C, T·S, h, w).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from met2net.config import ModelConfig
+from met2net.model.encoder import Decoder, Encoder
+from met2net.model.translator import Translator
+
+TRAINED = ("encoders_q", "decoders_q", "translator_q")
+COPIES = ("encoders_k", "decoders_k", "translator_k")
+
+
+class Met2Net(nn.Module):
+    def __init__(self, cfg: ModelConfig, with_copies: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        num_vars = len(cfg.variables)
+
+        def encoders() -> nn.ModuleList:
+            return nn.ModuleList(Encoder(cfg.hid_s, cfg.num_spatial_layers) for _ in range(num_vars))
+
+        def decoders() -> nn.ModuleList:
+            return nn.ModuleList(Decoder(cfg.hid_s, cfg.num_spatial_layers) for _ in range(num_vars))
+
+        def translator() -> Translator:
+            return Translator(cfg.frames * cfg.hid_s, cfg.hid_t, cfg.num_translator_blocks,
+                              cfg.num_heads, cfg.drop_path)
+
+        self.encoders_q, self.decoders_q, self.translator_q = encoders(), decoders(), translator()
+        self.with_copies = with_copies
+        if with_copies:
+            self.encoders_k, self.decoders_k, self.translator_k = encoders(), decoders(), translator()
+            for q_name, k_name in zip(TRAINED, COPIES):
+                k = getattr(self, k_name)
+                k.load_state_dict(getattr(self, q_name).state_dict())
+                k.requires_grad_(False)
+
+    # --- building blocks of every schedule -------------------------------------------------
+    @staticmethod
+    def encode(encoders: nn.ModuleList, x_btchw: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) → (B, C, T·S, h, w), channel index t·S + s."""
+        b, t, c, h, w = x_btchw.shape
+        frames = x_btchw.reshape(b * t, c, h, w)
+        z = torch.stack([enc(frames[:, i : i + 1]) for i, enc in enumerate(encoders)], dim=1)
+        return z.reshape(b, t, c, *z.shape[2:]).transpose(1, 2).reshape(b, c, -1, *z.shape[-2:])
+
+    @staticmethod
+    def decode(decoders: nn.ModuleList, z_bcthw: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, C, T·S, h, w) → (B, T, C, H, W)."""
+        b, c, _, h, w = z_bcthw.shape
+        z = z_bcthw.reshape(b, c, frames, -1, h, w).transpose(1, 2).reshape(b * frames, c, -1, h, w)
+        y = torch.cat([dec(z[:, i]) for i, dec in enumerate(decoders)], dim=1)
+        return y.reshape(b, frames, c, *y.shape[-2:])
+
+    def forecast(self, x_btchw: torch.Tensor) -> torch.Tensor:
+        """ŷ = D_q(T_q(E_q(x))) in whatever mode the modules are in."""
+        z = self.translator_q(self.encode(self.encoders_q, x_btchw))
+        return self.decode(self.decoders_q, z, x_btchw.shape[1])
+
+    @torch.no_grad()
+    def predict(self, x_btchw: torch.Tensor) -> torch.Tensor:
+        """Inference in eval mode; restores the previous mode so it never changes state."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forecast(x_btchw)
+        finally:
+            self.train(was_training)
+
+    # --- momentum copies ---------------------------------------------------------------------
+    @torch.no_grad()
+    def update_codec_copies(self, momentum: float) -> None:
+        """E_k, D_k ← m·k + (1−m)·q (a copy at m = 0, as the reference)."""
+        _momentum_update(self.encoders_q, self.encoders_k, momentum)
+        _momentum_update(self.decoders_q, self.decoders_k, momentum)
+
+    @torch.no_grad()
+    def update_translator_copy(self, momentum: float) -> None:
+        """T_k ← m·T_k + (1−m)·T_q on parameters (not buffers)."""
+        _momentum_update(self.translator_q, self.translator_k, momentum)
+
+
+def _momentum_update(q: nn.Module, k: nn.Module, m: float) -> None:
+    q_params, k_params = list(q.parameters()), list(k.parameters())
+    if m == 0.0:
+        torch._foreach_copy_(k_params, q_params)
+    else:  # k·m + q·(1−m) with the reference's two roundings, so runs compare bitwise
+        q_scaled = torch._foreach_mul(q_params, 1.0 - m)
+        torch._foreach_mul_(k_params, m)
+        torch._foreach_add_(k_params, q_scaled)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

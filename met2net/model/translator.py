@@ -1,0 +1,143 @@
+"""Cross-variable self-attention Translator (MODEL.md §2).
+
+Shapes: B batch, C variables (the attention tokens), D = hid_t, h×w latent grid,
+T·S = frames × hid_s (the translator's input channels per variable).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's DropPath, scale by keep), drawn from the global
+    RNG in the same order as the reference so seeded runs can be compared."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+
+class ConvNorm(nn.Module):
+    """1×1 conv without bias → GroupNorm(1) [→ SiLU]."""
+
+    def __init__(self, dim: int, act: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 1, bias=False)
+        self.norm = nn.GroupNorm(1, dim)
+        self.act = nn.SiLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class CrossVariableAttention(nn.Module):
+    """Multi-head attention whose tokens are the C variables; a token is one head's
+    (D/heads)·h·w feature map."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = ConvNorm(dim)
+        self.k = ConvNorm(dim)
+        self.v = ConvNorm(dim)
+        self.out = ConvNorm(dim, act=True)
+
+    def forward(self, x_bcdhw: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x_bcdhw.shape
+        flat = x_bcdhw.reshape(b * c, d, h, w)
+
+        def heads(proj: nn.Module) -> torch.Tensor:  # (B·heads, C, D/heads·h·w)
+            y = proj(flat).reshape(b, c, self.num_heads, -1).transpose(1, 2)
+            return y.reshape(b * self.num_heads, c, -1)
+
+        q, k, v = heads(self.q), heads(self.k), heads(self.v)
+        scores = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+        out = (scores @ v).reshape(b, self.num_heads, c, -1).transpose(1, 2)
+        return self.out(out.reshape(b * c, d, h, w)).reshape(b, c, d, h, w)
+
+
+class TAUBlock(nn.Module):
+    """TAU sub-block on (N, D, h, w): large-kernel attention and a conv MLP, each with a
+    BatchNorm in front, a per-channel layer scale and a residual."""
+
+    def __init__(self, dim: int, drop_path: float, mlp_ratio: int = 4):
+        super().__init__()
+        hidden = dim * mlp_ratio
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.lka_dw = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.lka_dilated = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.lka_pw = nn.Conv2d(dim, dim, 1)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.scale_attn = nn.Parameter(torch.full((dim,), 0.01))
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp_in = nn.Conv2d(dim, hidden, 1)
+        self.mlp_dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.mlp_out = nn.Conv2d(hidden, dim, 1)
+        self.scale_mlp = nn.Parameter(torch.full((dim,), 0.01))
+        self.drop_path = DropPath(drop_path)
+        for conv in (self.mlp_in, self.mlp_dw, self.mlp_out):
+            fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+            nn.init.zeros_(conv.bias)
+
+    def attention(self, u: torch.Tensor) -> torch.Tensor:
+        g = F.gelu(self.proj_in(u))
+        gate = self.lka_pw(self.lka_dilated(self.lka_dw(g)))
+        return self.proj_out(gate * g) + u
+
+    def mlp(self, u: torch.Tensor) -> torch.Tensor:
+        return self.mlp_out(F.gelu(self.mlp_dw(self.mlp_in(u))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.scale_attn[:, None, None] * self.attention(self.norm1(x)))
+        return x + self.drop_path(self.scale_mlp[:, None, None] * self.mlp(self.norm2(x)))
+
+
+class TranslatorBlock(nn.Module):
+    """x ← GN(x + attn(x)); x ← GN(x + (x + TAU(x))) on (B, C, D, h, w)."""
+
+    def __init__(self, dim: int, num_heads: int, drop_path: float):
+        super().__init__()
+        self.attn = CrossVariableAttention(dim, num_heads)
+        self.norm_attn = nn.GroupNorm(1, dim)
+        self.tau = TAUBlock(dim, drop_path)
+        self.norm_out = nn.GroupNorm(1, dim)
+
+    def forward(self, x_bcdhw: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x_bcdhw.shape
+        x = self.norm_attn((x_bcdhw + self.attn(x_bcdhw)).reshape(b * c, d, h, w))
+        x = self.norm_out(x + (x + self.tau(x)))
+        return x.reshape(b, c, d, h, w)
+
+
+class Translator(nn.Module):
+    """(B, C, T·S, h, w) → (B, C, T·S, h, w): 1×1 in, N_T blocks, 1×1 out, per variable."""
+
+    def __init__(self, in_channels: int, dim: int, num_blocks: int, num_heads: int,
+                 drop_path: float):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, dim, 1)
+        block = TranslatorBlock(dim, num_heads, drop_path)
+        self.blocks = nn.ModuleList([copy.deepcopy(block) for _ in range(num_blocks)])
+        self.conv_out = nn.Conv2d(dim, in_channels, 1)
+
+    def forward(self, z_bcthw: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = z_bcthw.shape
+        x = self.conv_in(z_bcthw.reshape(b * c, t, h, w)).reshape(b, c, -1, h, w)
+        for block in self.blocks:
+            x = block(x)
+        return self.conv_out(x.reshape(b * c, -1, h, w)).reshape(b, c, t, h, w)

@@ -1,0 +1,96 @@
+"""Weights checkpoints: one directory per step, ``COMPLETE`` written last, then ``latest``.
+
+Layout: ``<run>/checkpoints/<schedule>/step_<n>/{model.pt, meta.json, COMPLETE}`` and
+``<run>/checkpoints/<schedule>/latest`` naming the newest complete one. A directory without
+``COMPLETE`` is never loaded, so a run killed mid-write loses nothing that was complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import met2net
+
+MARKER = "COMPLETE"
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``stage_dir/step_<step>`` in a temporary directory, mark it, rename it into
+    place, then point ``latest`` at it."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final = stage_dir / f"step_{step}"
+    tmp = stage_dir / f".step_{step}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(model.state_dict(), tmp / "model.pt")
+    meta = {"format": 1, "step": step, "met2net": met2net.__version__, "torch": torch.__version__,
+            "git": git_revision(), **meta}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    (tmp / MARKER).write_text("")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_atomic(stage_dir / "latest", final.name)
+    return final
+
+
+def resolve(path: str | Path, schedule: str | None) -> Path:
+    """A checkpoint directory, or a run directory whose ``latest`` checkpoint of
+    ``schedule`` is meant; errors say what is missing."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
+    if not (p / "meta.json").exists() and not (p / MARKER).exists():
+        latest = p / "checkpoints" / str(schedule) / "latest"
+        if not latest.exists():
+            raise FileNotFoundError(f"{p}: neither a checkpoint (no meta.json) nor a run directory "
+                                    f"with a {schedule} checkpoint ({latest} is missing)")
+        p = latest.parent / latest.read_text().strip()
+    if not (p / MARKER).exists():
+        raise FileNotFoundError(f"{p}: checkpoint is incomplete (no {MARKER} marker): the run that "
+                                f"wrote it stopped mid-write; use an earlier step")
+    return p
+
+
+def load_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "meta.json").read_text())
+
+
+def init_from(model: torch.nn.Module, path: str | Path, schedule: str | None,
+              model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Weights only (fresh optimizer) from a COMPLETE checkpoint (of ``schedule``, if given)
+    of the same model configuration — how stage two starts from stage one."""
+    ckpt = resolve(path, schedule)
+    meta = load_meta(ckpt)
+    if schedule is not None and meta.get("schedule") != schedule:
+        raise ValueError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
+    theirs = meta.get("model", {})
+    diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
+    if diff:
+        details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}"
+                            for k in diff)
+        raise ValueError(f"{ckpt}: was trained with another model configuration ({details})")
+    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    return meta

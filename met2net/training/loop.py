@@ -1,0 +1,198 @@
+"""The train loop: data → step → validate → checkpoint, on top of an *engine*.
+
+The engine owns backward, optimizer and LR-scheduler steps (``backward``, ``step``,
+``get_lr``, ``is_gradient_accumulation_boundary``, ``module``) — the calls a DeepSpeed
+engine answers — so a DeepSpeed engine slots in under the same loop. The loop knows
+nothing of Slurm or launchers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from met2net.config import Config
+from met2net.data.datasets import Splits, build_splits
+from met2net.model.met2net import Met2Net, count_parameters
+from met2net.training import checkpoint
+from met2net.training.optim import build_lr_scheduler, build_optimizer
+from met2net.training.stages import Schedule, make_schedule
+
+
+class LocalEngine:
+    """Single-process engine: plain PyTorch with the calls of a DeepSpeed engine."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 lr_scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float):
+        self.module, self.optimizer, self.lr_scheduler = module, optimizer, lr_scheduler
+        self.grad_clip = grad_clip
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        return True
+
+    def step(self) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def get_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Trainer:
+    cfg: Config
+    run_dir: Path
+    model: Met2Net
+    schedule: Schedule
+    engine: Any
+    splits: Splits
+    total_steps: int
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        self.step = 0
+        self.best_val = math.inf
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        t = self.cfg.training
+        self.train_sampler = RandomSampler(self.splits.train, generator=torch.Generator())
+        self.train_loader = DataLoader(self.splits.train, t.batch_size, sampler=self.train_sampler,
+                                       drop_last=True, num_workers=self.cfg.data.num_workers)
+        self.val_loader = DataLoader(self.splits.val, t.batch_size, num_workers=self.cfg.data.num_workers)
+        self.channels_last = t.channels_last
+
+    # -- phases ------------------------------------------------------------------------------
+    def train(self) -> dict[str, float]:
+        t = self.cfg.training
+        bar = tqdm(total=self.total_steps, desc=self.schedule.name, disable=self.rank != 0 or not t.progress,
+                   dynamic_ncols=True)
+        epoch, last_val = 0, {}
+        while self.step < self.total_steps:
+            self.train_sampler.generator.manual_seed(self.cfg.run.seed * 100_003 + epoch)
+            for x, y in self.train_loader:
+                tic = time.perf_counter()
+                parts = self.train_step(x, y)
+                rate = x.shape[0] / (time.perf_counter() - tic)
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.4f}", samples_s=f"{rate:.1f}")
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    self.log({"split": "train", "epoch": epoch, "lr": self.engine.get_lr()[0],
+                              "samples_per_s": rate, **parts})
+                if (t.val_every and self.step % t.val_every == 0) or self.step == self.total_steps:
+                    last_val = self.validate()
+                if self.step >= self.total_steps:
+                    break
+            epoch += 1
+            if not t.val_every and self.step < self.total_steps:
+                last_val = self.validate()
+        bar.close()
+        self.save(last_val)
+        return last_val
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x, y = self.prepare(x), self.prepare(y)
+        with autocast(self.cfg.training.precision):
+            out = self.schedule.forward(self.model, x, y)
+        self.engine.backward(out.loss)
+        if self.engine.is_gradient_accumulation_boundary():
+            self.schedule.after_backward(self.model)
+        self.engine.step()
+        return {k: float(v) for k, v in out.parts.items()}
+
+    def validate(self) -> dict[str, float]:
+        t = self.cfg.training
+        totals: dict[str, float] = {}
+        count = 0
+        for i, (x, y) in enumerate(self.val_loader):
+            if t.val_batches and i >= t.val_batches:
+                break
+            with autocast(t.precision):
+                parts = self.schedule.validation_losses(self.model, self.prepare(x), self.prepare(y))
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
+            count += x.shape[0]
+        result = {k: v / max(count, 1) for k, v in totals.items()}
+        self.log({"split": "val", "samples": count, **result})
+        self.best_val = min(self.best_val, result.get("loss", math.inf))
+        return result
+
+    def save(self, val: dict[str, float]) -> Path:
+        meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
+                "config": self.cfg.to_dict(), "val": val,
+                "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
+                          "std": self.splits.std.tolist()}}
+        return checkpoint.save_weights(self.run_dir / "checkpoints" / self.schedule.name, self.step,
+                                       self.model, meta)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        record = {"step": self.step, "schedule": self.schedule.name, "time": time.time(), **record}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def build_trainer(cfg: Config) -> Trainer:
+    """Seed, data, model (optionally initialised from an earlier stage), schedule, engine."""
+    seed_everything(cfg.run.seed)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    splits = build_splits(cfg)
+    schedule = make_schedule(cfg)
+    model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
+    source = cfg.training.init_from or (str(run_dir) if schedule.name == "stage2" else "")
+    if source:
+        wanted = "stage1" if schedule.name == "stage2" else None
+        checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+    if cfg.training.channels_last:
+        model.to(memory_format=torch.channels_last)
+    schedule.configure(model)
+    t = cfg.training
+    steps_per_epoch = len(splits.train) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(splits.train)} windows, fewer than one batch "
+                         f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch")
+    total = t.max_steps or t.epochs * steps_per_epoch
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, t)
+    engine = LocalEngine(model, optimizer, build_lr_scheduler(optimizer, t, total), t.grad_clip)
+    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total)
+    trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
+                 "total_params": count_parameters(model), "train_windows": len(splits.train),
+                 "val_windows": len(splits.val), "total_steps": total})
+    return trainer

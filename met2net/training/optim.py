@@ -1,0 +1,30 @@
+"""Optimizer and learning-rate schedule (cosine with linear warm-up, per optimizer step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from met2net.config import TrainingConfig
+
+
+def lr_at(step: int, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """LR for optimizer step ``step`` (0-based): linear warm-up to ``base_lr`` over
+    ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig,
+                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps) / cfg.lr)

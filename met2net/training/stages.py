@@ -1,0 +1,178 @@
+"""What each training schedule trains, freezes and optimises — in one place.
+
+- implicit: trains E_q, D_q, T_q. loss MSE(D_q T_k E_q x, y) + MSE(T_q E_k x, E_k y)
+  [+ w·MSE(D_k T_q E_k x, y)]. E_k, D_k ← E_q, D_q mid-step; T_k ← T_q after backward.
+- stage1: trains E_q, D_q through the frozen T_k. loss MSE(D_q T_k E_q x, y).
+  E_k, D_k ← E_q, D_q after backward.
+- stage2: trains T_q on frozen E_k. loss MSE(T_q E_k x, E_k y) [+ w·MSE(D_k T_q E_k x, y)].
+  T_k ← T_q after backward.
+- end_to_end (ablation): trains E_q, D_q, T_q. loss MSE(D_q T_q E_q x, y). No copies.
+
+Every momentum update uses the q weights before this step's optimizer update: the loop
+calls ``forward`` → backward → ``after_backward`` → optimizer step.
+
+The reference applies T_k's momentum update before its backward pass and autograd then
+reuses some of T_k's updated tensors (conv and norm weights, not the layer scales) for the
+gradient into E_q; we update after backward, so L_rec's gradient is the true gradient of
+the forward that was computed (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from met2net.config import Config
+from met2net.model.met2net import Met2Net
+
+CODEC_Q = ("encoders_q", "decoders_q")
+TRANSLATOR_Q = ("translator_q",)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor  # what backward runs on
+    parts: dict[str, torch.Tensor]  # detached components, for logging
+
+
+class Schedule:
+    """One training schedule: its trained modules, its loss, its momentum updates."""
+
+    name: str = ""
+    trains: tuple[str, ...] = ()
+    needs_copies: bool = True
+
+    def __init__(self, cfg: Config):
+        self.codec_momentum = cfg.momentum.codec
+        self.translator_momentum = cfg.momentum.translator
+        self.pred_weight = cfg.training.pred_loss_weight
+
+    def configure(self, model: Met2Net) -> None:
+        """requires_grad on exactly the trained modules; every module in train mode."""
+        model.requires_grad_(False)
+        for name in self.trains:
+            getattr(model, name).requires_grad_(True)
+        model.train()
+
+    def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def after_backward(self, model: Met2Net) -> None:
+        """Momentum updates that need the pre-step q weights."""
+
+    val_terms: tuple[str, ...] = ("rec", "latent")
+
+    def validation_losses(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """In eval mode and without side effects (no momentum update, no BatchNorm
+        statistics): the forecast MSE of D_q T_q E_q, the schedule's own loss terms, and
+        their sum as ``loss`` (what "best" checkpoints are chosen by)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                parts = {"forecast_mse": F.mse_loss(model.forecast(x), y)}
+                if "rec" in self.val_terms:
+                    z_x = model.encode(model.encoders_q, x)
+                    rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
+                    parts["rec"] = F.mse_loss(rec, y)
+                if "latent" in self.val_terms:
+                    zk_x = model.encode(model.encoders_k, x)
+                    zk_y = model.encode(model.encoders_k, y)
+                    parts["latent"] = F.mse_loss(model.translator_q(zk_x), zk_y)
+        finally:
+            model.train(was_training)
+        terms = self.val_terms or ("forecast_mse",)
+        parts["loss"] = sum(parts[k] for k in terms)
+        return parts
+
+    # -- shared pieces ---------------------------------------------------------------------
+    def _latent_terms(self, model: Met2Net, zk_x: torch.Tensor, zk_y: torch.Tensor,
+                      y: torch.Tensor) -> dict[str, torch.Tensor]:
+        z_pred = model.translator_q(zk_x)
+        terms = {"latent": F.mse_loss(z_pred, zk_y)}
+        if self.pred_weight > 0:
+            terms["pred"] = F.mse_loss(model.decode(model.decoders_k, z_pred, y.shape[1]), y)
+        return terms
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> StepOutput:
+        loss = sum(v * (self.pred_weight if k == "pred" else 1.0) for k, v in terms.items())
+        return StepOutput(loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}})
+
+
+class Implicit(Schedule):
+    """The paper's step: Stage I and Stage II in every optimizer step (MODEL.md §3)."""
+
+    name = "implicit"
+    trains = CODEC_Q + TRANSLATOR_Q
+
+    def forward(self, model, x, y):
+        z_x = model.encode(model.encoders_q, x)
+        rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
+        terms = {"rec": F.mse_loss(rec, y)}
+        model.update_codec_copies(self.codec_momentum)
+        with torch.no_grad():
+            if self.codec_momentum == 0.0:  # E_k == E_q now: reuse E_q(x), encode y with E_q
+                zk_x = z_x.detach()
+                zk_y = model.encode(model.encoders_q, y)
+            else:
+                zk_x = model.encode(model.encoders_k, x)
+                zk_y = model.encode(model.encoders_k, y)
+        terms.update(self._latent_terms(model, zk_x, zk_y, y))
+        return self._total(terms)
+
+    def after_backward(self, model):
+        model.update_translator_copy(self.translator_momentum)
+
+
+class StageOne(Schedule):
+    """Encoders/decoders learn through the frozen Translator copy T_k."""
+
+    name = "stage1"
+    trains = CODEC_Q
+    val_terms = ("rec",)
+
+    def forward(self, model, x, y):
+        rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)),
+                           x.shape[1])
+        return self._total({"rec": F.mse_loss(rec, y)})
+
+    def after_backward(self, model):
+        model.update_codec_copies(self.codec_momentum)
+
+
+class StageTwo(Schedule):
+    """The Translator learns in the frozen encoders' latent space."""
+
+    name = "stage2"
+    trains = TRANSLATOR_Q
+    val_terms = ("latent",)
+
+    def forward(self, model, x, y):
+        with torch.no_grad():
+            zk_x = model.encode(model.encoders_k, x)
+            zk_y = model.encode(model.encoders_k, y)
+        return self._total(self._latent_terms(model, zk_x, zk_y, y))
+
+    def after_backward(self, model):
+        model.update_translator_copy(self.translator_momentum)
+
+
+class EndToEnd(Schedule):
+    """Ablation: one set of modules, trained on the forecast error; no copies."""
+
+    name = "end_to_end"
+    trains = CODEC_Q + TRANSLATOR_Q
+    needs_copies = False
+    val_terms = ()
+
+    def forward(self, model, x, y):
+        return self._total({"forecast_mse": F.mse_loss(model.forecast(x), y)})
+
+
+SCHEDULES: dict[str, type[Schedule]] = {s.name: s for s in (Implicit, StageOne, StageTwo, EndToEnd)}
+
+
+def make_schedule(cfg: Config) -> Schedule:
+    return SCHEDULES[cfg.training.schedule](cfg)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from met2net.model.met2net import Met2Net
+from met2net.training import checkpoint
+from tests.conftest import small_config
+
+
+def save(tmp_path, model, cfg, step=3, schedule="stage1"):
+    return checkpoint.save_weights(tmp_path / "checkpoints" / schedule, step, model,
+                                   {"schedule": schedule, "model": cfg.model.__dict__.copy()})
+
+
+def test_save_marks_complete_then_latest(tmp_path, small_cfg):
+    model = Met2Net(small_cfg.model)
+    ckpt = save(tmp_path, model, small_cfg)
+    assert (ckpt / "COMPLETE").exists() and (ckpt / "model.pt").exists()
+    assert (tmp_path / "checkpoints/stage1/latest").read_text() == "step_3"
+    assert not list((tmp_path / "checkpoints/stage1").glob(".*partial"))
+    meta = checkpoint.load_meta(ckpt)
+    assert meta["step"] == 3 and meta["schedule"] == "stage1" and meta["torch"] == torch.__version__
+
+
+def test_init_from_run_dir_loads_weights_only(tmp_path, small_cfg):
+    src = Met2Net(small_cfg.model)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+    save(tmp_path, src, small_cfg)
+    dst = Met2Net(small_cfg.model)
+    checkpoint.init_from(dst, tmp_path, "stage1", small_cfg.model.__dict__)
+    for a, b in zip(src.state_dict().values(), dst.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_refuses_incomplete_checkpoint(tmp_path, small_cfg):
+    ckpt = save(tmp_path, Met2Net(small_cfg.model), small_cfg)
+    (ckpt / "COMPLETE").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete .no COMPLETE marker"):
+        checkpoint.init_from(Met2Net(small_cfg.model), tmp_path, "stage1", small_cfg.model.__dict__)
+
+
+def test_refuses_missing_stage_one(tmp_path, small_cfg):
+    with pytest.raises(FileNotFoundError, match="checkpoints/stage1/latest is missing"):
+        checkpoint.init_from(Met2Net(small_cfg.model), tmp_path, "stage1", small_cfg.model.__dict__)
+
+
+def test_refuses_other_model_configuration(tmp_path, small_cfg):
+    save(tmp_path, Met2Net(small_cfg.model), small_cfg)
+    other = small_config("model.hid_t=32")
+    with pytest.raises(ValueError, match=r"model.hid_t: checkpoint 16 vs config 32"):
+        checkpoint.init_from(Met2Net(other.model), tmp_path, "stage1", other.model.__dict__)
+
+
+def test_refuses_wrong_schedule(tmp_path, small_cfg):
+    ckpt = save(tmp_path, Met2Net(small_cfg.model), small_cfg, schedule="implicit")
+    with pytest.raises(ValueError, match="is a 'implicit' checkpoint; expected 'stage1'"):
+        checkpoint.init_from(Met2Net(small_cfg.model), ckpt, "stage1", small_cfg.model.__dict__)
+
+
+def test_rewrite_of_a_step_replaces_it_whole(tmp_path, small_cfg):
+    model = Met2Net(small_cfg.model)
+    save(tmp_path, model, small_cfg)
+    ckpt = save(tmp_path, model, small_cfg)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["COMPLETE", "meta.json", "model.pt"]
