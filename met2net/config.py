@@ -53,6 +53,9 @@ class ModelConfig:
 class MomentumConfig:
     codec: float = 0.0
     translator: float = 0.9
+    # The reference updates T_k before its backward pass, so autograd reuses some updated T_k
+    # tensors for the E_q gradients. true reproduces that bitwise (single process only).
+    reference_backward: bool = False
 
 
 @dataclass

@@ -87,6 +87,15 @@ class Met2Net(nn.Module):
         _momentum_update(self.translator_q, self.translator_k, momentum)
 
 
+@torch.no_grad()
+def rebind_translator_copy(model: Met2Net, momentum: float) -> None:
+    """The reference's T_k update, ``p.data = ...``: new tensors that autograd does not
+    see as a modification, so a pending backward reads some of them (conv and norm
+    weights) and not others (the layer scales, saved as views)."""
+    for q, k in zip(model.translator_q.parameters(), model.translator_k.parameters()):
+        k.data = k.data * momentum + q.data * (1.0 - momentum)
+
+
 def _momentum_update(q: nn.Module, k: nn.Module, m: float) -> None:
     q_params, k_params = list(q.parameters()), list(k.parameters())
     if m == 0.0:

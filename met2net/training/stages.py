@@ -14,7 +14,8 @@ calls ``forward`` → backward → ``after_backward`` → optimizer step.
 The reference applies T_k's momentum update before its backward pass and autograd then
 reuses some of T_k's updated tensors (conv and norm weights, not the layer scales) for the
 gradient into E_q; we update after backward, so L_rec's gradient is the true gradient of
-the forward that was computed (docs/architecture.md).
+the forward that was computed. ``momentum.reference_backward: true`` reproduces the
+reference bitwise instead (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from met2net.config import Config
-from met2net.model.met2net import Met2Net
+from met2net.model.met2net import Met2Net, rebind_translator_copy
 
 CODEC_Q = ("encoders_q", "decoders_q")
 TRANSLATOR_Q = ("translator_q",)
@@ -48,6 +49,7 @@ class Schedule:
         self.codec_momentum = cfg.momentum.codec
         self.translator_momentum = cfg.momentum.translator
         self.pred_weight = cfg.training.pred_loss_weight
+        self.reference_backward = cfg.momentum.reference_backward
 
     def configure(self, model: Met2Net) -> None:
         """requires_grad on exactly the trained modules; every module in train mode."""
@@ -120,10 +122,13 @@ class Implicit(Schedule):
                 zk_x = model.encode(model.encoders_k, x)
                 zk_y = model.encode(model.encoders_k, y)
         terms.update(self._latent_terms(model, zk_x, zk_y, y))
+        if self.reference_backward:
+            rebind_translator_copy(model, self.translator_momentum)
         return self._total(terms)
 
     def after_backward(self, model):
-        model.update_translator_copy(self.translator_momentum)
+        if not self.reference_backward:
+            model.update_translator_copy(self.translator_momentum)
 
 
 class StageOne(Schedule):
