@@ -74,6 +74,14 @@ class Met2Net(nn.Module):
         finally:
             self.train(was_training)
 
+    def use_fast_kernels(self, on: bool = True) -> Met2Net:
+        """Faster kernels with the same arithmetic up to float rounding (on by default);
+        off runs the reference's plain PyTorch layers, the benchmarks' yardstick."""
+        for m in self.modules():
+            if hasattr(m, "fast_kernels"):
+                m.fast_kernels = on
+        return self
+
     # --- momentum copies ---------------------------------------------------------------------
     @torch.no_grad()
     def update_codec_copies(self, momentum: float) -> None:
