@@ -40,7 +40,9 @@ class Runner:
             out = self.schedule.forward(self.model, x, y)
         out.loss.backward()
         self.schedule.after_backward(self.model)
-        grads = {k: p.grad.clone() for k, p in self.model.named_parameters() if p.grad is not None} if keep_grads else None
+        grads = None
+        if keep_grads:
+            grads = {k: p.grad.clone() for k, p in self.model.named_parameters() if p.grad is not None}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return out.parts, grads
@@ -91,10 +93,13 @@ def main() -> None:
             print(f"batch {batch} {precision}: literal fp32 {lit_s:.3f} s/step ({batch / lit_s:.2f} samples/s), "
                   f"optimised {fast_s:.3f} s/step ({batch / fast_s:.2f} samples/s), ratio {lit_s / fast_s:.2f}×; "
                   f"first step vs literal: loss {loss_rel:.1e}, gradients {grad_rel:.1e} (relative)", flush=True)
-    print("\n| batch | precision | literal fp32 s/step | optimised s/step | speed-up | loss rel. diff | grad rel. diff |")
-    print("|---|---|---|---|---|---|---|")
+    header = ["batch", "precision", "literal fp32 s/step", "optimised s/step", "speed-up", "loss rel. diff",
+              "grad rel. diff"]
+    print("\n| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     for batch, precision, lit_s, fast_s, loss_rel, grad_rel in rows:
-        print(f"| {batch} | {precision} | {lit_s:.3f} | {fast_s:.3f} | {lit_s / fast_s:.2f}× | {loss_rel:.1e} | {grad_rel:.1e} |")
+        cells = [batch, precision, f"{lit_s:.3f}", f"{fast_s:.3f}", f"{lit_s / fast_s:.2f}×", f"{loss_rel:.1e}",
+                 f"{grad_rel:.1e}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
 
 
 if __name__ == "__main__":
