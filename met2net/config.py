@@ -159,7 +159,8 @@ def _apply(obj: Any, raw: dict[str, Any], source: str, prefix: str) -> None:
         dotted = f"{prefix}{key}"
         if key not in names:
             valid = [f"{prefix}{n}" for n in names]
-            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+            by_lower = {v.lower(): v for v in valid}
+            close = [by_lower[c] for c in difflib.get_close_matches(dotted.lower(), list(by_lower), n=1, cutoff=0.5)]
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
             raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
         current = getattr(obj, key)
@@ -189,6 +190,11 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value
