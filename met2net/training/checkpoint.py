@@ -62,7 +62,9 @@ def resolve(path: str | Path, schedule: str | None) -> Path:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
-    if not (p / "meta.json").exists() and not (p / MARKER).exists():
+    if (p / "latest").is_file():  # a stage directory, e.g. <run>/checkpoints/stage2
+        p = p / (p / "latest").read_text().strip()
+    elif not (p / "meta.json").exists() and not (p / MARKER).exists():
         latest = p / "checkpoints" / str(schedule) / "latest"
         if not latest.exists():
             raise FileNotFoundError(f"{p}: neither a checkpoint (no meta.json) nor a run directory "

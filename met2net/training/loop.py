@@ -93,8 +93,9 @@ class Trainer:
     # -- phases ------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         t = self.cfg.training
-        bar = tqdm(total=self.total_steps, desc=self.schedule.name, disable=self.rank != 0 or not t.progress,
-                   dynamic_ncols=True)
+        quiet = self.rank != 0 or not t.progress  # otherwise None: tqdm stays off without a TTY
+        bar = tqdm(total=self.total_steps, desc=self.schedule.name, disable=True if quiet else None,
+                   dynamic_ncols=True, mininterval=1.0)
         epoch, last_val = 0, {}
         while self.step < self.total_steps:
             self.train_sampler.generator.manual_seed(self.cfg.run.seed * 100_003 + epoch)

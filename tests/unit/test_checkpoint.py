@@ -63,3 +63,12 @@ def test_rewrite_of_a_step_replaces_it_whole(tmp_path, small_cfg):
     save(tmp_path, model, small_cfg)
     ckpt = save(tmp_path, model, small_cfg)
     assert sorted(p.name for p in ckpt.iterdir()) == ["COMPLETE", "meta.json", "model.pt"]
+
+
+def test_init_from_a_stage_directory_follows_latest(tmp_path, small_cfg):
+    model = Met2Net(small_cfg.model)
+    save(tmp_path, model, small_cfg, step=2, schedule="stage2")
+    save(tmp_path, model, small_cfg, step=5, schedule="stage2")
+    meta = checkpoint.init_from(Met2Net(small_cfg.model), tmp_path / "checkpoints/stage2", None,
+                                small_cfg.model.__dict__)
+    assert meta["step"] == 5
