@@ -29,6 +29,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _years(text: str) -> list[int]:
+    """``2010-2012`` or ``2010,2014`` → a list of years."""
+    years: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        years.extend(range(int(lo), int(hi or lo) + 1))
+    return years
+
+
+def _grid(text: str) -> tuple[int, int]:
+    lat, _, lon = text.lower().partition("x")
+    return int(lat), int(lon)
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from met2net.data.netcdf import write_weatherbench_tree
+
+    files = write_weatherbench_tree(args.out, args.years, grid=args.grid, seed=args.seed)
+    lat, lon = args.grid
+    print(f"wrote {len(files)} netCDF files for {len(args.years)} years at {lat}×{lon} under {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one schedule (implicit, stage1, stage2, end_to_end)")
     _config_args(train)
     train.set_defaults(func=cmd_train)
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    synthetic = data.add_parser("synthetic", help="write the built-in WeatherBench-style netCDF dataset")
+    synthetic.add_argument("out", help="output directory (one folder per variable)")
+    synthetic.add_argument("--years", type=_years, default=_years("2010-2012"), help="e.g. 2010-2012 or 2010,2014")
+    synthetic.add_argument("--grid", type=_grid, default=(32, 64), help="LATxLON, e.g. 32x64 (5.625°)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(func=cmd_data_synthetic)
     return parser
 
 

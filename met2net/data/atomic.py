@@ -1,0 +1,35 @@
+"""Atomic file writes: readers see the previous file or the complete new one, never a partial one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def fsync(path: Path) -> None:
+    """Flush a file (or a directory entry) to disk, so a rename never publishes an empty file after a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a unique hidden temporary name in the same folder, make it durable, then rename
+    it over ``path``. The temporary file is removed on any failure (Ctrl-C included); it is not pre-created,
+    so the result gets the usual umask permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(path.parent)
+    return path
