@@ -52,6 +52,18 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from met2net.data.convert import convert
+    from met2net.distributed.mpi import world_comm
+
+    cfg = load_config(args.config, args.overrides)
+    comm = world_comm()
+    index = convert(args.src, cfg, args.out, comm=comm)
+    if comm is None or comm.Get_rank() == 0:
+        print(f"shards and {index.name} in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,11 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--grid", type=_grid, default=(32, 64), help="LATxLON, e.g. 32x64 (5.625°)")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(func=cmd_data_synthetic)
+    convert = data.add_parser("convert", help="netCDF (WeatherBench tree or CF files) → HDF5 shards")
+    convert.add_argument("src", help="root of the netCDF files")
+    convert.add_argument("-c", "--config", required=True, help="YAML config (model.variables, data.*)")
+    convert.add_argument("-o", "--out", required=True, help="shard directory to write")
+    convert.add_argument("overrides", nargs="*", metavar="key=value")
+    convert.set_defaults(func=cmd_data_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`-o OUT k=v`), which argparse leaves over
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -82,9 +82,23 @@ class TrainingConfig:
 
 
 @dataclass
+class VariableSource:
+    """Where variable ``name`` lives in the source netCDF files."""
+
+    name: str = ""
+    file_glob: str = ""  # relative to the source root, e.g. "2m_temperature/*.nc"
+    var: str = ""  # the netCDF variable, e.g. "t2m"
+    level: int = -1  # pressure level to select (hPa); -1: the variable has none
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"
     path: str = ""
+    # Source of each model variable for `met2net data convert`; a variable not listed here is
+    # read from the WeatherBench layout (see met2net/data/convert.py).
+    variables: list[VariableSource] = field(default_factory=list)
+    allow_gaps: bool = False
     train_years: list[int] = field(default_factory=lambda: [2010, 2011, 2012, 2013, 2014, 2015])
     val_years: list[int] = field(default_factory=lambda: [2016])
     test_years: list[int] = field(default_factory=lambda: [2017, 2018])
@@ -176,6 +190,15 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is list:
         (item_type,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item_type):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{source}: '{key}' must be a list of mappings, got {value!r}")
+            items = []
+            for i, v in enumerate(value):
+                item = item_type()
+                _apply(item, v, source, prefix=f"{key}[{i}].")
+                items.append(item)
+            return items
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
         return [_coerce(v, item_type, source, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -258,6 +281,11 @@ def validate(cfg: Config) -> None:
     for key in ("step_hours", "stride", "subsample"):
         _need(getattr(d, key) >= 1, f"data.{key}", f"must be ≥ 1, got {getattr(d, key)}")
     _need(d.num_workers >= 0, "data.num_workers", f"must be ≥ 0, got {d.num_workers}")
+    for i, v in enumerate(d.variables):
+        _need(bool(v.name and v.file_glob and v.var), f"data.variables[{i}]",
+              f"needs name, file_glob and var, got {v}")
+    names = [v.name for v in d.variables]
+    _need(len(set(names)) == len(names), "data.variables", f"lists a variable twice: {names}")
     for key in ("train_years", "val_years"):
         _need(len(getattr(d, key)) > 0, f"data.{key}", "must list at least one year")
     splits = [set(d.train_years), set(d.val_years), set(d.test_years)]

@@ -1,0 +1,170 @@
+"""netCDF → HDF5 shards: `met2net data convert SRC -c CONFIG -o SHARDS`.
+
+One shard per year of the config's splits, channels in ``model.variables`` order. Each
+variable is read through ``data.variables`` (name, file_glob, var, level) or, when it is not
+listed there, from the WeatherBench layout (``2m_temperature/*.nc``, variable ``t2m``, ...).
+All variables must share one time axis and one grid; a gap in time is an error unless
+``data.allow_gaps`` (windows never cross a gap). Under ``mpirun``/``srun`` rank r writes the
+years i with i mod N = r and rank 0 writes ``index.json`` after all of them; a re-run keeps
+every shard whose checksum still matches the index.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm import tqdm
+
+from met2net.config import Config, VariableSource
+from met2net.data import shards
+from met2net.data.netcdf import find_files, open_variable
+from met2net.data.synthetic import VARIABLES
+
+
+def variable_sources(cfg: Config) -> list[VariableSource]:
+    """The source of every model variable, in channel order."""
+    listed = {v.name: v for v in cfg.data.variables}
+    sources = []
+    for name in cfg.model.variables:
+        if name in listed:
+            sources.append(listed[name])
+        elif name in VARIABLES:
+            info = VARIABLES[name]
+            sources.append(VariableSource(name, f"{info['long_name']}/*.nc", info["var"], info["level"] or -1))
+        else:
+            raise ValueError(f"model variable {name!r} has no source: add data.variables entry "
+                             f"{{name: {name}, file_glob: ..., var: ..., level: ...}}")
+    return sources
+
+
+def file_years(path: Path) -> set[int]:
+    """Years covered by a file's time axis (reads the coordinate only)."""
+    with xr.open_dataset(path) as ds:
+        name = "time" if "time" in ds.coords else "valid_time"
+        if name not in ds.coords:
+            raise ValueError(f"{path}: has no 'time' coordinate")
+        return set(np.unique(ds[name].values.astype("datetime64[Y]").astype(int) + 1970).tolist())
+
+
+@dataclass
+class Year:
+    times: np.ndarray  # datetime64[h]
+    fields: np.ndarray  # (time, C, lat, lon) float32
+    meta: shards.ShardMeta
+
+
+def read_year(year: int, sources: list[VariableSource], files: dict[str, dict[int, list[Path]]],
+              subsample: int, allow_gaps: bool) -> Year:
+    """Every variable's data for ``year``, checked to share time axis and grid."""
+    arrays, units, long_names = [], [], []
+    first: tuple[VariableSource, xr.DataArray] | None = None
+    for src in sources:
+        paths = files[src.name].get(year, [])
+        if not paths:
+            raise ValueError(f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
+                             f"add its files or remove {year} from the data years")
+        da = open_variable(paths, src.var, None if src.level < 0 else src.level)
+        da = da.sel(time=str(year))
+        if first is None:
+            first = (src, da)
+        else:
+            _same_axes(first, (src, da), files, year)
+        arrays.append(da.values[:, ::subsample, ::subsample])
+        units.append(str(da.attrs.get("units", "")))
+        long_names.append(str(da.attrs.get("long_name", src.var)))
+    src0, da0 = first
+    times = da0["time"].values.astype("datetime64[h]")
+    _check_gaps(times, files[src0.name][year], allow_gaps)
+    meta = shards.ShardMeta(channels=[s.name for s in sources], units=units, long_names=long_names,
+                            levels=[s.level for s in sources], lat=da0["lat"].values[::subsample],
+                            lon=da0["lon"].values[::subsample])
+    return Year(times, np.stack(arrays, axis=1).astype(np.float32, copy=False), meta)
+
+
+def _same_axes(a: tuple[VariableSource, xr.DataArray], b: tuple[VariableSource, xr.DataArray],
+               files: dict[str, dict[int, list[Path]]], year: int) -> None:
+    (sa, da), (sb, db) = a, b
+    names = {s.name: [str(p) for p in files[s.name][year]] for s in (sa, sb)}
+    where = f"{names[sb.name]} ({sb.name!r}) and {names[sa.name]} ({sa.name!r})"
+    ta, tb = da["time"].values, db["time"].values
+    if ta.shape != tb.shape or not np.array_equal(ta, tb):
+        n = min(ta.size, tb.size)
+        diff = np.flatnonzero(ta[:n] != tb[:n])
+        detail = f"first difference at {tb[diff[0]]} vs {ta[diff[0]]}" if diff.size else f"{tb.size} vs {ta.size} times"
+        raise ValueError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
+    for axis in ("lat", "lon"):
+        if da[axis].shape != db[axis].shape or not np.allclose(da[axis].values, db[axis].values):
+            raise ValueError(f"{where} are on different grids ({axis}: {db[axis].size} points "
+                             f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
+                             f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first")
+
+
+def _check_gaps(times: np.ndarray, paths: list[Path], allow_gaps: bool) -> None:
+    steps = np.diff(times).astype(int)
+    if steps.size and not allow_gaps and (steps != steps.min()).any():
+        i = int(np.flatnonzero(steps != steps.min())[0])
+        raise ValueError(f"{[str(p) for p in paths]}: gap in time between {times[i]} and {times[i + 1]} "
+                         f"(step {steps.min()} h elsewhere); fill it, or set data.allow_gaps=true "
+                         f"(training windows never cross a gap)")
+
+
+def convert(src: str | Path, cfg: Config, out: str | Path, comm=None, progress: bool = True) -> Path:
+    """Write one shard per configured year under ``out`` and then ``index.json``."""
+    src, out = Path(src), Path(out)
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    years = sorted(set(cfg.data.train_years) | set(cfg.data.val_years) | set(cfg.data.test_years))
+    sources = variable_sources(cfg)
+    files: dict[str, dict[int, list[Path]]] = {}
+    for s in sources:
+        by_year: dict[int, list[Path]] = {}
+        for path in find_files(src, s.file_glob):
+            for y in file_years(path):
+                by_year.setdefault(y, []).append(path)
+        files[s.name] = by_year
+    out.mkdir(parents=True, exist_ok=True)
+    reusable = _reusable_entries(out, [s.name for s in sources])
+    mine = [y for i, y in enumerate(years) if i % size == rank]
+    entries, steps, meta = [], set(), None
+    for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
+        name = f"{year}.h5"
+        if name in reusable:
+            entries.append(reusable[name])
+            continue
+        data = read_year(year, sources, files, cfg.data.subsample, cfg.data.allow_gaps)
+        sha = shards.write_shard(out / name, data.times, data.fields, data.meta)
+        entries.append(shards.shard_entry(out / name, data.times, sha))
+        print(f"rank {rank}/{size}: wrote {out / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
+        steps.update(np.diff(data.times).astype(int).tolist()[:1])
+        meta = data.meta
+    if comm is not None:
+        gathered = comm.gather((entries, steps, meta), root=0)
+        if rank != 0:
+            comm.barrier()
+            return out / shards.INDEX_NAME
+        entries = [e for part in gathered for e in part[0]]
+        steps = set().union(*(part[1] for part in gathered))
+        meta = next((part[2] for part in gathered if part[2] is not None), None)
+    if meta is None:  # every shard was reused: keep the index as it is
+        path = out / shards.INDEX_NAME
+    else:
+        if len(steps) > 1:
+            raise ValueError(f"{src}: years have different time steps {sorted(steps)} h; use one time step")
+        step = steps.pop() if steps else shards.read_index(out)["time_step_hours"]
+        path = shards.write_index(out, meta, step, entries)
+    if comm is not None:
+        comm.barrier()
+    return path
+
+
+def _reusable_entries(out: Path, channels: list[str]) -> dict[str, dict]:
+    """Index entries of shards that a re-run can keep: same channels, checksum still matching."""
+    if not (out / shards.INDEX_NAME).exists():
+        return {}
+    index = shards.read_index(out)
+    if index.get("channels") != channels:
+        return {}
+    return {e["file"]: e for e in index["shards"] if shards.shard_is_valid(out, e)}

@@ -1,0 +1,140 @@
+"""netCDF → HDF5 conversion on real files (and a real `mpirun -n 2`)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+from met2net.data.convert import convert
+from met2net.data.netcdf import write_weatherbench_tree
+from met2net.data.shards import ShardError, read_index, verify_shards
+from met2net.data.synthetic import generate
+from tests.conftest import small_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID, HOURS, YEARS = (16, 32), 24, [2010, 2011]
+VARS = ["u10", "t2m", "r"]
+
+
+def cfg(*overrides):
+    return small_config("model.variables=[u10,t2m,r]", "model.grid=[16,32]", "data.train_years=[2010]",
+                        "data.val_years=[2011]", "data.test_years=[]", *overrides)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    write_weatherbench_tree(tmp_path / "nc", YEARS, grid=GRID, variables=VARS, hours=HOURS)
+    return tmp_path / "nc"
+
+
+def fields(directory: Path, year: int) -> np.ndarray:
+    with h5py.File(directory / f"{year}.h5") as f:
+        return f["fields"][:]
+
+
+def rewrite(path: Path, change) -> None:
+    with xr.open_dataset(path) as ds:
+        new = change(ds.load())
+    path.unlink()
+    new.to_netcdf(path)
+
+
+def test_round_trip_equals_the_source(tree, tmp_path):
+    out = tmp_path / "shards"
+    convert(tree, cfg(), out, progress=False)
+    index = read_index(out)
+    assert [e["file"] for e in index["shards"]] == ["2010.h5", "2011.h5"]
+    assert index["channels"] == VARS and index["levels"] == [-1, -1, 1000] and index["time_step_hours"] == 1
+    for year in YEARS:
+        src = generate([year], grid=GRID, variables=VARS, hours=HOURS)
+        np.testing.assert_array_equal(fields(out, year), np.stack([src.fields[v] for v in VARS], axis=1))
+    verify_shards(out)
+
+
+def test_flipped_latitude_and_shifted_longitude_give_the_same_shards(tree, tmp_path):
+    convert(tree, cfg(), tmp_path / "a", progress=False)
+    for path in tree.rglob("*.nc"):
+        rewrite(path, lambda ds: ds.isel(lat=slice(None, None, -1)).assign_coords(
+            lon=(((ds.lon + 180) % 360) - 180)).sortby("lon"))
+    convert(tree, cfg(), tmp_path / "b", progress=False)
+    for year in YEARS:
+        np.testing.assert_array_equal(fields(tmp_path / "a", year), fields(tmp_path / "b", year))
+    a, b = read_index(tmp_path / "a"), read_index(tmp_path / "b")
+    assert a["lat"] == b["lat"] and a["lon"] == b["lon"]
+
+
+def test_missing_variable_is_named_and_nothing_is_written(tree, tmp_path):
+    for p in (tree / "2m_temperature").glob("*2011*"):
+        p.unlink()
+    with pytest.raises(ValueError, match=r"variable 't2m' has no data for 2011 \(file_glob '2m_temperature/\*.nc'\)"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "index.json").exists()
+    assert not list((tmp_path / "out").glob("*2011*"))
+
+
+def test_mismatched_grids_name_the_files(tree, tmp_path):
+    path = next((tree / "2m_temperature").glob("*2010*"))
+    rewrite(path, lambda ds: ds.isel(lon=slice(0, 16)))
+    with pytest.raises(ValueError, match=r"2m_temperature_2010.*\('t2m'\).*different grids \(lon: 16 points"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+
+
+def test_time_gaps_are_errors_unless_allowed(tree, tmp_path):
+    for path in tree.rglob("*2010*.nc"):
+        rewrite(path, lambda ds: ds.drop_isel(time=[5, 6]))
+    with pytest.raises(ValueError, match=r"gap in time between 2010-01-01T04 and 2010-01-01T07.*data.allow_gaps"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+    convert(tree, cfg("data.allow_gaps=true"), tmp_path / "out", progress=False)
+    assert read_index(tmp_path / "out")["shards"][0]["num_times"] == HOURS - 2
+
+
+def test_nan_is_refused_with_shard_channel_and_time(tree, tmp_path):
+    path = next((tree / "relative_humidity").glob("*2011*"))
+    rewrite(path, lambda ds: ds.assign(r=ds.r.where(ds.time != np.datetime64("2011-01-01T03"))))
+    with pytest.raises(ShardError, match=r"2011\.h5: channel 'r' has NaN values at 2011-01-01T03:00"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("2011.h5*")) and not (tmp_path / "out" / "index.json").exists()
+
+
+def test_rerun_keeps_valid_shards_and_rewrites_altered_ones(tree, tmp_path):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    with open(out / "2011.h5", "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        f.write(b"\xff" * 8)
+    with pytest.raises(ShardError, match="2011.h5: checksum mismatch"):
+        verify_shards(out)
+    convert(tree, cfg(), out, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    assert after["2010.h5"] == before["2010.h5"] and after["2011.h5"] != before["2011.h5"]
+    verify_shards(out)
+
+
+def test_subsample_halves_the_grid(tree, tmp_path):
+    convert(tree, cfg("data.subsample=2", "model.grid=[8,16]"), tmp_path / "out", progress=False)
+    assert fields(tmp_path / "out", 2010).shape == (HOURS, 3, 8, 16)
+    assert read_index(tmp_path / "out")["lat"][0] == pytest.approx(-84.375)
+
+
+def test_two_mpi_ranks_write_the_same_shards(tree, tmp_path):
+    (tmp_path / "c.yaml").write_text(cfg().to_yaml())
+    convert(tree, cfg(), tmp_path / "one", progress=False)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "mpirun"), "-n", "2", sys.executable, "-m", "met2net.cli", "data",
+           "convert", str(tree), "-c", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "two")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "rank 0/2: wrote" in out.stderr and "rank 1/2: wrote" in out.stderr
+    one = json.loads((tmp_path / "one/index.json").read_text())
+    two = json.loads((tmp_path / "two/index.json").read_text())
+    assert [e["file"] for e in two["shards"]] == ["2010.h5", "2011.h5"]
+    for year in YEARS:
+        np.testing.assert_array_equal(fields(tmp_path / "one", year), fields(tmp_path / "two", year))
+    assert one["channels"] == two["channels"] and one["lat"] == two["lat"]
