@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from met2net.config import ConfigError, load_config
+from met2net.data.shards import ShardError
+from met2net.data.stats import parse_years
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -29,15 +32,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _years(text: str) -> list[int]:
-    """``2010-2012`` or ``2010,2014`` → a list of years."""
-    years: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        years.extend(range(int(lo), int(hi or lo) + 1))
-    return years
-
-
 def _grid(text: str) -> tuple[int, int]:
     lat, _, lon = text.lower().partition("x")
     return int(lat), int(lon)
@@ -49,6 +43,21 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     files = write_weatherbench_tree(args.out, args.years, grid=args.grid, seed=args.seed)
     lat, lon = args.grid
     print(f"wrote {len(files)} netCDF files for {len(args.years)} years at {lat}×{lon} under {args.out}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from met2net.data import stats
+    from met2net.data.shards import read_index
+    from met2net.distributed.mpi import world_comm
+
+    comm = world_comm()
+    moments = stats.compute_stats(args.shards, args.train_years, comm)
+    if comm is None or comm.Get_rank() == 0:
+        channels = [str(c) for c in read_index(args.shards)["channels"]]
+        path = stats.write_stats(args.shards, moments, channels, args.train_years)
+        print(stats.table(moments, channels))
+        print(f"{int(moments.count[0])} values per channel; wrote {path}")
     return 0
 
 
@@ -77,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     synthetic = data.add_parser("synthetic", help="write the built-in WeatherBench-style netCDF dataset")
     synthetic.add_argument("out", help="output directory (one folder per variable)")
-    synthetic.add_argument("--years", type=_years, default=_years("2010-2012"), help="e.g. 2010-2012 or 2010,2014")
+    synthetic.add_argument("--years", type=parse_years, default=parse_years("2010-2012"),
+                           help="e.g. 2010-2012 or 2010,2014")
     synthetic.add_argument("--grid", type=_grid, default=(32, 64), help="LATxLON, e.g. 32x64 (5.625°)")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(func=cmd_data_synthetic)
@@ -87,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--out", required=True, help="shard directory to write")
     convert.add_argument("overrides", nargs="*", metavar="key=value")
     convert.set_defaults(func=cmd_data_convert)
+    stats = data.add_parser("stats", help="per-channel statistics of the training years → stats.json (mpirun/srun)")
+    stats.add_argument("shards", type=Path, help="shard directory (holds index.json)")
+    stats.add_argument("--train-years", type=parse_years, required=True, help="e.g. 2010-2015 or 2010,2012")
+    stats.set_defaults(func=cmd_data_stats)
     return parser
 
 
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, ShardError) as e:
         print(f"met2net: error: {e}", file=sys.stderr)
         return 2
 

@@ -332,20 +332,23 @@ class ShardReader:
             self._handles[i] = h5py.File(self._paths[i], "r")
         return self._handles[i]["fields"]
 
-    def read(self, start: int, length: int) -> np.ndarray:
-        """Frames ``start .. start+length-1`` as (length, C, H, W) float32; may span shards."""
-        start, length = int(start), int(length)
-        if start < 0 or length < 0 or start + length > len(self):
-            raise IndexError(f"read(start={start}, length={length}): expected 0 <= start and "
-                             f"start + length <= {len(self)} frames")
+    def read(self, start: int, length: int, step: int = 1) -> np.ndarray:
+        """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32, one strided
+        read per shard touched; may span shards."""
+        start, length, step = int(start), int(length), int(step)
+        last = start + (length - 1) * step
+        if start < 0 or length < 0 or step < 1 or (length and last >= len(self)):
+            raise IndexError(f"read(start={start}, length={length}, step={step}): expected 0 <= start, step >= 1 "
+                             f"the last frame inside the {len(self)} frames")
         out = np.empty((length, *self.meta.shape), dtype=np.float32)
-        pos = start
-        while pos < start + length:
+        done = 0
+        while done < length:
+            pos = start + done * step
             i = int(np.searchsorted(self._starts, pos, side="right")) - 1
-            n = min(start + length, int(self._starts[i + 1])) - pos
+            n = min(length - done, (int(self._starts[i + 1]) - 1 - pos) // step + 1)
             local = pos - int(self._starts[i])
-            self._dataset(i).read_direct(out, np.s_[local:local + n], np.s_[pos - start:pos - start + n])
-            pos += n
+            self._dataset(i).read_direct(out, np.s_[local:local + (n - 1) * step + 1:step], np.s_[done:done + n])
+            done += n
         return out
 
     def close(self) -> None:

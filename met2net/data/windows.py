@@ -5,9 +5,14 @@ Shapes: a series is (N, C, H, W); a sample is x (T_in, C, H, W), y (T_out, C, H,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from met2net.data.shards import ShardReader
 
 
 def window_starts(times: np.ndarray, length: int, stride: int, step: np.timedelta64) -> np.ndarray:
@@ -37,3 +42,81 @@ class WindowDataset(Dataset):
         s = int(self.starts[i])
         window = self.series[s : s + self.in_frames + self.out_frames]
         return window[: self.in_frames], window[self.in_frames :]
+
+
+def _frame_years(times: np.ndarray) -> np.ndarray:
+    return times.astype("datetime64[Y]").astype(np.int64) + 1970
+
+
+def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
+    """(first, length) of each run of consecutive frame indices, so a window costs as few reads as possible."""
+    cuts = np.flatnonzero(np.diff(frames) != 1) + 1
+    return [(int(run[0]), len(run)) for run in np.split(frames, cuts)]
+
+
+class ShardWindowDataset(Dataset):
+    """Normalised windows read from a shard directory, for the training years (or any years) only.
+
+    With ``step_hours`` k, windows use the frames whose hour since 1970-01-01T00 is a multiple of k (00, 06, 12,
+    18 UTC for k = 6), the axis a k-hourly conversion would have written, and ``stride`` counts frames of that
+    axis. Windows never cross a gap, nor a boundary between selected years with frames missing between them.
+
+    ``mean`` and ``std`` have one entry per returned channel (after ``channels`` selects and orders shard
+    channels). The reader holds no open file until the first item is read in each process, so the dataset can
+    be built in the parent and handed to DataLoader workers.
+    """
+
+    def __init__(self, directory: Path, years: Sequence[int], in_frames: int, out_frames: int, stride: int,
+                 step_hours: int = 1, *, mean: np.ndarray, std: np.ndarray, channels: Sequence[int] | None = None):
+        if in_frames < 1 or out_frames < 1 or stride < 1 or step_hours < 1:
+            raise ValueError(f"ShardWindowDataset: expected positive in_frames, out_frames, stride and step_hours, "
+                             f"got {in_frames}, {out_frames}, {stride}, {step_hours}")
+        self.reader = ShardReader(directory)
+        base = int(self.reader.index["time_step_hours"])
+        if step_hours % base:
+            raise ValueError(f"step_hours {step_hours}: expected a multiple of the shards' time step ({base} h)")
+        num_channels = self.reader.meta.shape[0]
+        self.channels = None if channels is None else np.asarray(channels, dtype=np.int64)
+        if self.channels is not None and (self.channels.ndim != 1 or not np.all(
+                (self.channels >= 0) & (self.channels < num_channels))):
+            raise ValueError(f"channels {list(channels)}: expected indices into the {num_channels} shard channels "
+                             f"{self.reader.meta.channels}")
+        c = num_channels if self.channels is None else len(self.channels)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+        if self.mean.shape[0] != c or self.std.shape[0] != c or np.any(self.std <= 0):
+            raise ValueError(f"mean/std: expected {c} entries (one per returned channel), std > 0; got "
+                             f"{self.mean.shape[0]} and {self.std.shape[0]}")
+        self.in_frames, self.out_frames, self.step_hours = int(in_frames), int(out_frames), int(step_hours)
+
+        times = self.reader.times
+        keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
+        keep &= times.astype(np.int64) % step_hours == 0
+        self.frames = np.flatnonzero(keep)  # global frame index of each frame on the subsampled axis
+        self.starts = window_starts(times[self.frames], self.in_frames + self.out_frames, stride,
+                                    np.timedelta64(step_hours, "h"))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _frames(self, i: int) -> np.ndarray:
+        s = int(self.starts[i])
+        return self.frames[s : s + self.in_frames + self.out_frames]
+
+    def times(self, i: int) -> np.ndarray:
+        """Valid times (datetime64[h]) of window ``i``'s frames, inputs then targets."""
+        return self.reader.times[self._frames(i)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self._frames(i)
+        steps = np.diff(frames)
+        if steps.size == 0 or (steps == steps[0]).all():  # equally spaced: one strided read
+            window = self.reader.read(int(frames[0]), frames.size, int(steps[0]) if steps.size else 1)
+        else:
+            window = np.concatenate([self.reader.read(*r) for r in _runs(frames)])
+        if self.channels is not None:
+            window = window[:, self.channels]
+        window -= self.mean
+        window /= self.std
+        x = torch.from_numpy(window)
+        return x[: self.in_frames], x[self.in_frames :]

@@ -116,6 +116,10 @@ def test_reader_reads_across_shard_boundary(shard_dir):
         np.testing.assert_array_equal(reader.read(0, 11), whole)
         np.testing.assert_array_equal(reader.read(6, 2), whole[6:8])
         assert reader.read(11, 0).shape == (0, C, H, W)
+        np.testing.assert_array_equal(reader.read(1, 5, step=2), whole[1:10:2])  # strided, across the boundary
+        np.testing.assert_array_equal(reader.read(4, 1, step=7), whole[4:5])
+        with pytest.raises(IndexError):
+            reader.read(1, 6, step=2)
         with pytest.raises(IndexError, match="11 frames"):
             reader.read(8, 4)
 
