@@ -1,33 +1,68 @@
 """Train/validation/test datasets from the config's data section.
 
-Normalisation uses training-years statistics for every split (the reference normalised
-each split with its own; see docs/architecture.md).
+``shards``: windows read from HDF5 shards, normalised with the shard directory's
+``stats.json`` (training years). ``synthetic``: the built-in dataset generated in memory, for
+quick experiments without files. Either way every split is normalised with training-years
+statistics (the reference normalised each split with its own; see docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from met2net.config import Config, ConfigError
-from met2net.data.stats import Moments
-from met2net.data.windows import WindowDataset, window_starts
+from met2net.data.shards import read_index
+from met2net.data.stats import Moments, read_stats
+from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
 
 
 @dataclass
 class Splits:
-    train: WindowDataset
-    val: WindowDataset
-    test: WindowDataset | None
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
     mean: np.ndarray  # (C,) float64, training years
     std: np.ndarray
 
 
 def build_splits(cfg: Config) -> Splits:
+    return _shard_splits(cfg) if cfg.data.source == "shards" else _synthetic_splits(cfg)
+
+
+def _shard_splits(cfg: Config) -> Splits:
     d, m = cfg.data, cfg.model
-    if d.source != "synthetic":
-        raise ConfigError(f"'data.source' {d.source!r} is not available yet; use 'synthetic'")
+    root = Path(d.path)
+    index, stats = read_index(root), read_stats(root)
+    missing = [v for v in m.variables if v not in index["channels"]]
+    if missing:
+        raise ConfigError(f"'model.variables' {missing} are not in {root}/index.json (it has {index['channels']}); "
+                          f"convert them or change model.variables")
+    grid = [len(index["lat"]), len(index["lon"])]
+    if grid != list(m.grid):
+        raise ConfigError(f"'model.grid' {m.grid} differs from the shards' grid {grid} in {root}; "
+                          f"set model.grid={grid} (or convert with another data.subsample)")
+    if sorted(stats["train_years"]) != sorted(d.train_years):
+        raise ConfigError(f"{root}/stats.json was computed for train years {stats['train_years']}, but "
+                          f"'data.train_years' is {d.train_years}: re-run met2net data stats")
+    mean = np.array([stats["mean"][stats["channels"].index(v)] for v in m.variables])
+    std = np.array([stats["std"][stats["channels"].index(v)] for v in m.variables])
+    std = np.where(std > 0, std, 1.0)
+    channels = [index["channels"].index(v) for v in m.variables]
+
+    def dataset(years: list[int]) -> ShardWindowDataset:
+        return ShardWindowDataset(root, years, m.in_frames, m.out_frames, d.stride, d.step_hours,
+                                  mean=mean, std=std, channels=channels)
+
+    return Splits(dataset(d.train_years), dataset(d.val_years), dataset(d.test_years) if d.test_years else None,
+                  mean, std)
+
+
+def _synthetic_splits(cfg: Config) -> Splits:
+    d, m = cfg.data, cfg.model
     from met2net.data import synthetic
 
     unknown = [v for v in m.variables if v not in synthetic.VARIABLES]
@@ -46,8 +81,7 @@ def build_splits(cfg: Config) -> Splits:
 
     def dataset(times: np.ndarray, series: np.ndarray) -> WindowDataset:
         series = ((series - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-        starts = window_starts(times, m.in_frames + m.out_frames, d.stride,
-                               np.timedelta64(d.step_hours, "h"))
+        starts = window_starts(times, m.in_frames + m.out_frames, d.stride, np.timedelta64(d.step_hours, "h"))
         return WindowDataset(series, starts, m.in_frames, m.out_frames)
 
     test = dataset(*load(d.test_years)) if d.test_years else None

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from met2net.config import Config
 from met2net.data.datasets import Splits, build_splits
+from met2net.data.sampler import ShardedSampler
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint
 from met2net.training.optim import build_lr_scheduler, build_optimizer
@@ -84,7 +85,8 @@ class Trainer:
         self.best_val = math.inf
         self.metrics_path = self.run_dir / "metrics.jsonl"
         t = self.cfg.training
-        self.train_sampler = RandomSampler(self.splits.train, generator=torch.Generator())
+        self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=1,
+                                            seed=self.cfg.run.seed)
         self.train_loader = DataLoader(self.splits.train, t.batch_size, sampler=self.train_sampler,
                                        drop_last=True, num_workers=self.cfg.data.num_workers)
         self.val_loader = DataLoader(self.splits.val, t.batch_size, num_workers=self.cfg.data.num_workers)
@@ -98,8 +100,9 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0)
         epoch, last_val = 0, {}
         while self.step < self.total_steps:
-            self.train_sampler.generator.manual_seed(self.cfg.run.seed * 100_003 + epoch)
+            self.train_sampler.set_epoch(epoch)
             for x, y in self.train_loader:
+                self.train_sampler.advance(x.shape[0])
                 tic = time.perf_counter()
                 parts = self.train_step(x, y)
                 rate = x.shape[0] / (time.perf_counter() - tic)
@@ -149,7 +152,7 @@ class Trainer:
 
     def save(self, val: dict[str, float]) -> Path:
         meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
-                "config": self.cfg.to_dict(), "val": val,
+                "config": self.cfg.to_dict(), "val": val, "loader": self.train_sampler.state_dict(),
                 "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
                           "std": self.splits.std.tolist()}}
         return checkpoint.save_weights(self.run_dir / "checkpoints" / self.schedule.name, self.step,
@@ -184,7 +187,7 @@ def build_trainer(cfg: Config) -> Trainer:
         model.to(memory_format=torch.channels_last)
     schedule.configure(model)
     t = cfg.training
-    steps_per_epoch = len(splits.train) // t.batch_size
+    steps_per_epoch = len(splits.train) // t.batch_size  # one rank: its share is the whole split
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(splits.train)} windows, fewer than one batch "
                          f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch")

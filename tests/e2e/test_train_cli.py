@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.in_frames=2", "model.out_frames=2", "model.hid_s=4", "model.hid_t=16", "model.grid=[16,32]",
         "model.num_translator_blocks=1", "training.max_steps=6", "training.batch_size=4", "training.val_every=3",
         "training.val_batches=2", "training.log_every=2", "data.train_years=[2010]", "data.val_years=[2011]",
-        "data.test_years=[]", "data.step_hours=24"]
+        "data.test_years=[]", "data.step_hours=24", "data.source=synthetic"]
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
