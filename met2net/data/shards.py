@@ -333,8 +333,11 @@ class ShardReader:
         return self._handles[i]["fields"]
 
     def read(self, start: int, length: int, step: int = 1) -> np.ndarray:
-        """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32, one strided
-        read per shard touched; may span shards."""
+        """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32; may span shards.
+
+        Consecutive frames are one read per shard; with ``step`` > 1 each frame is its own read: h5py's strided
+        selections are ~10× slower here (9 ms against 0.7 ms for 12 frames of 5×32×64).
+        """
         start, length, step = int(start), int(length), int(step)
         last = start + (length - 1) * step
         if start < 0 or length < 0 or step < 1 or (length and last >= len(self)):
@@ -345,9 +348,9 @@ class ShardReader:
         while done < length:
             pos = start + done * step
             i = int(np.searchsorted(self._starts, pos, side="right")) - 1
-            n = min(length - done, (int(self._starts[i + 1]) - 1 - pos) // step + 1)
+            n = min(length - done, int(self._starts[i + 1]) - pos) if step == 1 else 1
             local = pos - int(self._starts[i])
-            self._dataset(i).read_direct(out, np.s_[local:local + (n - 1) * step + 1:step], np.s_[done:done + n])
+            self._dataset(i).read_direct(out, np.s_[local:local + n], np.s_[done:done + n])
             done += n
         return out
 
