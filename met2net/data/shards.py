@@ -12,8 +12,9 @@ A shard directory holds ``index.json`` and shard files ``<name>.h5`` (typically 
 
 Each shard file holds:
 
-* ``fields``: float32, shape ``(time, channel, lat, lon)``, chunked by time (chunk ``(1, C, H, W)``) so
-  reading one frame touches one chunk; no compression by default (fast random reads);
+* ``fields``: float32, shape ``(time, channel, lat, lon)``, stored contiguously and uncompressed, so
+  readers memory-map it (random 24-frame windows: ~11,000/s against ~3,000/s through h5py here); with
+  compression it is chunked by frame (``(1, C, H, W)``) and read through h5py;
 * ``time``: int64, hours since 1970-01-01T00:00, strictly increasing;
 * ``lat``: float64, ascending (south → north); ``lon``: float64, ascending, in [0, 360);
 * file attributes: ``format`` = 1, ``channels`` (short names, e.g. ``t2m``), ``units``, ``long_names``,
@@ -173,7 +174,8 @@ def _fill(f: h5py.File, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, 
     f.attrs["units"] = meta.units
     f.attrs["long_names"] = meta.long_names
     f.attrs["levels"] = np.asarray(meta.levels, dtype=np.int64)
-    f.create_dataset("fields", data=fields, chunks=(1, *meta.shape), compression=compression)
+    chunks = (1, *meta.shape) if compression else None  # contiguous: readers memory-map it
+    f.create_dataset("fields", data=fields, chunks=chunks, compression=compression)
     f.create_dataset("time", data=times.astype(np.int64)).attrs["units"] = TIME_UNITS
     f.create_dataset("lat", data=meta.lat).attrs["units"] = "degrees_north"
     f.create_dataset("lon", data=meta.lon).attrs["units"] = "degrees_east"
@@ -320,6 +322,7 @@ class ShardReader:
             raise ShardError(f"{self.directory}: shard times overlap or are out of order; {_FIX}")
         self._starts = np.cumsum([0] + [p.size for p in parts])
         self._handles: dict[int, h5py.File] = {}
+        self._arrays: dict[int, np.ndarray | h5py.Dataset] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -332,11 +335,26 @@ class ShardReader:
             self._handles[i] = h5py.File(self._paths[i], "r")
         return self._handles[i]["fields"]
 
+    def _array(self, i: int) -> np.ndarray | h5py.Dataset:
+        """Shard i's frames: a read-only memory map of the file when the dataset is stored contiguously and
+        uncompressed (3-4× faster random window reads than h5py here), else the h5py dataset."""
+        if self._pid != os.getpid():
+            self.close()
+        if i not in self._arrays:
+            ds = self._dataset(i)
+            offset = ds.id.get_offset()
+            if ds.chunks is None and offset is not None:
+                self._arrays[i] = np.memmap(self._paths[i], ds.dtype, "r", offset, ds.shape)
+            else:
+                self._arrays[i] = ds
+        return self._arrays[i]
+
     def read(self, start: int, length: int, step: int = 1) -> np.ndarray:
         """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32; may span shards.
 
-        Consecutive frames are one read per shard; with ``step`` > 1 each frame is its own read: h5py's strided
-        selections are ~10× slower here (9 ms against 0.7 ms for 12 frames of 5×32×64).
+        Memory-mapped shards take one (strided) slice per shard. For compressed shards, read through h5py,
+        consecutive frames are one read per shard and with ``step`` > 1 each frame is its own read: h5py's
+        strided selections are ~10× slower here (9 ms against 0.7 ms for 12 frames of 5×32×64).
         """
         start, length, step = int(start), int(length), int(step)
         last = start + (length - 1) * step
@@ -348,9 +366,14 @@ class ShardReader:
         while done < length:
             pos = start + done * step
             i = int(np.searchsorted(self._starts, pos, side="right")) - 1
-            n = min(length - done, int(self._starts[i + 1]) - pos) if step == 1 else 1
-            local = pos - int(self._starts[i])
-            self._dataset(i).read_direct(out, np.s_[local:local + n], np.s_[done:done + n])
+            local, end = pos - int(self._starts[i]), int(self._starts[i + 1])
+            frames = self._array(i)
+            if isinstance(frames, np.memmap):
+                n = min(length - done, (end - 1 - pos) // step + 1)
+                out[done:done + n] = frames[local:local + (n - 1) * step + 1:step]
+            else:
+                n = min(length - done, end - pos) if step == 1 else 1
+                frames.read_direct(out, np.s_[local:local + n], np.s_[done:done + n])
             done += n
         return out
 
@@ -358,7 +381,7 @@ class ShardReader:
         """Close this process's handles (in a forked child: its copies of the parent's; read-only, so harmless)."""
         for f in self._handles.values():
             f.close()
-        self._handles = {}
+        self._handles, self._arrays = {}, {}
         self._pid = os.getpid()
 
     def __enter__(self) -> ShardReader:
@@ -369,7 +392,7 @@ class ShardReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"], state["_arrays"] = {}, {}
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -58,7 +58,7 @@ def test_round_trip(tmp_path, meta):
     assert sha == sha256_file(tmp_path / "2010.h5") and len(sha) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2010.h5"]
     with h5py.File(tmp_path / "2010.h5", "r") as f:
-        assert f["fields"].dtype == np.float32 and f["fields"].chunks == (1, C, H, W)
+        assert f["fields"].dtype == np.float32 and f["fields"].chunks is None  # contiguous: memory-mapped reads
         assert f["fields"].compression is None
         np.testing.assert_array_equal(f["fields"][()], x)
         assert f["time"].dtype == np.int64
@@ -265,3 +265,17 @@ def test_meta_validation():
 def test_reader_refuses_missing_index(tmp_path):
     with pytest.raises(ShardError, match="index.json: not found"):
         ShardReader(tmp_path)
+
+
+def test_compressed_shards_are_read_through_h5py(tmp_path, meta):
+    data = {"2010": (hours("2010-12-31T18", 6), frames(6, 0)), "2011": (hours("2011-01-01T00", 5), frames(5, 1))}
+    entries = [shard_entry(tmp_path / f"{n}.h5", t, write_shard(tmp_path / f"{n}.h5", t, x, meta, compression="gzip"))
+               for n, (t, x) in data.items()]
+    write_index(tmp_path, meta, 1, entries)
+    with h5py.File(tmp_path / "2010.h5") as f:
+        assert f["fields"].chunks == (1, C, H, W) and f["fields"].compression == "gzip"
+    with ShardReader(tmp_path) as reader:
+        whole = expected(data)
+        np.testing.assert_array_equal(reader.read(2, 7), whole[2:9])
+        np.testing.assert_array_equal(reader.read(1, 5, step=2), whole[1:10:2])
+        assert not isinstance(reader._array(0), np.memmap)
