@@ -349,7 +349,7 @@ class ShardReader:
                 self._arrays[i] = ds
         return self._arrays[i]
 
-    def read(self, start: int, length: int, step: int = 1) -> np.ndarray:
+    def read(self, start: int, length: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32; may span shards.
 
         Memory-mapped shards take one (strided) slice per shard. For compressed shards, read through h5py,
@@ -361,7 +361,8 @@ class ShardReader:
         if start < 0 or length < 0 or step < 1 or (length and last >= len(self)):
             raise IndexError(f"read(start={start}, length={length}, step={step}): expected 0 <= start, step >= 1 "
                              f"the last frame inside the {len(self)} frames")
-        out = np.empty((length, *self.meta.shape), dtype=np.float32)
+        if out is None:
+            out = np.empty((length, *self.meta.shape), dtype=np.float32)
         done = 0
         while done < length:
             pos = start + done * step

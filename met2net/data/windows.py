@@ -5,12 +5,13 @@ Shapes: a series is (N, C, H, W); a sample is x (T_in, C, H, W), y (T_out, C, H,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
 from met2net.data.shards import ShardReader
 
@@ -38,10 +39,31 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = int(self.starts[i])
-        window = self.series[s : s + self.in_frames + self.out_frames]
-        return window[: self.in_frames], window[self.in_frames :]
+    def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One window, or a batch of them for a list of indices (see :func:`batch_loader`)."""
+        offsets = torch.arange(self.in_frames + self.out_frames)
+        if isinstance(i, (int, np.integer)):
+            window = self.series[int(self.starts[i]) + offsets]
+        else:
+            window = self.series[torch.as_tensor(self.starts[np.asarray(i)])[:, None] + offsets]
+        return window[..., : self.in_frames, :, :, :], window[..., self.in_frames :, :, :, :]
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; inside a DataLoader worker in shared memory, as default_collate does,
+    so handing the batch to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0).new(storage).view(shape)
+
+
+def batch_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, drop_last: bool,
+                 num_workers: int = 0) -> DataLoader:
+    """A DataLoader that asks the dataset for whole batches (a list of indices per call) instead of
+    collating single windows: one allocation and one normalisation pass per batch."""
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def _frame_years(times: np.ndarray) -> np.ndarray:
@@ -107,16 +129,30 @@ class ShardWindowDataset(Dataset):
         """Valid times (datetime64[h]) of window ``i``'s frames, inputs then targets."""
         return self.reader.times[self._frames(i)]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One window, or a batch of them for a list of indices: read straight into one (B, T, C, H, W)
+        tensor (in shared memory inside a DataLoader worker) and normalised in place (see :func:`batch_loader`)."""
+        if isinstance(i, (int, np.integer)):
+            x, y = self[[int(i)]]
+            return x[0], y[0]
+        t = self.in_frames + self.out_frames
+        batch = _empty((len(i), t, len(self.mean), *self.reader.meta.shape[1:]))
+        out = batch.numpy()
+        for b, j in enumerate(i):
+            self._read_window(int(j), out[b])
+        np.subtract(out, self.mean, out=out)
+        np.divide(out, self.std, out=out)
+        return batch[:, : self.in_frames], batch[:, self.in_frames :]
+
+    def _read_window(self, i: int, out: np.ndarray) -> None:
         frames = self._frames(i)
         steps = np.diff(frames)
         if steps.size == 0 or (steps == steps[0]).all():  # equally spaced: one strided read
-            window = self.reader.read(int(frames[0]), frames.size, int(steps[0]) if steps.size else 1)
+            start, step = int(frames[0]), int(steps[0]) if steps.size else 1
+            if self.channels is None:
+                self.reader.read(start, frames.size, step, out=out)
+                return
+            window = self.reader.read(start, frames.size, step)
         else:
             window = np.concatenate([self.reader.read(*r) for r in _runs(frames)])
-        if self.channels is not None:
-            window = window[:, self.channels]
-        window -= self.mean
-        window /= self.std
-        x = torch.from_numpy(window)
-        return x[: self.in_frames], x[self.in_frames :]
+        out[:] = window if self.channels is None else window[:, self.channels]

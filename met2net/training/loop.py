@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
 from met2net.config import Config
 from met2net.data.datasets import Splits, build_splits
 from met2net.data.sampler import ShardedSampler
+from met2net.data.windows import batch_loader
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint
 from met2net.training.optim import build_lr_scheduler, build_optimizer
@@ -87,9 +88,10 @@ class Trainer:
         t = self.cfg.training
         self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=1,
                                             seed=self.cfg.run.seed)
-        self.train_loader = DataLoader(self.splits.train, t.batch_size, sampler=self.train_sampler,
-                                       drop_last=True, num_workers=self.cfg.data.num_workers)
-        self.val_loader = DataLoader(self.splits.val, t.batch_size, num_workers=self.cfg.data.num_workers)
+        workers = self.cfg.data.num_workers
+        self.train_loader = batch_loader(self.splits.train, self.train_sampler, t.batch_size, True, workers)
+        self.val_loader = batch_loader(self.splits.val, SequentialSampler(self.splits.val), t.batch_size, False,
+                                       workers)
         self.channels_last = t.channels_last
 
     # -- phases ------------------------------------------------------------------------------

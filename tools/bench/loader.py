@@ -4,8 +4,8 @@ Writes one year of synthetic hourly shards (mv5 5.625°: 5 variables, 32×64) in
 directory, then measures side by side in one run, on shuffled 12 → 12 windows in batches of 16:
 
 - raw: `ShardReader.read` of random 24-frame windows in this process (h5py, page cache);
-- loader: `ShardWindowDataset` + `ShardedSampler` through a DataLoader with 0, 1, 2 workers,
-  delivering normalised float32 tensors ready for the model;
+- loader: `ShardWindowDataset` + `ShardedSampler` through `batch_loader` (the training loop's
+  DataLoader) with 0, 1, 2 workers, delivering normalised float32 batches ready for the model;
 - step: samples/s of the optimised training step (as `tools/bench/step.py`, fp32, channels-last).
 
     .venv/bin/python tools/bench/loader.py [--batches 200] [--workers 0 1 2] [--step-batch 2]
@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from met2net.config import load_config
 from met2net.data.sampler import ShardedSampler
 from met2net.data.shards import ShardMeta, ShardReader, shard_entry, write_index, write_shard
 from met2net.data.synthetic import VARIABLES, generate
-from met2net.data.windows import ShardWindowDataset
+from met2net.data.windows import ShardWindowDataset, batch_loader
 from met2net.model.met2net import Met2Net
 from met2net.training.stages import Implicit
 
@@ -59,8 +58,7 @@ def raw_rate(directory: Path, windows: int) -> float:
 def loader_rate(directory: Path, workers: int, batches: int) -> float:
     dataset = ShardWindowDataset(directory, [2010], T_IN, T_OUT, 1, mean=np.zeros(5), std=np.ones(5))
     sampler = ShardedSampler(len(dataset), rank=0, world_size=1, seed=0)
-    loader = DataLoader(dataset, BATCH, sampler=sampler, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    loader = batch_loader(dataset, sampler, BATCH, drop_last=True, num_workers=workers)
     it = iter(loader)
     for _ in range(max(2, workers * 2)):  # warm-up: workers started, files opened
         next(it)
