@@ -18,7 +18,7 @@ import yaml
 
 SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
 OPTIMIZERS = ("adam", "adamw")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DATA_SOURCES = ("synthetic", "shards")
 
 
@@ -110,6 +110,14 @@ class DataConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    gradient_accumulation: int = 1
+    activation_checkpointing: bool = False  # recompute Translator blocks in backward
+    stage3_param_persistence_threshold: int = 100_000
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/default"
     seed: int = 0
@@ -121,6 +129,7 @@ class Config:
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,6 +284,15 @@ def validate(cfg: Config) -> None:
           "training.weight_decay/grad_clip/pred_loss_weight", "must be ≥ 0")
     _need(not (t.schedule == "end_to_end" and t.pred_loss_weight > 0), "training.pred_loss_weight",
           "has no meaning for schedule end_to_end (no momentum copies); set it to 0")
+    z = cfg.deepspeed
+    _need(z.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {z.zero_stage}")
+    _need(z.gradient_accumulation >= 1, "deepspeed.gradient_accumulation",
+          f"must be ≥ 1, got {z.gradient_accumulation}")
+    _need(t.batch_size % z.gradient_accumulation == 0, "training.batch_size",
+          f"{t.batch_size} is not divisible by deepspeed.gradient_accumulation={z.gradient_accumulation}: "
+          f"training.batch_size is samples per optimizer step = micro-batch × accumulation × ranks")
+    _need(z.stage3_param_persistence_threshold >= 0, "deepspeed.stage3_param_persistence_threshold",
+          f"must be ≥ 0, got {z.stage3_param_persistence_threshold}")
     _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
     _need(d.source != "shards" or bool(d.path), "data.path",
           "is empty but data.source is 'shards': give the directory that holds index.json")

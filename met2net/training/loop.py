@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
-from met2net.config import Config
+from met2net.config import Config, ConfigError
 from met2net.data.datasets import Splits, build_splits
 from met2net.data.sampler import ShardedSampler
 from met2net.data.windows import batch_loader
@@ -174,6 +174,8 @@ class Trainer:
 
 def build_trainer(cfg: Config) -> Trainer:
     """Seed, data, model (optionally initialised from an earlier stage), schedule, engine."""
+    if cfg.training.precision == "fp16":
+        raise ConfigError("'training.precision' fp16 needs the DeepSpeed engine on GPUs; on the CPU use fp32 or bf16")
     seed_everything(cfg.run.seed)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)

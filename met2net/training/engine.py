@@ -1,0 +1,51 @@
+"""The DeepSpeed configuration, derived from our config and the world size — never hand-written.
+
+``training.batch_size`` is the number of samples per optimizer step on all ranks together (the
+paper's batch 16), so one config gives the same optimisation on any number of ranks:
+``train_batch_size = micro-batch × gradient accumulation × data-parallel ranks``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from met2net.config import Config, ConfigError
+
+
+def micro_batch_size(cfg: Config, world_size: int) -> int:
+    per_micro = cfg.deepspeed.gradient_accumulation * world_size
+    if world_size < 1 or cfg.training.batch_size % per_micro:
+        raise ConfigError(
+            f"'training.batch_size' {cfg.training.batch_size} is not divisible by deepspeed.gradient_accumulation "
+            f"({cfg.deepspeed.gradient_accumulation}) × ranks ({world_size}) = {per_micro}; "
+            f"use a multiple of {per_micro} or change the accumulation")
+    return cfg.training.batch_size // per_micro
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON for ``world_size`` data-parallel ranks. The optimizer and LR schedule are ours
+    (passed to ``deepspeed.initialize`` as client objects), so they are not in it."""
+    ds, t = cfg.deepspeed, cfg.training
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
+    return {
+        "train_batch_size": t.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
+        "gradient_accumulation_steps": ds.gradient_accumulation,
+        "gradient_clipping": t.grad_clip,  # DeepSpeed's default would be 1.0; 0 turns clipping off
+        "zero_optimization": zero,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,  # our client torch.optim.Adam/AdamW
+        "steps_per_print": 2**31 - 1,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def write_deepspeed_config(run_dir: Path, config: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "deepspeed.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
