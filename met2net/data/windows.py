@@ -104,6 +104,8 @@ class ShardWindowDataset(Dataset):
             raise ValueError(f"channels {list(channels)}: expected indices into the {num_channels} shard channels "
                              f"{self.reader.meta.channels}")
         c = num_channels if self.channels is None else len(self.channels)
+        if self.channels is not None and np.array_equal(self.channels, np.arange(num_channels)):
+            self.channels = None  # all channels in shard order: read straight into the batch
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
         if self.mean.shape[0] != c or self.std.shape[0] != c or np.any(self.std <= 0):

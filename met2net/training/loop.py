@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -83,7 +82,6 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.step = 0
-        self.best_val = math.inf
         self.metrics_path = self.run_dir / "metrics.jsonl"
         t = self.cfg.training
         self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=1,
@@ -92,7 +90,6 @@ class Trainer:
         self.train_loader = batch_loader(self.splits.train, self.train_sampler, t.batch_size, True, workers)
         self.val_loader = batch_loader(self.splits.val, SequentialSampler(self.splits.val), t.batch_size, False,
                                        workers)
-        self.channels_last = t.channels_last
 
     # -- phases ------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -149,7 +146,6 @@ class Trainer:
             count += x.shape[0]
         result = {k: v / max(count, 1) for k, v in totals.items()}
         self.log({"split": "val", "samples": count, **result})
-        self.best_val = min(self.best_val, result.get("loss", math.inf))
         return result
 
     def save(self, val: dict[str, float]) -> Path:
