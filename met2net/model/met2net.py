@@ -11,7 +11,7 @@ from torch import nn
 
 from met2net.config import ModelConfig
 from met2net.model.encoder import Decoder, Encoder
-from met2net.model.translator import Translator
+from met2net.model.translator import PhaseDilatedConv2d, Translator
 
 TRAINED = ("encoders_q", "decoders_q", "translator_q")
 COPIES = ("encoders_k", "decoders_k", "translator_k")
@@ -78,7 +78,7 @@ class Met2Net(nn.Module):
         """Faster kernels with the same arithmetic up to float rounding (on by default);
         off runs the reference's plain PyTorch layers, the benchmarks' yardstick."""
         for m in self.modules():
-            if hasattr(m, "fast_kernels"):
+            if isinstance(m, PhaseDilatedConv2d):
                 m.fast_kernels = on
         return self
 
@@ -105,13 +105,38 @@ def rebind_translator_copy(model: Met2Net, momentum: float) -> None:
 
 
 def _momentum_update(q: nn.Module, k: nn.Module, m: float) -> None:
-    q_params, k_params = list(q.parameters()), list(k.parameters())
+    params = list(zip(q.parameters(), k.parameters()))
+    if params and hasattr(params[0][1], "ds_tensor"):
+        _zero3_momentum_update(params, m)
+    else:
+        _blend([(a.data, b.data) for a, b in params], m)
+
+
+def _blend(pairs: list[tuple[torch.Tensor, torch.Tensor]], m: float) -> None:
+    """k ← k·m + q·(1−m) with the reference's two roundings (so runs compare bitwise); a copy at m = 0."""
+    q_tensors, k_tensors = [a for a, _ in pairs], [b for _, b in pairs]
     if m == 0.0:
-        torch._foreach_copy_(k_params, q_params)
-    else:  # k·m + q·(1−m) with the reference's two roundings, so runs compare bitwise
-        q_scaled = torch._foreach_mul(q_params, 1.0 - m)
-        torch._foreach_mul_(k_params, m)
-        torch._foreach_add_(k_params, q_scaled)
+        torch._foreach_copy_(k_tensors, q_tensors)
+    else:
+        q_scaled = torch._foreach_mul(q_tensors, 1.0 - m)
+        torch._foreach_mul_(k_tensors, m)
+        torch._foreach_add_(k_tensors, q_scaled)
+
+
+def _zero3_momentum_update(params: list[tuple[nn.Parameter, nn.Parameter]], m: float) -> None:
+    """Under ZeRO-3 each rank updates its own partitions (``ds_tensor``): q and k parameters of one shape are
+    partitioned alike, so no gather is needed. A frozen copy that is whole at the moment (a small persistent
+    parameter) also gets its full ``data`` updated, from its trained twin gathered if need be (small by
+    definition), unless the full data is the partition itself (one rank)."""
+    import deepspeed
+
+    def whole(p: nn.Parameter) -> bool:
+        return p.data.numel() == p.ds_numel and p.data.data_ptr() != p.ds_tensor.data_ptr()
+
+    pairs = [(a.ds_tensor, b.ds_tensor) for a, b in params]
+    full = [(a, b) for a, b in params if whole(b)]
+    with deepspeed.zero.GatheredParameters([a for a, _ in full if a.data.numel() != a.ds_numel]):
+        _blend(pairs + [(a.data, b.data) for a, b in full], m)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

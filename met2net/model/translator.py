@@ -30,21 +30,29 @@ class DropPath(nn.Module):
         return x * mask.div_(keep)
 
 
-def dilated_depthwise_by_phases(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """The same-padded dilated depthwise ``conv`` computed as an undilated one on the d×d
-    phase sub-grids of x (pixel (i, j) belongs to phase (i mod d, j mod d)).
+class PhaseDilatedConv2d(nn.Conv2d):
+    """A same-padded dilated depthwise convolution computed as an undilated one on the d×d phase sub-grids of
+    its input (pixel (i, j) belongs to phase (i mod d, j mod d)), when ``fast_kernels`` is on.
 
-    Equal to ``conv(x)`` up to float rounding, and several times faster on CPU: the
-    dilated depthwise kernels, their backward above all, are slow in oneDNN.
+    Equal to the plain convolution up to float rounding, and several times faster on CPU: oneDNN's dilated
+    depthwise kernels, their backward above all, are slow. A module (not a function of the weights) so that
+    ZeRO-3 gathers its parameters when it runs.
     """
-    d = conv.dilation[0]
-    n, c, h, w = x.shape
-    hp, wp = -(-h // d) * d, -(-w // d) * d
-    x = F.pad(x, (0, wp - w, 0, hp - h))
-    phases = x.reshape(n, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4).reshape(n * d * d, c, hp // d, wp // d)
-    y = F.conv2d(phases, conv.weight, conv.bias, padding=conv.padding[0] // d, groups=conv.groups)
-    y = y.reshape(n, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(n, c, hp, wp)
-    return y[:, :, :h, :w]
+
+    fast_kernels = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast_kernels:
+            return super().forward(x)
+        d = self.dilation[0]
+        n, c, h, w = x.shape
+        hp, wp = -(-h // d) * d, -(-w // d) * d
+        x = F.pad(x, (0, wp - w, 0, hp - h))
+        phases = x.reshape(n, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)
+        phases = phases.reshape(n * d * d, c, hp // d, wp // d)
+        y = F.conv2d(phases, self.weight, self.bias, padding=self.padding[0] // d, groups=self.groups)
+        y = y.reshape(n, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(n, c, hp, wp)
+        return y[:, :, :h, :w]
 
 
 class ConvNorm(nn.Module):
@@ -96,7 +104,7 @@ class TAUBlock(nn.Module):
         self.norm1 = nn.BatchNorm2d(dim)
         self.proj_in = nn.Conv2d(dim, dim, 1)
         self.lka_dw = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.lka_dilated = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.lka_dilated = PhaseDilatedConv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
         self.lka_pw = nn.Conv2d(dim, dim, 1)
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.scale_attn = nn.Parameter(torch.full((dim,), 0.01))
@@ -106,7 +114,6 @@ class TAUBlock(nn.Module):
         self.mlp_out = nn.Conv2d(hidden, dim, 1)
         self.scale_mlp = nn.Parameter(torch.full((dim,), 0.01))
         self.drop_path = DropPath(drop_path)
-        self.fast_kernels = True
         for conv in (self.mlp_in, self.mlp_dw, self.mlp_out):
             fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
@@ -114,12 +121,7 @@ class TAUBlock(nn.Module):
 
     def attention(self, u: torch.Tensor) -> torch.Tensor:
         g = F.gelu(self.proj_in(u))
-        local = self.lka_dw(g)
-        if self.fast_kernels:
-            wide = dilated_depthwise_by_phases(local, self.lka_dilated)
-        else:
-            wide = self.lka_dilated(local)
-        gate = self.lka_pw(wide)
+        gate = self.lka_pw(self.lka_dilated(self.lka_dw(g)))
         return self.proj_out(gate * g) + u
 
     def mlp(self, u: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from met2net.config import Config, ConfigError
 
 
@@ -43,6 +45,17 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+
+
+def build_deepspeed_engine(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           lr_scheduler: torch.optim.lr_scheduler.LRScheduler, world_size: int):
+    """DeepSpeed wraps the whole Met²Net module (trained and momentum copies) with our optimizer and LR
+    schedule; the engine answers the loop's calls (backward, step, get_lr, ...)."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                           config=deepspeed_config(cfg, world_size))
+    return engine
 
 
 def write_deepspeed_config(run_dir: Path, config: dict[str, Any]) -> Path:
