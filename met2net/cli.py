@@ -22,13 +22,19 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from met2net.distributed.setup import teardown
     from met2net.training.loop import build_trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = build_trainer(cfg)
-    val = trainer.train()
-    print(f"{trainer.schedule.name}: {trainer.step} steps, validation "
-          + ", ".join(f"{k} {v:.5f}" for k, v in val.items()) + f"; run directory {trainer.run_dir}")
+    try:
+        trainer = build_trainer(cfg)
+        val = trainer.train()
+        if trainer.rank == 0:
+            print(f"{trainer.schedule.name}: {trainer.step} steps on {trainer.world_size} rank(s), validation "
+                  + ", ".join(f"{k} {v:.5f}" for k, v in val.items()) + f"; run directory {trainer.run_dir}")
+        del trainer
+    finally:
+        teardown()
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from met2net.config import Config, ConfigError
 from met2net.data.datasets import Splits, build_splits
 from met2net.data.sampler import ShardedSampler
 from met2net.data.windows import batch_loader
+from met2net.distributed.env import discover, free_port
+from met2net.distributed.setup import init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint
+from met2net.training.engine import build_deepspeed_engine, deepspeed_config, micro_batch_size, write_deepspeed_config
 from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.stages import Schedule, make_schedule
 
@@ -79,17 +83,20 @@ class Trainer:
     splits: Splits
     total_steps: int
     rank: int = 0
+    world_size: int = 1
+    micro_batch: int = 0  # per rank and micro-step; 0: training.batch_size (one process)
 
     def __post_init__(self) -> None:
         self.step = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        t = self.cfg.training
-        self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=1,
+        micro = self.micro_batch or self.cfg.training.batch_size
+        self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=self.world_size,
                                             seed=self.cfg.run.seed)
         workers = self.cfg.data.num_workers
-        self.train_loader = batch_loader(self.splits.train, self.train_sampler, t.batch_size, True, workers)
-        self.val_loader = batch_loader(self.splits.val, SequentialSampler(self.splits.val), t.batch_size, False,
-                                       workers)
+        self.train_loader = batch_loader(self.splits.train, self.train_sampler, micro, True, workers)
+        val_sampler = (SequentialSampler(self.splits.val) if self.world_size == 1 else  # ranks split validation
+                       ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False))
+        self.val_loader = batch_loader(self.splits.val, val_sampler, micro, False, workers)
 
     # -- phases ------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -103,8 +110,11 @@ class Trainer:
             for x, y in self.train_loader:
                 self.train_sampler.advance(x.shape[0])
                 tic = time.perf_counter()
+                boundary = self.engine.is_gradient_accumulation_boundary()
                 parts = self.train_step(x, y)
-                rate = x.shape[0] / (time.perf_counter() - tic)
+                rate = x.shape[0] * self.world_size / (time.perf_counter() - tic)
+                if not boundary:
+                    continue
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", samples_s=f"{rate:.1f}")
@@ -144,6 +154,10 @@ class Trainer:
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
             count += x.shape[0]
+        if self.world_size > 1:  # every rank computes the same keys, in the same order
+            sums = torch.tensor([*totals.values(), count], dtype=torch.float64)
+            torch.distributed.all_reduce(sums)
+            totals, count = dict(zip(totals, sums[:-1].tolist())), int(sums[-1])
         result = {k: v / max(count, 1) for k, v in totals.items()}
         self.log({"split": "val", "samples": count, **result})
         return result
@@ -153,8 +167,13 @@ class Trainer:
                 "config": self.cfg.to_dict(), "val": val, "loader": self.train_sampler.state_dict(),
                 "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
                           "std": self.splits.std.tolist()}}
-        return checkpoint.save_weights(self.run_dir / "checkpoints" / self.schedule.name, self.step,
-                                       self.model, meta)
+        with _whole_parameters(self.model):  # ZeRO-3: every rank takes part in the gather
+            if self.rank == 0:
+                path = checkpoint.save_weights(self.run_dir / "checkpoints" / self.schedule.name, self.step,
+                                               self.model, meta)
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        return self.run_dir / "checkpoints" / self.schedule.name / f"step_{self.step}" if self.rank else path
 
     # -- helpers -----------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,14 +187,37 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
 
+def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    params = list(model.parameters())
+    if params and hasattr(params[0], "ds_tensor"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params)
+    return contextlib.nullcontext()
+
+
+def uses_deepspeed(cfg: Config, world_size: int) -> bool:
+    """One process without ZeRO or accumulation runs on the plain-PyTorch engine; anything else on DeepSpeed."""
+    return world_size > 1 or cfg.deepspeed.zero_stage > 0 or cfg.deepspeed.gradient_accumulation > 1
+
+
 def build_trainer(cfg: Config) -> Trainer:
-    """Seed, data, model (optionally initialised from an earlier stage), schedule, engine."""
-    if cfg.training.precision == "fp16":
-        raise ConfigError("'training.precision' fp16 needs the DeepSpeed engine on GPUs; on the CPU use fp32 or bf16")
+    """Ranks, seed, data, model (optionally initialised from an earlier stage), schedule, engine."""
+    info = discover(os.environ, default_port=free_port())
+    deepspeed = uses_deepspeed(cfg, info.world_size)
+    if cfg.training.precision == "fp16" or (deepspeed and cfg.training.precision != "fp32"):
+        raise ConfigError(f"'training.precision' {cfg.training.precision} with DeepSpeed is not supported yet "
+                          f"(the DeepSpeed issue); use fp32, or bf16 on one process without ZeRO")
+    if deepspeed and cfg.momentum.reference_backward:
+        raise ConfigError("'momentum.reference_backward' relies on single-process autograd behaviour; "
+                          "set it to false under DeepSpeed")
+    if deepspeed:
+        init_process_group(info.rank, info.world_size, info.master_addr, info.master_port, info.local_rank)
     seed_everything(cfg.run.seed)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if info.rank == 0:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
@@ -183,20 +225,28 @@ def build_trainer(cfg: Config) -> Trainer:
     if source:
         wanted = "stage1" if schedule.name == "stage2" else None
         checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
-    if cfg.training.channels_last:
+    if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
         model.to(memory_format=torch.channels_last)
     schedule.configure(model)
     t = cfg.training
-    steps_per_epoch = len(splits.train) // t.batch_size  # one rank: its share is the whole split
+    micro = micro_batch_size(cfg, info.world_size) if deepspeed else t.batch_size
+    steps_per_epoch = len(splits.train) // t.batch_size  # every rank takes an equal share of each batch
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(splits.train)} windows, fewer than one batch "
                          f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch")
     total = t.max_steps or t.epochs * steps_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, t)
-    engine = LocalEngine(model, optimizer, build_lr_scheduler(optimizer, t, total), t.grad_clip)
-    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total)
+    lr_scheduler = build_lr_scheduler(optimizer, t, total)
+    if deepspeed:
+        engine = build_deepspeed_engine(cfg, model, optimizer, lr_scheduler, info.world_size)
+        if info.rank == 0:
+            write_deepspeed_config(run_dir, deepspeed_config(cfg, info.world_size))
+    else:
+        engine = LocalEngine(model, optimizer, lr_scheduler, t.grad_clip)
+    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro)
     trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
                  "total_params": count_parameters(model), "train_windows": len(splits.train),
-                 "val_windows": len(splits.val), "total_steps": total})
+                 "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,
+                 "engine": "deepspeed" if deepspeed else "local"})
     return trainer
