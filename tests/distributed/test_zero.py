@@ -76,8 +76,8 @@ def test_zero_stages_match_stage_zero(zero0, tmp_path, stage, threshold):
     for r in ranks:
         assert r["losses"] == pytest.approx(base["losses"], rel=1e-6, abs=1e-7)
         assert_weights_equal(r["weights"], base["weights"])
-    assert any(not torch.equal(base["weights"]["translator_k.conv_in.weight"], w)
-               for w in [zero0[1]["weights"]["translator_q.conv_in.weight"]])  # the copies really moved apart
+    w = base["weights"]  # the momentum copy really lags the trained translator, so the check above has teeth
+    assert not torch.allclose(w["translator_k.conv_in.weight"], w["translator_q.conv_in.weight"])
 
 
 @pytest.mark.distributed
