@@ -63,7 +63,8 @@ def batch_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, drop_
     """A DataLoader that asks the dataset for whole batches (a list of indices per call) instead of
     collating single windows: one allocation and one normalisation pass per batch."""
     return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(0))  # new iterators draw nothing from the global RNG
 
 
 def _frame_years(times: np.ndarray) -> np.ndarray:

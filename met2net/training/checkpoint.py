@@ -36,15 +36,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``stage_dir/step_<step>`` in a temporary directory, mark it, rename it into
-    place, then point ``latest`` at it."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    final = stage_dir / f"step_{step}"
-    tmp = stage_dir / f".step_{step}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(model.state_dict(), tmp / "model.pt")
+def partial_dir(stage_dir: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is complete; readers never look here."""
+    return stage_dir / f".step_{step}.partial"
+
+
+def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
+    """Finish the partial checkpoint of ``step``: meta.json, then ``COMPLETE``, rename it into place, then
+    point ``latest`` at it. One process (rank 0) calls this, after every rank has written its files."""
+    tmp, final = partial_dir(stage_dir, step), stage_dir / f"step_{step}"
     meta = {"format": 1, "step": step, "met2net": met2net.__version__, "torch": torch.__version__,
             "git": git_revision(), **meta}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -54,6 +54,24 @@ def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[
     os.replace(tmp, final)
     _write_atomic(stage_dir / "latest", final.name)
     return final
+
+
+def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """A weights-only checkpoint from one process."""
+    tmp = partial_dir(stage_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    return publish(stage_dir, step, meta)
+
+
+def latest(stage_dir: Path) -> Path | None:
+    """The newest COMPLETE checkpoint of a stage directory, or None (nothing to resume)."""
+    pointer = stage_dir / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = stage_dir / pointer.read_text().strip()
+    return ckpt if (ckpt / MARKER).exists() else None
 
 
 def resolve(path: str | Path, schedule: str | None) -> Path:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +61,34 @@ class LocalEngine:
     def get_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 
+    def save_checkpoint(self, save_dir: Path, tag: str, client_state: dict[str, Any], save_latest: bool = False):
+        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "lr_scheduler": self.lr_scheduler.state_dict(), "client_state": client_state},
+                   Path(save_dir) / tag / "engine.pt")
+
+    def load_checkpoint(self, load_dir: Path, tag: str) -> tuple[Path, dict[str, Any]]:
+        path = Path(load_dir) / tag / "engine.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        return path, state["client_state"]
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -87,7 +111,8 @@ class Trainer:
     micro_batch: int = 0  # per rank and micro-step; 0: training.batch_size (one process)
 
     def __post_init__(self) -> None:
-        self.step = 0
+        self.step, self.epoch = 0, 0
+        self.stage_dir = self.run_dir / "checkpoints" / self.schedule.name
         self.metrics_path = self.run_dir / "metrics.jsonl"
         micro = self.micro_batch or self.cfg.training.batch_size
         self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=self.world_size,
@@ -104,9 +129,10 @@ class Trainer:
         quiet = self.rank != 0 or not t.progress  # otherwise None: tqdm stays off without a TTY
         bar = tqdm(total=self.total_steps, desc=self.schedule.name, disable=True if quiet else None,
                    dynamic_ncols=True, mininterval=1.0)
-        epoch, last_val = 0, {}
+        bar.update(self.step)
+        last_val = {}
         while self.step < self.total_steps:
-            self.train_sampler.set_epoch(epoch)
+            self.train_sampler.set_epoch(self.epoch)
             for x, y in self.train_loader:
                 self.train_sampler.advance(x.shape[0])
                 tic = time.perf_counter()
@@ -119,15 +145,18 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", samples_s=f"{rate:.1f}")
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    self.log({"split": "train", "epoch": epoch, "lr": self.engine.get_lr()[0],
+                    self.log({"split": "train", "epoch": self.epoch, "lr": self.engine.get_lr()[0],
                               "samples_per_s": rate, **parts})
                 if (t.val_every and self.step % t.val_every == 0) or self.step == self.total_steps:
                     last_val = self.validate()
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save(last_val)
                 if self.step >= self.total_steps:
                     break
-            epoch += 1
-            if not t.val_every and self.step < self.total_steps:
-                last_val = self.validate()
+            else:
+                self.epoch += 1
+                if not t.val_every and self.step < self.total_steps:
+                    last_val = self.validate()
         bar.close()
         self.save(last_val)
         return last_val
@@ -163,17 +192,45 @@ class Trainer:
         return result
 
     def save(self, val: dict[str, float]) -> Path:
-        meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
-                "config": self.cfg.to_dict(), "val": val, "loader": self.train_sampler.state_dict(),
-                "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
-                          "std": self.splits.std.tolist()}}
+        """Every rank writes its engine state (DeepSpeed's files, or ours) and RNG state into a partial
+        directory; rank 0 adds the whole weights (`model.pt`, gathered under ZeRO-3) and publishes it."""
+        tmp = checkpoint.partial_dir(self.stage_dir, self.step)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        client = {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict()}
+        self.engine.save_checkpoint(self.stage_dir, tag=tmp.name, client_state=client, save_latest=False)
+        torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
         with _whole_parameters(self.model):  # ZeRO-3: every rank takes part in the gather
             if self.rank == 0:
-                path = checkpoint.save_weights(self.run_dir / "checkpoints" / self.schedule.name, self.step,
-                                               self.model, meta)
+                torch.save(self.model.state_dict(), tmp / "model.pt")
+        self._barrier()
+        if self.rank == 0:
+            meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
+                    "config": self.cfg.to_dict(), "val": val, "world_size": self.world_size, **client,
+                    "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
+                              "std": self.splits.std.tolist()}}
+            checkpoint.publish(self.stage_dir, self.step, meta)
+        self._barrier()
+        return self.stage_dir / f"step_{self.step}"
+
+    def resume(self, ckpt: Path) -> None:
+        """Weights, optimizer, LR schedule, step, epoch, position in the epoch and RNG states: the run goes on
+        exactly as if it had not stopped (same world size)."""
+        meta = checkpoint.load_meta(ckpt)
+        if meta.get("world_size", 1) != self.world_size:
+            raise ValueError(f"{ckpt}: was written by {meta.get('world_size')} ranks, this run has "
+                             f"{self.world_size}; resume with the same number of ranks")
+        _, client = self.engine.load_checkpoint(self.stage_dir, tag=ckpt.name)
+        self.step, self.epoch = client["step"], client["epoch"]
+        self.train_sampler.load_state_dict(client["sampler"])
+        set_rng_state(torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False))
+        self.log({"split": "resume", "from": str(ckpt)})
+
+    def _barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
-        return self.run_dir / "checkpoints" / self.schedule.name / f"step_{self.step}" if self.rank else path
 
     # -- helpers -----------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,8 +278,9 @@ def build_trainer(cfg: Config) -> Trainer:
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
+    resume_from = checkpoint.latest(run_dir / "checkpoints" / schedule.name) if cfg.training.resume else None
     source = cfg.training.init_from or (str(run_dir) if schedule.name == "stage2" else "")
-    if source:
+    if source and resume_from is None:
         wanted = "stage1" if schedule.name == "stage2" else None
         checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
@@ -245,6 +303,8 @@ def build_trainer(cfg: Config) -> Trainer:
     else:
         engine = LocalEngine(model, optimizer, lr_scheduler, t.grad_clip)
     trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro)
+    if resume_from is not None:
+        trainer.resume(resume_from)
     trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
                  "total_params": count_parameters(model), "train_windows": len(splits.train),
                  "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,

@@ -42,4 +42,4 @@ def test_netcdf_to_shards_to_training(tmp_path):
     assert start["train_windows"] == 10 * 4 - 3  # 6-hourly frames of 10 days, windows of 4 frames
     meta = json.loads((run / "checkpoints/stage2/step_4/meta.json").read_text())
     stats = json.loads((shards / "stats.json").read_text())
-    assert meta["stats"]["mean"] == stats["mean"] and meta["loader"]["position"] == 16
+    assert meta["stats"]["mean"] == stats["mean"] and meta["sampler"]["position"] == 16
