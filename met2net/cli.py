@@ -24,11 +24,17 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from met2net.distributed.setup import teardown
     from met2net.training.loop import build_trainer
+    from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted
 
     cfg = load_config(args.config, args.overrides)
     try:
         trainer = build_trainer(cfg)
-        val = trainer.train()
+        try:
+            val = trainer.train()
+        except Preempted as stop:
+            print(f"met2net: stopped ({stop}); exit code {REQUEUE_EXIT_CODE} = requeue me", file=sys.stderr)
+            del trainer
+            return REQUEUE_EXIT_CODE
         if trainer.rank == 0:
             print(f"{trainer.schedule.name}: {trainer.step} steps on {trainer.world_size} rank(s), validation "
                   + ", ".join(f"{k} {v:.5f}" for k, v in val.items()) + f"; run directory {trainer.run_dir}")

@@ -79,6 +79,7 @@ class TrainingConfig:
     init_from: str = ""
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
     resume: bool = True  # continue from the stage's latest COMPLETE checkpoint in run.dir, if any
+    time_limit: float = 0.0  # seconds of wall clock for this process; checkpoint and stop before it; 0: none
     log_every: int = 10
     progress: bool = True
 
@@ -282,6 +283,7 @@ def validate(cfg: Config) -> None:
           "training.epochs and training.max_steps are both 0: set one of them")
     _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
     _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
+    _need(t.time_limit >= 0, "training.time_limit", f"must be ≥ 0 seconds, got {t.time_limit}")
     _need(t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
           "training.weight_decay/grad_clip/pred_loss_weight", "must be ≥ 0")
     _need(not (t.schedule == "end_to_end" and t.pred_loss_weight > 0), "training.pred_loss_weight",

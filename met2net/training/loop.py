@@ -33,6 +33,7 @@ from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint
 from met2net.training.engine import build_deepspeed_engine, deepspeed_config, micro_batch_size, write_deepspeed_config
 from met2net.training.optim import build_lr_scheduler, build_optimizer
+from met2net.training.preemption import Preempted, StopWatch
 from met2net.training.stages import Schedule, make_schedule
 
 
@@ -113,6 +114,7 @@ class Trainer:
     def __post_init__(self) -> None:
         self.step, self.epoch = 0, 0
         self.stage_dir = self.run_dir / "checkpoints" / self.schedule.name
+        self.stopwatch = StopWatch(self.cfg.training.time_limit)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         micro = self.micro_batch or self.cfg.training.batch_size
         self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=self.world_size,
@@ -153,6 +155,12 @@ class Trainer:
                     self.save(last_val)
                 if self.step >= self.total_steps:
                     break
+                reason = self.stopwatch.should_stop(time.perf_counter() - tic, self.world_size)
+                if reason:
+                    bar.close()
+                    path = self.save(last_val)
+                    self.log({"split": "preempted", "reason": reason, "checkpoint": str(path)})
+                    raise Preempted(f"{reason}: checkpoint {path} written at step {self.step}")
             else:
                 self.epoch += 1
                 if not t.val_every and self.step < self.total_steps:

@@ -1,0 +1,53 @@
+"""Stop cleanly before being killed: on SIGUSR1/SIGTERM, or before ``training.time_limit`` runs out.
+
+A signal only sets a flag. At the next optimizer-step boundary the ranks agree by an all-reduce
+(any rank's flag stops every rank), the loop writes a checkpoint, and the process exits with
+``REQUEUE_EXIT_CODE``: "stopped on purpose with a checkpoint, requeue me". Launchers map it to
+a requeue; a run started again in the same run directory resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class Preempted(Exception):
+    """Raised by the loop after the checkpoint is written; the command turns it into the exit code."""
+
+
+class StopWatch:
+    """The flag that signals set, and the time budget."""
+
+    def __init__(self, time_limit_s: float = 0.0):
+        self.requested: str | None = None
+        self.time_limit_s = time_limit_s
+        self.started = time.monotonic()
+        self.longest_step = 0.0
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def out_of_time(self, step_seconds: float) -> bool:
+        """True when two more of the slowest steps (one to run, one to checkpoint in) would pass the limit."""
+        self.longest_step = max(self.longest_step, step_seconds)
+        if not self.time_limit_s:
+            return False
+        return time.monotonic() - self.started + 2 * self.longest_step >= self.time_limit_s
+
+    def should_stop(self, step_seconds: float, world_size: int) -> str | None:
+        """Why every rank stops now (the same answer on all ranks), or None."""
+        reason = self.requested or ("time limit" if self.out_of_time(step_seconds) else None)
+        if world_size == 1:
+            return reason
+        flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return {0: None, 1: "time limit", 2: "signal"}[int(flag)]
