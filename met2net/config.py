@@ -78,6 +78,7 @@ class TrainingConfig:
     channels_last: bool = True
     init_from: str = ""
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
+    keep_last: int = 2  # checkpoints kept per stage, besides the best by validation loss; 0: keep all
     resume: bool = True  # continue from the stage's latest COMPLETE checkpoint in run.dir, if any
     time_limit: float = 0.0  # seconds of wall clock for this process; checkpoint and stop before it; 0: none
     log_every: int = 10
@@ -277,7 +278,7 @@ def validate(cfg: Config) -> None:
     _need(0 <= t.min_lr <= t.lr, "training.min_lr", f"must be in [0, training.lr={t.lr}], got {t.min_lr}")
     _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "training.betas",
           f"must be two numbers in [0, 1), got {t.betas}")
-    for key in ("warmup_steps", "max_steps", "val_every", "val_batches", "epochs", "checkpoint_every"):
+    for key in ("warmup_steps", "max_steps", "val_every", "val_batches", "epochs", "checkpoint_every", "keep_last"):
         _need(getattr(t, key) >= 0, f"training.{key}", f"must be ≥ 0, got {getattr(t, key)}")
     _need(t.epochs > 0 or t.max_steps > 0, "training.max_steps",
           "training.epochs and training.max_steps are both 0: set one of them")

@@ -65,6 +65,27 @@ def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[
     return publish(stage_dir, step, meta)
 
 
+def prune(stage_dir: Path, keep_last: int) -> list[Path]:
+    """Delete complete checkpoints beyond the newest ``keep_last``, never the one ``latest`` names nor the
+    best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``."""
+    done = sorted((p for p in stage_dir.glob("step_*") if (p / MARKER).exists()), key=lambda p: int(p.name[5:]))
+    scored = [(load_meta(p).get("val", {}).get("loss"), p) for p in done]
+    scored = [(v, p) for v, p in scored if v is not None]
+    keep = set(done[-keep_last:]) if keep_last else set(done)
+    if scored:
+        best = min(scored, key=lambda vp: (vp[0], -int(vp[1].name[5:])))[1]
+        keep.add(best)
+        _write_atomic(stage_dir / "best", best.name)
+    pointer = stage_dir / "latest"
+    if pointer.is_file():
+        keep.add(stage_dir / pointer.read_text().strip())
+    removed = [p for p in done if p not in keep]
+    for p in removed:
+        (p / MARKER).unlink()  # first: a half-deleted directory is never mistaken for a checkpoint
+        shutil.rmtree(p)
+    return removed
+
+
 def latest(stage_dir: Path) -> Path | None:
     """The newest COMPLETE checkpoint of a stage directory, or None (nothing to resume)."""
     pointer = stage_dir / "latest"

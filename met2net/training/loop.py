@@ -220,6 +220,7 @@ class Trainer:
                     "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
                               "std": self.splits.std.tolist()}}
             checkpoint.publish(self.stage_dir, self.step, meta)
+            checkpoint.prune(self.stage_dir, self.cfg.training.keep_last)
         self._barrier()
         return self.stage_dir / f"step_{self.step}"
 

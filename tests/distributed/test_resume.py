@@ -12,7 +12,7 @@ import torch
 
 from tests.distributed.test_train_launchers import BIN, launch
 
-OVERRIDES = ["training.schedule=implicit", "training.checkpoint_every=3", "training.log_every=1",
+OVERRIDES = ["training.checkpoint_every=3", "training.log_every=1",
              "model.drop_path=0.1"]  # DropPath draws random numbers: the RNG state must be restored too
 
 
@@ -21,10 +21,10 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in lines if r["split"] == "train"]
 
 
-def interrupt_after_first_checkpoint(src: Path, dst: Path) -> None:
+def interrupt_after_first_checkpoint(src: Path, dst: Path, schedule: str) -> None:
     """What a preempted run leaves behind: the step-3 checkpoint is the latest complete one."""
     shutil.copytree(src, dst)
-    stage = dst / "checkpoints/implicit"
+    stage = dst / "checkpoints" / schedule
     shutil.rmtree(stage / "step_6")
     (stage / "latest").write_text("step_3")
     log = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 3]
@@ -32,21 +32,23 @@ def interrupt_after_first_checkpoint(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("engine", ["local", "zero1", "zero2", "zero3"])
-def test_resume_continues_bitwise(tmp_path, engine):
+@pytest.mark.parametrize("engine, schedule", [("local", "implicit"), ("local", "stage1"), ("zero1", "implicit"),
+                                              ("zero2", "implicit"), ("zero3", "implicit"), ("zero3", "stage1")])
+def test_resume_continues_bitwise(tmp_path, engine, schedule):
     if engine == "local":
         cmd, extra = [sys.executable], []
     else:
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
         extra = [f"deepspeed.zero_stage={engine[-1]}", "deepspeed.stage3_param_persistence_threshold=0"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    extra.append(f"training.schedule={schedule}")
     launch(cmd, whole, *OVERRIDES, *extra)
-    interrupt_after_first_checkpoint(whole, resumed)
+    interrupt_after_first_checkpoint(whole, resumed, schedule)
     launch(cmd, resumed, *OVERRIDES, *extra)
     assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
     assert losses(resumed) == losses(whole)  # bitwise, steps 4–6 computed after the resume
-    a = torch.load(whole / "checkpoints/implicit/step_6/model.pt", weights_only=True)
-    b = torch.load(resumed / "checkpoints/implicit/step_6/model.pt", weights_only=True)
+    a = torch.load(whole / f"checkpoints/{schedule}/step_6/model.pt", weights_only=True)
+    b = torch.load(resumed / f"checkpoints/{schedule}/step_6/model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = (resumed / "metrics.jsonl").read_text()
     assert '"split": "resume"' in log and "step_3" in log

@@ -72,3 +72,15 @@ def test_init_from_a_stage_directory_follows_latest(tmp_path, small_cfg):
     meta = checkpoint.init_from(Met2Net(small_cfg.model), tmp_path / "checkpoints/stage2", None,
                                 small_cfg.model.__dict__)
     assert meta["step"] == 5
+
+
+def test_prune_keeps_the_newest_and_the_best(tmp_path, small_cfg):
+    model = Met2Net(small_cfg.model)
+    stage = tmp_path / "checkpoints" / "stage1"
+    for step, loss in ((1, 0.9), (2, 0.2), (3, 0.5), (4, 0.7), (5, 0.6)):
+        checkpoint.save_weights(stage, step, model, {"schedule": "stage1", "val": {"loss": loss}})
+    removed = checkpoint.prune(stage, keep_last=2)
+    assert sorted(p.name for p in removed) == ["step_1", "step_3"]
+    assert sorted(p.name for p in stage.glob("step_*")) == ["step_2", "step_4", "step_5"]
+    assert (stage / "best").read_text() == "step_2" and (stage / "latest").read_text() == "step_5"
+    assert checkpoint.prune(stage, keep_last=0) == []
