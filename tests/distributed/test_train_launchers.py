@@ -21,7 +21,8 @@ def launch(launcher: list[str], run_dir: Path, *overrides: str) -> subprocess.Co
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port()),
            "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_ext"), "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    cmd = [*launcher, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
+    module = [] if launcher[-1] == "--module" else ["-m"]
+    cmd = [*launcher, *module, "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
            f"run.dir={run_dir}", "training.progress=false", *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -33,13 +34,12 @@ def records(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun", "deepspeed"])
 def test_two_rank_zero_training_then_stage_two(tmp_path, launcher):
-    cmd = {"torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"],
-           "mpirun": [str(BIN / "mpirun"), "-n", "2", sys.executable]}[launcher]
-    if launcher == "torchrun":
-        cmd.append("--no-python")
-        cmd.append(sys.executable)
+    cmd = {"torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable],
+           "mpirun": [str(BIN / "mpirun"), "-n", "2", sys.executable],
+           "deepspeed": [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module"],
+           }[launcher]
     run = tmp_path / "run"
     out = launch(cmd, run, "training.schedule=stage1", "deepspeed.zero_stage=3")
     assert "stage1: 6 steps on 2 rank(s)" in out.stdout
