@@ -82,6 +82,13 @@ class Met2Net(nn.Module):
                 m.fast_kernels = on
         return self
 
+    def use_activation_checkpointing(self, on: bool = True) -> Met2Net:
+        """Recompute the Translator blocks in backward instead of storing their activations."""
+        for name in ("translator_q", "translator_k"):
+            if hasattr(self, name):
+                getattr(self, name).checkpoint_blocks = on
+        return self
+
     # --- momentum copies ---------------------------------------------------------------------
     @torch.no_grad()
     def update_codec_copies(self, momentum: float) -> None:

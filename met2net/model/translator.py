@@ -6,12 +6,14 @@ T·S = frames × hid_s (the translator's input channels per variable).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DropPath(nn.Module):
@@ -149,8 +151,32 @@ class TranslatorBlock(nn.Module):
         return x.reshape(b, c, d, h, w)
 
 
+class _FrozenBatchNormStatistics:
+    """While a checkpointed block is recomputed in backward, its BatchNorms must not count the batch a
+    second time: momentum 0 leaves the running statistics exactly as they are, and the batch counters are
+    put back."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def __enter__(self):
+        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc):
+        for m, (momentum, tracked) in zip(self.norms, self.saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
 class Translator(nn.Module):
-    """(B, C, T·S, h, w) → (B, C, T·S, h, w): 1×1 in, N_T blocks, 1×1 out, per variable."""
+    """(B, C, T·S, h, w) → (B, C, T·S, h, w): 1×1 in, N_T blocks, 1×1 out, per variable.
+
+    With ``checkpoint_blocks`` the blocks' activations are recomputed in backward instead of stored
+    (same numbers: DropPath replays its random draws, BatchNorm statistics are updated once)."""
+
+    checkpoint_blocks = False
 
     def __init__(self, in_channels: int, dim: int, num_blocks: int, num_heads: int,
                  drop_path: float):
@@ -164,5 +190,9 @@ class Translator(nn.Module):
         b, c, t, h, w = z_bcthw.shape
         x = self.conv_in(z_bcthw.reshape(b * c, t, h, w)).reshape(b, c, -1, h, w)
         for block in self.blocks:
-            x = block(x)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=lambda blk=block: (contextlib.nullcontext(), _FrozenBatchNormStatistics(blk)))
+            else:
+                x = block(x)
         return self.conv_out(x.reshape(b * c, -1, h, w)).reshape(b, c, t, h, w)

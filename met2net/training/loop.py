@@ -292,6 +292,7 @@ def build_trainer(cfg: Config) -> Trainer:
     if source and resume_from is None:
         wanted = "stage1" if schedule.name == "stage2" else None
         checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+    model.use_activation_checkpointing(cfg.deepspeed.activation_checkpointing)
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
         model.to(memory_format=torch.channels_last)
     schedule.configure(model)

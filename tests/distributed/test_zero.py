@@ -25,12 +25,12 @@ def assert_weights_equal(a: dict, b: dict) -> None:
             torch.testing.assert_close(a[k], v, rtol=1e-5, atol=1e-6, msg=k)  # reduction order differs
 
 
-def train(rank: int, world: int, stage: int, accumulation: int, threshold: int) -> dict:
+def train(rank: int, world: int, stage: int, accumulation: int, threshold: int, recompute: bool = False) -> dict:
     cfg = small_config(f"deepspeed.zero_stage={stage}", f"deepspeed.gradient_accumulation={accumulation}",
                        f"deepspeed.stage3_param_persistence_threshold={threshold}", "model.drop_path=0",
                        f"training.batch_size={GLOBAL_BATCH}", "momentum.translator=0.5", "training.lr=0.01")
     torch.manual_seed(0)
-    model = Met2Net(cfg.model)
+    model = Met2Net(cfg.model).use_activation_checkpointing(recompute)
     schedule = Implicit(cfg)
     schedule.configure(model)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.training)
@@ -69,9 +69,10 @@ def zero0(tmp_path_factory):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage, threshold", [(1, 0), (2, 0), (3, 0), (3, 100_000)])
-def test_zero_stages_match_stage_zero(zero0, tmp_path, stage, threshold):
-    ranks = run_ranks(train, 2, tmp_path, stage, 1, threshold)
+@pytest.mark.parametrize("stage, threshold, recompute", [(1, 0, False), (2, 0, False), (3, 0, False),
+                                                         (3, 100_000, False), (3, 0, True)])
+def test_zero_stages_match_stage_zero(zero0, tmp_path, stage, threshold, recompute):
+    ranks = run_ranks(train, 2, tmp_path, stage, 1, threshold, recompute)
     base = zero0[0]
     for r in ranks:
         assert r["losses"] == pytest.approx(base["losses"], rel=1e-6, abs=1e-7)
