@@ -8,20 +8,20 @@ import os
 import torch
 import torch.distributed as dist
 
+from met2net.distributed.env import RankInfo, export
 
-def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int,
-                       local_rank: int | None = None) -> None:
+
+def init_process_group(info: RankInfo) -> None:
     """Export the rank variables ourselves (so DeepSpeed never falls back to its own MPI discovery) and
     start DeepSpeed's process group: NCCL on GPUs, gloo on the CPU."""
-    local = rank if local_rank is None else local_rank
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local), MASTER_ADDR=master_addr,
-                      MASTER_PORT=str(master_port))
+    export(info, os.environ)
     cuda = torch.cuda.is_available()
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               distributed_port=master_port, rank=rank, world_size=world_size, verbose=False)
+                               distributed_port=info.master_port, rank=info.rank, world_size=info.world_size,
+                               verbose=False)
 
 
 def teardown() -> None:

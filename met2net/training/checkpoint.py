@@ -56,15 +56,6 @@ def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
     return final
 
 
-def save_weights(stage_dir: Path, step: int, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """A weights-only checkpoint from one process."""
-    tmp = partial_dir(stage_dir, step)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(model.state_dict(), tmp / "model.pt")
-    return publish(stage_dir, step, meta)
-
-
 def prune(stage_dir: Path, keep_last: int) -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep_last``, never the one ``latest`` names nor the
     best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``."""

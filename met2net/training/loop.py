@@ -278,7 +278,7 @@ def build_trainer(cfg: Config) -> Trainer:
         raise ConfigError("'momentum.reference_backward' relies on single-process autograd behaviour; "
                           "set it to false under DeepSpeed")
     if deepspeed:
-        init_process_group(info.rank, info.world_size, info.master_addr, info.master_port, info.local_rank)
+        init_process_group(info)
     seed_everything(cfg.run.seed)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)

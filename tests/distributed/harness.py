@@ -6,19 +6,20 @@ Each rank's return value is saved with torch.save and handed back in rank order.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from met2net.distributed.env import RankInfo, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def local_rank_info(rank: int, world_size: int, port: int) -> RankInfo:
+    """Rank ``rank`` of ``world_size`` processes on this machine."""
+    return RankInfo(rank=rank, world_size=world_size, local_rank=rank, local_world_size=world_size, node_rank=0,
+                    num_nodes=1, master_addr="127.0.0.1", master_port=port, launcher="single")
 
 
 def run_ranks(fn, world_size: int, out_dir: Path, *args) -> list:
@@ -34,7 +35,7 @@ def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple)
     torch.set_num_threads(1)
     from met2net.distributed.setup import init_process_group, teardown
 
-    init_process_group(rank, world_size, "127.0.0.1", port)
+    init_process_group(local_rank_info(rank, world_size, port))
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")

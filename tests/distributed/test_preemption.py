@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from met2net.distributed.env import free_port
 from met2net.training.preemption import REQUEUE_EXIT_CODE
-from tests.distributed.harness import ROOT, free_port
+from tests.distributed.harness import ROOT
 from tests.distributed.test_resume import losses
 from tests.distributed.test_train_launchers import BIN, launch
 from tests.e2e.test_train_cli import TINY

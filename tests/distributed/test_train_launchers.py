@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.harness import ROOT, free_port
+from met2net.distributed.env import free_port
+from tests.distributed.harness import ROOT
 from tests.e2e.test_train_cli import TINY
 
 BIN = Path(sys.executable).parent

@@ -6,8 +6,16 @@ from met2net.training import checkpoint
 from tests.conftest import small_config
 
 
+def save_weights(stage_dir, step, model, meta):
+    """A weights-only checkpoint from one process, as the loop writes them."""
+    tmp = checkpoint.partial_dir(stage_dir, step)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    return checkpoint.publish(stage_dir, step, meta)
+
+
 def save(tmp_path, model, cfg, step=3, schedule="stage1"):
-    return checkpoint.save_weights(tmp_path / "checkpoints" / schedule, step, model,
+    return save_weights(tmp_path / "checkpoints" / schedule, step, model,
                                    {"schedule": schedule, "model": cfg.model.__dict__.copy()})
 
 
@@ -78,7 +86,7 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path, small_cfg):
     model = Met2Net(small_cfg.model)
     stage = tmp_path / "checkpoints" / "stage1"
     for step, loss in ((1, 0.9), (2, 0.2), (3, 0.5), (4, 0.7), (5, 0.6)):
-        checkpoint.save_weights(stage, step, model, {"schedule": "stage1", "val": {"loss": loss}})
+        save_weights(stage, step, model, {"schedule": "stage1", "val": {"loss": loss}})
     removed = checkpoint.prune(stage, keep_last=2)
     assert sorted(p.name for p in removed) == ["step_1", "step_3"]
     assert sorted(p.name for p in stage.glob("step_*")) == ["step_2", "step_4", "step_5"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -26,13 +25,13 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _setup(batch: int):
+def _setup(batch: int, overrides: list[str] = ()):
     from met2net.config import load_config
     from met2net.model.met2net import Met2Net
     from met2net.training.optim import build_lr_scheduler, build_optimizer
     from met2net.training.stages import Implicit
 
-    cfg = load_config(ROOT / "configs/mv5_5.625.yaml", ["model.drop_path=0"])
+    cfg = load_config(ROOT / "configs/mv5_5.625.yaml", ["model.drop_path=0", *overrides])
     torch.manual_seed(0)
     model = Met2Net(cfg.model)
     schedule = Implicit(cfg)
@@ -65,17 +64,16 @@ def plain(batch: int, steps: int) -> float:
 def _rank(rank: int, world: int, port: int, stage: int, batch: int, steps: int, out: str) -> None:
     os.environ.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ROOT / ".torch_ext"))
     torch.set_num_threads(1)
+    from met2net.distributed.env import RankInfo
     from met2net.distributed.setup import init_process_group, teardown
     from met2net.training.engine import build_deepspeed_engine
 
-    init_process_group(rank, world, "127.0.0.1", port)
+    init_process_group(RankInfo(rank=rank, world_size=world, local_rank=rank, local_world_size=world, node_rank=0,
+                                num_nodes=1, master_addr="127.0.0.1", master_port=port, launcher="single"))
     try:
-        cfg, model, schedule, optimizer, lr, x = _setup(batch)
         overrides = [f"deepspeed.zero_stage={stage}", f"training.batch_size={batch * world}",
                      "deepspeed.stage3_param_persistence_threshold=0"]
-        from met2net.config import load_config
-
-        cfg = load_config(ROOT / "configs/mv5_5.625.yaml", ["model.drop_path=0", *overrides])
+        cfg, model, schedule, optimizer, lr, x = _setup(batch, overrides)
         engine = build_deepspeed_engine(cfg, model, optimizer, lr, world)
         times = _time_steps(engine, model, schedule, x, steps)
         torch.save({"time": statistics.median(times), "bytes": _state_bytes(engine, model)}, f"{out}/rank{rank}.pt")
@@ -101,9 +99,9 @@ def _state_bytes(engine, model) -> int:
 
 
 def distributed(world: int, stage: int, batch: int, steps: int) -> list[dict]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from met2net.distributed.env import free_port
+
+    port = free_port()
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_rank, args=(world, port, stage, batch, steps, out), nprocs=world, start_method="spawn")
         return [torch.load(f"{out}/rank{r}.pt") for r in range(world)]
