@@ -21,26 +21,63 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def run_train(config: str | None, overrides: list[str]) -> tuple[int, str | None]:
+    """`met2net train` in this process: (0, None) when done, or (REQUEUE_EXIT_CODE, what stopped it here: a
+    signal name, or None for the time limit or another rank's signal) after a checkpoint. Launchers that run
+    training in-process (submitit) use this; the process group is torn down either way."""
     from met2net.distributed.setup import teardown
     from met2net.training.loop import build_trainer
     from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config, overrides)
     try:
         trainer = build_trainer(cfg)
         try:
             val = trainer.train()
         except Preempted as stop:
             print(f"met2net: stopped ({stop}); exit code {REQUEUE_EXIT_CODE} = requeue me", file=sys.stderr)
+            requested = trainer.stopwatch.requested
             del trainer
-            return REQUEUE_EXIT_CODE
+            return REQUEUE_EXIT_CODE, requested
         if trainer.rank == 0:
             print(f"{trainer.schedule.name}: {trainer.step} steps on {trainer.world_size} rank(s), validation "
                   + ", ".join(f"{k} {v:.5f}" for k, v in val.items()) + f"; run directory {trainer.run_dir}")
         del trainer
     finally:
         teardown()
+    return 0, None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return run_train(args.config, args.overrides)[0]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from met2net.launch import plan
+
+    cfg = load_config(args.config, args.overrides)  # validated here, before anything is queued
+    run_dir = Path(cfg.run.dir).resolve()
+    res = plan.Resources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node,
+                         cpus_per_task=args.cpus_per_task, time_min=plan.parse_minutes(args.time),
+                         partition=args.partition, account=args.account, signal_delay_s=args.signal_delay,
+                         max_requeues=args.max_requeues)
+    jobs = plan.make_plan(run_dir, plan.parse_stages(args.stages), args.rounds, tuple(args.overrides))
+    config = str(Path(args.config).resolve()) if args.config else None
+    print(plan.format_plan(jobs, res, str(config), args.executor))
+    if args.dry_run:
+        print("dry run: nothing submitted")
+        return 0
+    from met2net.launch.submit import submit
+
+    submit(jobs, config, res, args.executor, run_dir / "submitit", run_dir)
+    print(f"watch with: met2net status {run_dir}" + ("  (squeue --me; sacct)" if args.executor == "slurm" else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from met2net.launch.status import status
+
+    print(status(args.run_dir))
     return 0
 
 
@@ -97,6 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one schedule (implicit, stage1, stage2, end_to_end)")
     _config_args(train)
     train.set_defaults(func=cmd_train)
+    submit = sub.add_parser("submit", help="submit stage one → stage two as dependent jobs (submitit: Slurm or local)")
+    _config_args(submit)
+    submit.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
+    submit.add_argument("--rounds", type=int, default=1, help="repeat the stages; round r starts from round r-1")
+    submit.add_argument("--executor", choices=("slurm", "local"), default="slurm",
+                        help="local: run the jobs one after the other on this machine, without Slurm")
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node: one per GPU")
+    submit.add_argument("--gpus-per-node", type=int, default=0)
+    submit.add_argument("--cpus-per-task", type=int, default=1)
+    submit.add_argument("--time", default="60", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS")
+    submit.add_argument("--partition", default="")
+    submit.add_argument("--account", default="")
+    submit.add_argument("--signal-delay", type=int, default=120,
+                        help="seconds before the time limit at which training checkpoints and requeues")
+    submit.add_argument("--max-requeues", type=int, default=3, help="time-outs to checkpoint and requeue after")
+    submit.add_argument("--dry-run", action="store_true", help="print the job plan, submit nothing")
+    submit.set_defaults(func=cmd_submit)
+    status = sub.add_parser("status", help="jobs (sacct), checkpoints and last metrics of a run directory")
+    status.add_argument("run_dir", type=Path)
+    status.set_defaults(func=cmd_status)
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     synthetic = data.add_parser("synthetic", help="write the built-in WeatherBench-style netCDF dataset")
     synthetic.add_argument("out", help="output directory (one folder per variable)")

@@ -1,9 +1,11 @@
-"""Stop cleanly before being killed: on SIGUSR1/SIGTERM, or before ``training.time_limit`` runs out.
+"""Stop cleanly before being killed: on SIGUSR1/SIGUSR2/SIGTERM, or before ``training.time_limit`` runs out.
 
 A signal only sets a flag. At the next optimizer-step boundary the ranks agree by an all-reduce
 (any rank's flag stops every rank), the loop writes a checkpoint, and the process exits with
 ``REQUEUE_EXIT_CODE``: "stopped on purpose with a checkpoint, requeue me". Launchers map it to
-a requeue; a run started again in the same run directory resumes from that checkpoint.
+a requeue; a run started again in the same run directory resumes from that checkpoint. SIGUSR1 is
+what our sbatch scripts forward before the time limit, SIGUSR2 what submitit's jobs get; SIGTERM comes
+with ``scancel``, ``scontrol requeue`` and preemption (the job is ending or requeued anyway).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 
 class Preempted(Exception):

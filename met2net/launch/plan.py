@@ -1,0 +1,125 @@
+"""The job plan of a pipeline: which `met2net train` runs, in which directories, after which job.
+
+Pure functions (no Slurm, no submitit), shared by ``met2net submit`` and its tests. A pipeline is
+``rounds`` repetitions of ``stages``; with more than one round each round has its own directory
+``<run>/round_<r>`` and round r's first stage starts from round r-1's last stage (weights only), as
+``slurm/pipeline.sh`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEDULES = ("stage1", "stage2", "implicit", "end_to_end")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every job of the pipeline asks the scheduler for (one task per GPU on GPU nodes)."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    time_min: int = 60
+    partition: str = ""
+    account: str = ""
+    signal_delay_s: int = 120  # the time-limit warning (SIGUSR2) comes this long before the limit
+    max_requeues: int = 3  # time-outs a job may checkpoint and requeue after; preemptions always requeue
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
+            raise ValueError("--gpus-per-node, --max-requeues and --signal-delay must not be negative")
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
+                             f"{self.time_min} min, or the warning comes before the job starts working")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    schedule: str
+    round: int
+    run_dir: str
+    overrides: tuple[str, ...]  # the `met2net train CONFIG ...` overrides of this job, run.dir last
+    after: int | None  # index of the job that must end successfully first (afterok)
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in SCHEDULES]
+    if unknown or not stages:
+        raise ValueError(f"--stages {text!r}: expected a comma-separated list of {', '.join(SCHEDULES)}")
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"--stages {text!r} names a stage twice")
+    if "stage2" in stages and "stage1" in stages and stages.index("stage2") < stages.index("stage1"):
+        raise ValueError(f"--stages {text!r}: stage two starts from stage one, so stage1 comes first")
+    return stages
+
+
+def round_dir(run_dir: str | Path, round_: int, rounds: int) -> str:
+    return str(run_dir) if rounds == 1 else str(Path(run_dir) / f"round_{round_}")
+
+
+def make_plan(run_dir: str | Path, stages: tuple[str, ...], rounds: int = 1,
+              overrides: tuple[str, ...] = ()) -> list[Job]:
+    """One job per (round, stage), each after the previous one."""
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+    if rounds > 1 and stages[0] not in ("stage1", "stage2"):
+        raise ValueError(f"--rounds {rounds}: rounds alternate stage one and stage two; "
+                         f"{stages[0]!r} trains everything at once (use --rounds 1)")
+    jobs: list[Job] = []
+    for r in range(1, rounds + 1):
+        here = round_dir(run_dir, r, rounds)
+        for i, stage in enumerate(stages):
+            extra = [f"training.schedule={stage}"]
+            if r > 1 and i == 0:  # weights only, from the last stage of the previous round
+                previous = Path(round_dir(run_dir, r - 1, rounds)) / "checkpoints" / stages[-1]
+                extra.append(f"training.init_from={previous}")
+            elif stage == "stage2" and "stage1" in stages[:i]:  # from this round's stage one, not the user's source
+                extra.append("training.init_from=")
+            extra.append(f"run.dir={here}")
+            name = f"met2net-{stage}" + (f"-r{r}" if rounds > 1 else "")
+            jobs.append(Job(name, stage, r, here, (*overrides, *extra), len(jobs) - 1 if jobs else None))
+    return jobs
+
+
+def format_plan(jobs: list[Job], res: Resources, config: str, executor: str) -> str:
+    """What will be submitted, for the user to read before it is (and for ``--dry-run``)."""
+    where = "this machine, one job after the other" if executor == "local" else (
+        f"Slurm{f' partition {res.partition}' if res.partition else ''}"
+        f"{f', account {res.account}' if res.account else ''}")
+    gpus = f", {res.gpus_per_node} GPU(s)/node" if res.gpus_per_node else ""
+    lines = [f"met2net job plan: {len(jobs)} job(s) on {where}; config {config}",
+             f"  each: {res.nodes} node(s) × {res.tasks_per_node} task(s) = {res.num_tasks} rank(s){gpus}, "
+             f"{res.cpus_per_task} CPU(s)/task, time limit {res.time_min} min, time-limit warning "
+             f"{res.signal_delay_s} s before, checkpoint-and-requeue at most {res.max_requeues} time-out(s)"]
+    for i, job in enumerate(jobs):
+        after = f"after job {job.after + 1} succeeds" if job.after is not None else "starts at once"
+        lines.append(f"  {i + 1}. {job.name:<22} {job.schedule:<10} {after:<24} run dir {job.run_dir}")
+        lines.append(f"       met2net train {config} {' '.join(job.overrides)}")
+    return "\n".join(lines)
+
+
+def parse_minutes(text: str) -> int:
+    """A Slurm-style time limit in whole minutes: ``90``, ``1:30:00``, ``2-00:00:00``."""
+    days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = rest.split(":")
+    try:
+        if len(parts) == 1:
+            minutes = int(parts[0])
+        else:
+            h, m, s = ([0] * (3 - len(parts)) + [int(p) for p in parts])[-3:]
+            minutes = h * 60 + m + (1 if s else 0)
+        return int(days) * 24 * 60 + minutes
+    except ValueError:
+        raise ValueError(f"--time {text!r}: expected minutes (90), H:MM:SS or D-HH:MM:SS") from None
