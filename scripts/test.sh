@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Set up (idempotent), lint, then run the whole test suite. Extra arguments go to pytest.
+# Set up (idempotent), lint, start the local Slurm cluster (tools/local_slurm, needs root or sudo -n;
+# MET2NET_SLURM=0 skips it), then run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check met2net tests tools
+if [ "${MET2NET_SLURM:-1}" != 0 ]; then
+  if [ "$(id -u)" = 0 ]; then AS_ROOT=(env); elif sudo -n true 2>/dev/null; then AS_ROOT=(sudo -n env)
+  else AS_ROOT=(); echo "test: not root and no passwordless sudo: the Slurm tests (tests/slurm) will be skipped" >&2; fi
+  if [ ${#AS_ROOT[@]} -gt 0 ]; then
+    mapfile -t knobs < <(env | grep '^MET2NET_SLURM_' || true)
+    AS_ROOT+=("${knobs[@]}")
+    # stop the cluster afterwards only if this run started it (another one may be using it)
+    if ! "${AS_ROOT[@]}" bash tools/local_slurm/start.sh --status; then
+      trap '"${AS_ROOT[@]}" bash tools/local_slurm/stop.sh' EXIT
+      trap 'exit 130' INT TERM
+    fi
+    "${AS_ROOT[@]}" bash tools/local_slurm/start.sh || { echo "test: the local Slurm cluster did not start" >&2; exit 1; }
+  fi
+fi
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,63 @@
+"""The local Slurm cluster itself (tools/local_slurm), with real sbatch/srun/sacct: what our jobs rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.slurm.cluster import job_field, job_state, sbatch, scontrol_show_job, wait_for_job
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def test_two_task_job_completes(tmp_path, job_env):
+    out = tmp_path / "out.txt"
+    job = sbatch(["-n", "2", "-t", "1", "-o", str(out), "--wrap",
+                  "srun -n 2 bash -c 'echo rank=$SLURM_PROCID of=$SLURM_NTASKS python=$(command -v python)'"],
+                 env=job_env, cwd=tmp_path)
+    assert wait_for_job(job, 30) == "COMPLETED", out.read_text() if out.exists() else ""
+    assert job_field(job, "ExitCode") == "0:0"
+    lines = sorted(out.read_text().split("\n")[:-1])
+    venv_python = job_env["PATH"].split(":")[0] + "/python"
+    assert lines == [f"rank={r} of=2 python={venv_python}" for r in (0, 1)]
+
+
+def test_afterok_dependent_runs_after_its_parent(tmp_path, job_env):
+    parent = sbatch(["-t", "1", "-o", "/dev/null", "--wrap", f"sleep 2; touch {tmp_path}/parent.done"], env=job_env)
+    child = sbatch(["-t", "1", "-o", "/dev/null", f"--dependency=afterok:{parent}", "--wrap",
+                    f"test -e {tmp_path}/parent.done && touch {tmp_path}/child.done"], env=job_env)
+    assert wait_for_job(child, 40) == "COMPLETED"
+    assert job_state(parent) == "COMPLETED" and (tmp_path / "child.done").exists()
+
+
+def test_dependent_of_failed_job_is_cancelled(tmp_path, job_env):
+    parent = sbatch(["-t", "1", "-o", "/dev/null", "--wrap", "exit 3"], env=job_env)
+    child = sbatch(["-t", "1", "-o", "/dev/null", f"--dependency=afterok:{parent}", "--wrap",
+                    f"touch {tmp_path}/child.ran"], env=job_env)
+    assert wait_for_job(parent, 30) == "FAILED"
+    assert job_field(parent, "ExitCode") == "3:0"
+    # kill_invalid_depend: cancelled, not left PENDING with Reason=DependencyNeverSatisfied
+    assert wait_for_job(child, 30) == "CANCELLED"
+    assert not (tmp_path / "child.ran").exists()
+
+
+def test_requeue_restarts_the_job_with_restart_count(tmp_path, job_env):
+    counts = tmp_path / "restarts.txt"
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+echo "${{SLURM_RESTART_COUNT:-0}}" >> {counts}
+if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then sleep 120; fi
+""")
+    job = sbatch(["--requeue", "-t", "5", "-o", str(tmp_path / "slurm-%j.out"), str(script)], env=job_env)
+    deadline = time.monotonic() + 30
+    while not counts.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counts.exists(), scontrol_show_job(job)
+    t0 = time.monotonic()
+    subprocess.run(["scontrol", "requeue", str(job)], check=True, capture_output=True, timeout=30)
+    assert wait_for_job(job, 60) == "COMPLETED"
+    assert time.monotonic() - t0 < 40
+    assert counts.read_text().split() == ["0", "1"]
+    assert job_field(job, "Restarts") == "1"
