@@ -25,9 +25,11 @@ def run_train(config: str | None, overrides: list[str]) -> tuple[int, str | None
     """`met2net train` in this process: (0, None) when done, or (REQUEUE_EXIT_CODE, what stopped it here: a
     signal name, or None for the time limit or another rank's signal) after a checkpoint. Launchers that run
     training in-process (submitit) use this; the process group is torn down either way."""
+    from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted, catch_signals_early
+
+    catch_signals_early()
     from met2net.distributed.setup import teardown
     from met2net.training.loop import build_trainer
-    from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted
 
     cfg = load_config(config, overrides)
     try:

@@ -22,8 +22,3 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 .venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > .venv/constraints.txt
 "${PIP[@]}" install -c .venv/constraints.txt -e '.[test]'
-# DeepSpeed JIT-compiles a shared-memory comm op on first use on the CPU (~20 s): build it once, here.
-if [ ! -d .torch_ext/deepspeed_shm_comm ]; then
-  DS_ACCELERATOR=cpu TORCH_EXTENSIONS_DIR="$PWD/.torch_ext" .venv/bin/python -c \
-    'from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)' >/dev/null
-fi

@@ -13,11 +13,16 @@ from __future__ import annotations
 import signal
 import time
 
-import torch
-import torch.distributed as dist
-
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+_early: list[str] = []
+
+
+def catch_signals_early() -> None:
+    """Record stop signals from the very start of the process (their default action kills it, and start-up
+    takes seconds); the StopWatch built later takes them over. Imports nothing heavy, so call it first."""
+    for sig in SIGNALS:
+        signal.signal(sig, lambda signum, frame: _early.append(signal.Signals(signum).name))
 
 
 class Preempted(Exception):
@@ -28,7 +33,7 @@ class StopWatch:
     """The flag that signals set, and the time budget."""
 
     def __init__(self, time_limit_s: float = 0.0):
-        self.requested: str | None = None
+        self.requested: str | None = _early[-1] if _early else None
         self.time_limit_s = time_limit_s
         self.started = time.monotonic()
         self.longest_step = 0.0
@@ -50,6 +55,9 @@ class StopWatch:
         reason = self.requested or ("time limit" if self.out_of_time(step_seconds) else None)
         if world_size == 1:
             return reason
+        import torch
+        import torch.distributed as dist
+
         flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return {0: None, 1: "time limit", 2: "signal"}[int(flag)]

@@ -30,7 +30,6 @@ def run_ranks(fn, world_size: int, out_dir: Path, *args) -> list:
 
 
 def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple) -> None:
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_ext"))
     os.environ["DS_ACCELERATOR"] = "cpu"
     torch.set_num_threads(1)
     from met2net.distributed.setup import init_process_group, teardown

@@ -48,8 +48,7 @@ def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
     whole, run = tmp_path / "whole", tmp_path / "run"
     launch(torchrun, whole, *LONG)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port()),
-           "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_ext")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port())}
     cmd = [*torchrun, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY, f"run.dir={run}",
            "training.progress=false", *LONG]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)

@@ -20,8 +20,7 @@ BIN = Path(sys.executable).parent
 
 def launch(launcher: list[str], run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port()),
-           "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_ext"), "OMPI_ALLOW_RUN_AS_ROOT": "1",
-           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     module = [] if launcher[-1] == "--module" else ["-m"]
     cmd = [*launcher, *module, "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
            f"run.dir={run_dir}", "training.progress=false", *overrides]

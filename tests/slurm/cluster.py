@@ -22,7 +22,7 @@ def job_env(**extra: str) -> dict[str, str]:
     """os.environ for jobs: the repository's .venv/bin first on PATH, DeepSpeed on the CPU, one thread."""
     env = dict(os.environ)
     env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-    env.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_ext"), OMP_NUM_THREADS="1")
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     env.update(extra)
     return env
 

@@ -39,5 +39,5 @@ def slurm_cluster() -> str:
 @pytest.fixture
 def job_env() -> dict[str, str]:
     """Environment for sbatch (which passes it on to the job): the repo's .venv/bin first on PATH,
-    DS_ACCELERATOR=cpu, TORCH_EXTENSIONS_DIR=<repo>/.torch_ext, OMP_NUM_THREADS=1."""
+    DS_ACCELERATOR=cpu, OMP_NUM_THREADS=1."""
     return cluster.job_env()

@@ -62,7 +62,7 @@ def plain(batch: int, steps: int) -> float:
 
 
 def _rank(rank: int, world: int, port: int, stage: int, batch: int, steps: int, out: str) -> None:
-    os.environ.update(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ROOT / ".torch_ext"))
+    os.environ.update(DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
     from met2net.distributed.env import RankInfo
     from met2net.distributed.setup import init_process_group, teardown

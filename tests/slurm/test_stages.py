@@ -1,0 +1,182 @@
+"""slurm/*.sbatch, slurm/pipeline.sh and `met2net submit` on the real local cluster: 2 tasks (srun) per job,
+DeepSpeed ZeRO-2 over gloo, checkpoints, requeue (scontrol requeue, time limit, submitit) and dependencies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.slurm import cluster
+from tests.slurm.cluster import REPO, job_field, job_state, sbatch, scontrol_show_job, wait_for_job
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+CONFIG = "configs/quickstart.yaml"
+SMALL = ("model.in_frames=2 model.out_frames=2 model.hid_s=4 model.hid_t=16 model.grid=[16,32] "
+         "model.num_translator_blocks=1 training.batch_size=4 training.val_batches=2 training.log_every=1 "
+         "data.train_years=[2010] data.val_years=[2011] data.test_years=[] data.step_hours=24 data.source=synthetic "
+         "training.progress=false deepspeed.zero_stage=2")
+TWO_TASKS = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in records(run) if r["split"] == "train"]
+
+
+def weights(run: Path, stage: str, step: int) -> dict[str, torch.Tensor]:
+    return torch.load(run / f"checkpoints/{stage}/step_{step}/model.pt", weights_only=True)
+
+
+def submit_stage(stage: str, run: Path, env: dict, overrides: str, *flags: str) -> int:
+    env = {**env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} {overrides}"}
+    return sbatch([*TWO_TASKS, "--time=5", "--signal=B:USR1@30", f"--output={run.parent}/{run.name}-%j.out", *flags,
+                   f"slurm/{stage}.sbatch"], env=env, cwd=REPO)
+
+
+def log_of(run: Path, job: int) -> str:
+    path = run.parent / f"{run.name}-{job}.out"
+    return path.read_text() if path.exists() else f"(no log {path})"
+
+
+def wait_for_step(run: Path, step: int, job: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (run / "metrics.jsonl").exists() and any(s >= step for s, _ in losses(run)):
+            return
+        assert job_state(job) not in ("COMPLETED", "FAILED", "CANCELLED"), log_of(run, job)
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step} not reached:\n{scontrol_show_job(job)}\n{log_of(run, job)}")
+
+
+def test_stage1_sbatch_trains_on_two_tasks(tmp_path, job_env):
+    run = tmp_path / "run"
+    job = submit_stage("stage1", run, job_env, "training.max_steps=4 training.val_every=2")
+    assert wait_for_job(job, 180) == "COMPLETED", log_of(run, job)
+    start = next(r for r in records(run) if r["split"] == "start")
+    assert start["world_size"] == 2 and start["engine"] == "deepspeed"
+    assert (run / "checkpoints/stage1/step_4/COMPLETE").exists()
+    assert (run / "checkpoints/stage1/latest").read_text() == "step_4"
+    assert "stage1: 4 steps on 2 rank(s)" in log_of(run, job)
+
+
+def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_env):
+    run = tmp_path / "run"
+    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} training.max_steps=3"}
+    out = subprocess.run(["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ids = [int(line.split("job ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("submitted")]
+    assert len(ids) == 2 and "met2net status" in out.stdout
+    assert wait_for_job(ids[1], 240) == "COMPLETED", (run / "logs").glob("*")
+    assert job_state(ids[0]) == "COMPLETED"
+    assert job_field(ids[1], "Start") >= job_field(ids[0], "End")  # ISO timestamps sort as text
+    one, two = weights(run, "stage1", 3), weights(run, "stage2", 3)
+    coders = [k for k in one if k.startswith(("encoders", "decoders"))]
+    assert coders and all(torch.equal(one[k], two[k]) for k in coders)  # loaded from stage one, then frozen
+    assert any(not torch.equal(one[k], two[k]) for k in one if k.startswith("translator_q"))
+    status = subprocess.run([sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True,
+                            text=True, timeout=60, cwd=REPO).stdout
+    assert status.count("COMPLETED") == 2 and "checkpoints/stage2: latest step_3" in status
+
+
+def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
+    run = tmp_path / "run"
+    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": "training.max_stpes=3"}
+    out = subprocess.run(["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    ids = [int(line.split("job ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("submitted")]
+    assert wait_for_job(ids[0], 120) == "FAILED"
+    assert wait_for_job(ids[1], 60) == "CANCELLED"
+    assert not (run / "checkpoints").exists()
+    log = (run / "logs" / f"met2net-stage1-{ids[0]}.out").read_text()
+    assert "training.max_stpes" in log and "max_steps" in log  # the bad key and the closest valid one
+    status = subprocess.run([sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True,
+                            text=True, timeout=60, cwd=REPO).stdout
+    assert "FAILED" in status and "CANCELLED" in status and f"met2net-stage1-{ids[0]}.out" in status
+
+
+LONG = "training.max_steps=40 training.checkpoint_every=5 training.val_every=0 model.drop_path=0.1"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, slurm_cluster) -> Path:
+    """The run the requeued ones must reproduce bitwise: same job shape, never stopped."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    job = submit_stage("stage1", run, cluster.job_env(), LONG)
+    assert wait_for_job(job, 300) == "COMPLETED", log_of(run, job)
+    return run
+
+
+
+
+def test_scontrol_requeue_resumes_to_the_same_weights(tmp_path, job_env, uninterrupted):
+    run = tmp_path / "run"
+    job = submit_stage("stage1", run, job_env, LONG)
+    wait_for_step(run, 8, job)
+    subprocess.run(["scontrol", "requeue", str(job)], check=True, capture_output=True, timeout=30)
+    assert wait_for_job(job, 300) == "COMPLETED", log_of(run, job)
+    log = records(run)
+    assert any(r["split"] == "resume" for r in log), log_of(run, job)
+    assert [s for s, _ in losses(run)][-1] == 40
+    resumed = {s: v for s, v in losses(run)}
+    assert resumed == dict(losses(uninterrupted))  # the steps redone after the resume gave the same losses
+    a, b = weights(run, "stage1", 40), weights(uninterrupted, "stage1", 40)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
+    """`--time=1` with the warning 55 s before: Slurm (checking every ~30 s) signals the batch shell within the
+    first ~35 s, the script forwards it, training checkpoints and exits 75, the script requeues the job."""
+    run = tmp_path / "run"
+    job = submit_stage("stage1", run, job_env, "training.max_steps=100000 training.time_limit=0 "
+                       "training.checkpoint_every=0 training.val_every=0 training.log_every=50",
+                       "--time=1", "--signal=B:USR1@55")
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and "restart 1" not in log_of(run, job):
+        time.sleep(1)
+    log = log_of(run, job)
+    assert "time-limit warning" in log and "requeueing job" in log, log
+    stopped = [r for r in records(run) if r["split"] == "preempted"]
+    assert stopped and stopped[0]["reason"] == "signal", records(run)[-3:]
+    ckpt = Path(stopped[0]["checkpoint"])
+    assert (ckpt / "COMPLETE").exists() and {p.name for p in ckpt.glob("rng_rank*.pt")} == {"rng_rank0.pt",
+                                                                                             "rng_rank1.pt"}
+    deadline = time.monotonic() + 90  # the requeued job starts again and resumes from that checkpoint
+    while time.monotonic() < deadline and not any(r["split"] == "resume" for r in records(run)):
+        time.sleep(1)
+    assert any(r["split"] == "resume" and r["from"] == str(ckpt) for r in records(run)), log_of(run, job)
+    subprocess.run(["scancel", str(job)], capture_output=True, timeout=30)  # it would run on, 1 min at a time
+    wait_for_job(job, 90)
+
+
+def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
+    """`met2net submit` on Slurm: stage one gets submitit's time-limit signal (SIGUSR2, sent now rather than
+    waited for), checkpoints through the training code, is requeued by submitit and resumes; stage two waits."""
+    run = tmp_path / "run"
+    env = {**job_env, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "met2net.cli", "submit", CONFIG, *SMALL.split(), "training.max_steps=30",
+           "training.checkpoint_every=5", "training.val_every=0", f"run.dir={run}", "--tasks-per-node", "2",
+           "--time", "5", "--signal-delay", "30", "--partition", "debug"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "met2net job plan: 2 job(s)" in out.stdout and f"met2net status {run}" in out.stdout
+    ids = [int(line.split("job ")[1].split(",")[0]) for line in out.stdout.splitlines() if "submitted" in line]
+    wait_for_step(run, 6, ids[0])
+    subprocess.run(["scancel", "--signal=USR2", str(ids[0])], check=True, capture_output=True, timeout=30)
+    assert wait_for_job(ids[1], 400) == "COMPLETED", (run / "submitit").glob("*")
+    assert job_state(ids[0]) == "COMPLETED"
+    log = (run / "submitit" / f"{ids[0]}_0_log.out").read_text()
+    assert "Requeued job" in log and "requeue me" in log, log[-3000:]
+    assert any(r["split"] == "resume" and r["schedule"] == "stage1" for r in records(run))
+    assert [s for s, _ in losses(run) if s][-1] == 30
+    assert (run / "checkpoints/stage2/step_30/COMPLETE").exists()
