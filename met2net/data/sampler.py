@@ -13,6 +13,11 @@ training loop has actually used. The loop tells it: after taking each batch from
 ``load_state_dict`` restores them and the next ``iter(sampler)`` starts after the consumed samples, so batches
 that were prefetched but never used are read again, none twice. The state holds no rank: every rank consumes
 the same number of samples, so one saved state serves all ranks.
+
+At another world size, ``remap_state`` turns a saved state into one for the new number of ranks. Because the shares
+interleave, the samples that ``W`` ranks at position ``p`` have consumed together are exactly the first ``p·W`` of
+the epoch's order, whatever ``W``; the new position is ``p·W / W'``, so no sample of the interrupted epoch is
+repeated or skipped in total. (Which windows form the <``W`` dropped at the epoch's end depends on ``W``.)
 """
 
 from __future__ import annotations
@@ -47,6 +52,20 @@ def rank_share(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank_share: expected 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
     return order[rank::world_size][: share_size(len(order), world_size)]
+
+
+def remap_state(state: dict, world_size: int) -> dict:
+    """A sampler state saved by ``state["world_size"]`` ranks, for ``world_size`` ranks: same epoch, same number
+    of samples consumed by all ranks together (``position × world size``). Refused when that number does not
+    divide among the new ranks (a state saved mid-optimizer-step)."""
+    if world_size < 1:
+        raise ValueError(f"remap_state: expected world_size >= 1, got {world_size}")
+    old = int(state["world_size"])
+    consumed = int(state["position"]) * old
+    if consumed % world_size:
+        raise ValueError(f"loader state: {consumed} samples of epoch {state['epoch']} were consumed by {old} rank(s); "
+                         f"they do not divide among {world_size} ranks, so the position cannot be mapped")
+    return {**state, "position": consumed // world_size, "world_size": int(world_size)}
 
 
 class ShardedSampler(Sampler[int]):

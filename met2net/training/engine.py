@@ -26,14 +26,15 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
     return cfg.training.batch_size // per_micro
 
 
-def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, world_size: int, load_universal: bool = False) -> dict[str, Any]:
     """DeepSpeed's JSON for ``world_size`` data-parallel ranks. The optimizer and LR schedule are ours
-    (passed to ``deepspeed.initialize`` as client objects), so they are not in it."""
+    (passed to ``deepspeed.initialize`` as client objects), so they are not in it. ``load_universal``: the
+    engine will load a universal checkpoint (resume at another world size; DeepSpeed reads it only then)."""
     ds, t = cfg.deepspeed, cfg.training
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
-    return {
+    conf = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),
         "gradient_accumulation_steps": ds.gradient_accumulation,
@@ -45,16 +46,20 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        conf["checkpoint"] = {"load_universal": True}
+    return conf
 
 
 def build_deepspeed_engine(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           lr_scheduler: torch.optim.lr_scheduler.LRScheduler, world_size: int):
+                           lr_scheduler: torch.optim.lr_scheduler.LRScheduler, world_size: int,
+                           load_universal: bool = False):
     """DeepSpeed wraps the whole Met²Net module (trained and momentum copies) with our optimizer and LR
     schedule; the engine answers the loop's calls (backward, step, get_lr, ...)."""
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                           config=deepspeed_config(cfg, world_size))
+                                           config=deepspeed_config(cfg, world_size, load_universal))
     return engine
 
 

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from met2net.config import Config, ConfigError
 from met2net.data.datasets import Splits, build_splits
-from met2net.data.sampler import ShardedSampler
+from met2net.data.sampler import ShardedSampler, remap_state
 from met2net.data.windows import batch_loader
 from met2net.distributed.env import discover, free_port
 from met2net.distributed.setup import init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
-from met2net.training import checkpoint
+from met2net.training import checkpoint, universal
+from met2net.training.buffers import average_batchnorm_statistics
 from met2net.training.engine import build_deepspeed_engine, deepspeed_config, micro_batch_size, write_deepspeed_config
 from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.preemption import Preempted, StopWatch
@@ -181,6 +182,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         t = self.cfg.training
+        self.sync_batchnorm()  # every rank validates the same model
         totals: dict[str, float] = {}
         count = 0
         for i, (x, y) in enumerate(self.val_loader):
@@ -202,6 +204,7 @@ class Trainer:
     def save(self, val: dict[str, float]) -> Path:
         """Every rank writes its engine state (DeepSpeed's files, or ours) and RNG state into a partial
         directory; rank 0 adds the whole weights (`model.pt`, gathered under ZeRO-3) and publishes it."""
+        self.sync_batchnorm()  # model.pt (rank 0's) holds every rank's statistics
         tmp = checkpoint.partial_dir(self.stage_dir, self.step)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -216,7 +219,8 @@ class Trainer:
         self._barrier()
         if self.rank == 0:
             meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
-                    "config": self.cfg.to_dict(), "val": val, "world_size": self.world_size, **client,
+                    "config": self.cfg.to_dict(), "val": val, "world_size": self.world_size,
+                    "engine": self.engine_kind, "zero_stage": self.zero_stage, **client,
                     "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
                               "std": self.splits.std.tolist()}}
             checkpoint.publish(self.stage_dir, self.step, meta)
@@ -225,17 +229,61 @@ class Trainer:
         return self.stage_dir / f"step_{self.step}"
 
     def resume(self, ckpt: Path) -> None:
-        """Weights, optimizer, LR schedule, step, epoch, position in the epoch and RNG states: the run goes on
-        exactly as if it had not stopped (same world size)."""
+        """Weights, optimizer, LR schedule, step, epoch, position in the epoch and RNG states: at the same world
+        size the run goes on exactly as if it had not stopped. At another world size (DeepSpeed ZeRO 1/2/3 both
+        times) DeepSpeed's universal checkpoint carries weights, optimizer and LR schedule, ``model.pt`` the frozen
+        copies and BatchNorm statistics, the sampler keeps the global position in the epoch, and the RNGs start
+        afresh from (seed, step, rank): exact in the state, not bitwise in the losses that follow."""
         meta = checkpoint.load_meta(ckpt)
-        if meta.get("world_size", 1) != self.world_size:
-            raise ValueError(f"{ckpt}: was written by {meta.get('world_size')} ranks, this run has "
-                             f"{self.world_size}; resume with the same number of ranks")
-        _, client = self.engine.load_checkpoint(self.stage_dir, tag=ckpt.name)
+        saved_world = int(meta.get("world_size", 1))
+        mode = universal.resume_mode(ckpt, meta, self.world_size, self.engine_kind, self.zero_stage)
+        if mode == "universal":
+            if not self.engine.load_universal_checkpoint():
+                raise RuntimeError(f"{ckpt}: written by {saved_world} rank(s), this run has {self.world_size}: build "
+                                   "the DeepSpeed engine with load_universal=True (build_trainer does)")
+            self._on_rank0(universal.convert, ckpt)
+            _, client = self.engine.load_checkpoint(ckpt, tag=universal.UNIVERSAL)
+            universal.restore_untrained(self.model, torch.load(ckpt / "model.pt", map_location="cpu",
+                                                               weights_only=True))
+        else:
+            _, client = self.engine.load_checkpoint(self.stage_dir, tag=ckpt.name)
         self.step, self.epoch = client["step"], client["epoch"]
-        self.train_sampler.load_state_dict(client["sampler"])
-        set_rng_state(torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False))
-        self.log({"split": "resume", "from": str(ckpt)})
+        self.train_sampler.load_state_dict(remap_state(client["sampler"], self.world_size))
+        if saved_world == self.world_size:
+            set_rng_state(torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False))
+        else:
+            seed_everything(universal.derived_seed(self.cfg.run.seed, self.step, self.rank))
+        self.log({"split": "resume", "from": str(ckpt), "saved_world_size": saved_world, "mode": mode})
+
+    @property
+    def engine_kind(self) -> str:
+        return "local" if isinstance(self.engine, LocalEngine) else "deepspeed"
+
+    @property
+    def zero_stage(self) -> int:
+        return self.cfg.deepspeed.zero_stage if self.engine_kind == "deepspeed" else 0
+
+    def sync_batchnorm(self) -> None:
+        """Average the BatchNorm running statistics over the ranks (``training/buffers.py``): DeepSpeed, unlike
+        DDP, leaves every rank with statistics of its own micro-batches."""
+        if self.world_size > 1:
+            average_batchnorm_statistics(self.model)
+
+    def _on_rank0(self, fn, *args) -> None:
+        """``fn(*args)`` on rank 0 while the others wait; an error there is raised on every rank."""
+        error = None
+        if self.rank == 0:
+            try:
+                fn(*args)
+            except Exception as e:  # reported to the other ranks, then raised here
+                error = e
+        if self.world_size > 1:
+            message = [f"rank 0: {error}" if error is not None else None]
+            torch.distributed.broadcast_object_list(message, src=0)
+            if message[0] is not None and error is None:
+                raise RuntimeError(message[0])
+        if error is not None:
+            raise error
 
     def _barrier(self) -> None:
         if self.world_size > 1:
@@ -306,10 +354,13 @@ def build_trainer(cfg: Config) -> Trainer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, t)
     lr_scheduler = build_lr_scheduler(optimizer, t, total)
+    load_universal = resume_from is not None and universal.resume_mode(
+        resume_from, checkpoint.load_meta(resume_from), info.world_size, "deepspeed" if deepspeed else "local",
+        cfg.deepspeed.zero_stage) == "universal"
     if deepspeed:
-        engine = build_deepspeed_engine(cfg, model, optimizer, lr_scheduler, info.world_size)
+        engine = build_deepspeed_engine(cfg, model, optimizer, lr_scheduler, info.world_size, load_universal)
         if info.rank == 0:
-            write_deepspeed_config(run_dir, deepspeed_config(cfg, info.world_size))
+            write_deepspeed_config(run_dir, deepspeed_config(cfg, info.world_size, load_universal))
     else:
         engine = LocalEngine(model, optimizer, lr_scheduler, t.grad_clip)
     trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro)
