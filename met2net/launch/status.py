@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,6 +81,15 @@ def status(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def local_state(record: JobRecord) -> str:
+    """A local submitit job: rank 0's result file says how it ended; none yet means running (or killed)."""
+    result = Path(record.log).with_name(f"{record.job_id}_0_result.pkl")
+    if not result.exists():
+        return "RUNNING?"
+    with result.open("rb") as f:
+        return "COMPLETED" if pickle.load(f)[0] == "success" else "FAILED"
+
+
 def job_lines(records: list[JobRecord]) -> list[str]:
     slurm_ids = [r.job_id for r in records if r.executor == "slurm"]
     try:
@@ -89,7 +99,8 @@ def job_lines(records: list[JobRecord]) -> list[str]:
         states, note = {}, f"  (no job states: {error})"
     rows = [("JOB", "NAME", "STAGE", "STATE", "EXIT", "ELAPSED", "LOG")]
     for r in records:
-        state, code, elapsed = states.get(r.job_id, ("?" if r.executor == "slurm" else "local", "", ""))
+        local = r.executor == "local"
+        state, code, elapsed = (local_state(r), "", "") if local else states.get(r.job_id, ("?", "", ""))
         rows.append((r.job_id, r.name, r.schedule, state, code, elapsed, r.log))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1] for row in rows]

@@ -96,7 +96,7 @@ def submit(jobs: list[Job], config: str | None, res: Resources, kind: str, folde
         echo(f"submitted {job.name}: job {record.job_id}, log {record.log}")
         if kind == "local":
             try:
-                handle.result()
+                handle.results()
             except Exception as error:  # submitit re-raises the job's failure with its traceback
                 echo(f"{job.name} (job {record.job_id}) failed; the jobs after it were not started. "
                      f"Log: {record.log}\n{error}")
