@@ -16,9 +16,9 @@ OVERRIDES = ["training.checkpoint_every=3", "training.log_every=1",
              "model.drop_path=0.1"]  # DropPath draws random numbers: the RNG state must be restored too
 
 
-def losses(run: Path) -> list[tuple[int, float]]:
+def losses(run: Path, schedule: str | None = None) -> list[tuple[int, float]]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in lines if r["split"] == "train"]
+    return [(r["step"], r["loss"]) for r in lines if r["split"] == "train" and schedule in (None, r["schedule"])]
 
 
 def interrupt_after_first_checkpoint(src: Path, dst: Path, schedule: str) -> None:
@@ -27,13 +27,15 @@ def interrupt_after_first_checkpoint(src: Path, dst: Path, schedule: str) -> Non
     stage = dst / "checkpoints" / schedule
     shutil.rmtree(stage / "step_6")
     (stage / "latest").write_text("step_3")
-    log = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 3]
+    log = [line for line in (dst / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["schedule"] != schedule or json.loads(line)["step"] <= 3]  # earlier stages stay
     (dst / "metrics.jsonl").write_text("\n".join(log) + "\n")
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("engine, schedule", [("local", "implicit"), ("local", "stage1"), ("zero1", "implicit"),
-                                              ("zero2", "implicit"), ("zero3", "implicit"), ("zero3", "stage1")])
+                                              ("zero2", "implicit"), ("zero3", "implicit"), ("zero3", "stage1"),
+                                              ("zero2", "stage2")])
 def test_resume_continues_bitwise(tmp_path, engine, schedule):
     if engine == "local":
         cmd, extra = [sys.executable], []
@@ -41,11 +43,13 @@ def test_resume_continues_bitwise(tmp_path, engine, schedule):
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
         extra = [f"deepspeed.zero_stage={engine[-1]}", "deepspeed.stage3_param_persistence_threshold=0"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    if schedule == "stage2":  # starts from the run directory's stage-one checkpoint
+        launch(cmd, whole, *OVERRIDES, *extra, "training.schedule=stage1")
     extra.append(f"training.schedule={schedule}")
     launch(cmd, whole, *OVERRIDES, *extra)
     interrupt_after_first_checkpoint(whole, resumed, schedule)
     launch(cmd, resumed, *OVERRIDES, *extra)
-    assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in losses(resumed, schedule)] == [1, 2, 3, 4, 5, 6]
     assert losses(resumed) == losses(whole)  # bitwise, steps 4–6 computed after the resume
     a = torch.load(whole / f"checkpoints/{schedule}/step_6/model.pt", weights_only=True)
     b = torch.load(resumed / f"checkpoints/{schedule}/step_6/model.pt", weights_only=True)
