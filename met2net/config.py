@@ -18,7 +18,7 @@ import yaml
 
 SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
 OPTIMIZERS = ("adam", "adamw")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("synthetic", "shards")
 
 
@@ -273,7 +273,9 @@ def validate(cfg: Config) -> None:
     _need(t.optimizer in OPTIMIZERS, "training.optimizer",
           f"must be one of {OPTIMIZERS}, got {t.optimizer!r}")
     _need(t.precision in PRECISIONS, "training.precision",
-          f"must be one of {PRECISIONS}, got {t.precision!r}")
+          f"must be one of {PRECISIONS}, got {t.precision!r}" + (
+              " (fp16 would need loss scaling and fp16 momentum copies, whose small updates round away; "
+              "bf16 keeps every weight in fp32)" if t.precision == "fp16" else ""))
     _need(t.lr > 0, "training.lr", f"must be > 0, got {t.lr}")
     _need(0 <= t.min_lr <= t.lr, "training.min_lr", f"must be in [0, training.lr={t.lr}], got {t.min_lr}")
     _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "training.betas",

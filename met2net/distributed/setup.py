@@ -16,6 +16,8 @@ def init_process_group(info: RankInfo) -> None:
     start DeepSpeed's process group: NCCL on GPUs, gloo on the CPU."""
     export(info, os.environ)
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(info.local_rank)
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     import deepspeed
 

@@ -40,8 +40,10 @@ def deepspeed_config(cfg: Config, world_size: int, load_universal: bool = False)
         "gradient_accumulation_steps": ds.gradient_accumulation,
         "gradient_clipping": t.grad_clip,  # DeepSpeed's default would be 1.0; 0 turns clipping off
         "zero_optimization": zero,
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": t.precision == "fp16"},
+        # bf16 is torch.autocast around our forward: weights, gradients, optimizer state and the momentum
+        # copies stay fp32 (DeepSpeed's bf16 mode would store the copies in bf16, where an EMA step of
+        # (1 - m)·(q - k) is mostly below half an ulp of k and rounds away)
+        "bf16": {"enabled": False},
         "zero_allow_untested_optimizer": True,  # our client torch.optim.Adam/AdamW
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,

@@ -93,9 +93,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -111,6 +111,7 @@ class Trainer:
     rank: int = 0
     world_size: int = 1
     micro_batch: int = 0  # per rank and micro-step; 0: training.batch_size (one process)
+    device: torch.device = torch.device("cpu")
 
     def __post_init__(self) -> None:
         self.step, self.epoch = 0, 0
@@ -156,7 +157,7 @@ class Trainer:
                     self.save(last_val)
                 if self.step >= self.total_steps:
                     break
-                reason = self.stopwatch.should_stop(time.perf_counter() - tic, self.world_size)
+                reason = self.stopwatch.should_stop(time.perf_counter() - tic, self.world_size, self.device)
                 if reason:
                     bar.close()
                     path = self.save(last_val)
@@ -172,7 +173,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         x, y = self.prepare(x), self.prepare(y)
-        with autocast(self.cfg.training.precision):
+        with autocast(self.cfg.training.precision, self.device):
             out = self.schedule.forward(self.model, x, y)
         self.engine.backward(out.loss)
         if self.engine.is_gradient_accumulation_boundary():
@@ -188,13 +189,13 @@ class Trainer:
         for i, (x, y) in enumerate(self.val_loader):
             if t.val_batches and i >= t.val_batches:
                 break
-            with autocast(t.precision):
+            with autocast(t.precision, self.device):
                 parts = self.schedule.validation_losses(self.model, self.prepare(x), self.prepare(y))
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
             count += x.shape[0]
         if self.world_size > 1:  # every rank computes the same keys, in the same order
-            sums = torch.tensor([*totals.values(), count], dtype=torch.float64)
+            sums = torch.tensor([*totals.values(), count], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(sums)
             totals, count = dict(zip(totals, sums[:-1].tolist())), int(sums[-1])
         result = {k: v / max(count, 1) for k, v in totals.items()}
@@ -291,7 +292,7 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous()
+        return x.to(self.device, non_blocking=True).contiguous()
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -319,9 +320,6 @@ def build_trainer(cfg: Config) -> Trainer:
     """Ranks, seed, data, model (optionally initialised from an earlier stage), schedule, engine."""
     info = discover(os.environ, default_port=free_port())
     deepspeed = uses_deepspeed(cfg, info.world_size)
-    if cfg.training.precision == "fp16" or (deepspeed and cfg.training.precision != "fp32"):
-        raise ConfigError(f"'training.precision' {cfg.training.precision} with DeepSpeed is not supported yet "
-                          f"(the DeepSpeed issue); use fp32, or bf16 on one process without ZeRO")
     if deepspeed and cfg.momentum.reference_backward:
         raise ConfigError("'momentum.reference_backward' relies on single-process autograd behaviour; "
                           "set it to false under DeepSpeed")
@@ -344,6 +342,9 @@ def build_trainer(cfg: Config) -> Trainer:
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
         model.to(memory_format=torch.channels_last)
     schedule.configure(model)
+    device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if not deepspeed:  # DeepSpeed moves the module to its device itself
+        model.to(device)
     t = cfg.training
     micro = micro_batch_size(cfg, info.world_size) if deepspeed else t.batch_size
     steps_per_epoch = len(splits.train) // t.batch_size  # every rank takes an equal share of each batch
@@ -363,7 +364,8 @@ def build_trainer(cfg: Config) -> Trainer:
             write_deepspeed_config(run_dir, deepspeed_config(cfg, info.world_size, load_universal))
     else:
         engine = LocalEngine(model, optimizer, lr_scheduler, t.grad_clip)
-    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro)
+    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro,
+                      device)
     if resume_from is not None:
         trainer.resume(resume_from)
     trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),

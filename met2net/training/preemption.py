@@ -50,7 +50,7 @@ class StopWatch:
             return False
         return time.monotonic() - self.started + 2 * self.longest_step >= self.time_limit_s
 
-    def should_stop(self, step_seconds: float, world_size: int) -> str | None:
+    def should_stop(self, step_seconds: float, world_size: int, device: str = "cpu") -> str | None:
         """Why every rank stops now (the same answer on all ranks), or None."""
         reason = self.requested or ("time limit" if self.out_of_time(step_seconds) else None)
         if world_size == 1:
@@ -58,6 +58,7 @@ class StopWatch:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32)
+        flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32,
+                            device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return {0: None, 1: "time limit", 2: "signal"}[int(flag)]

@@ -57,3 +57,22 @@ def test_two_rank_zero_training_then_stage_two(tmp_path, launcher):
             assert torch.equal(weights[k], after[k]), k
     val = [r for r in records(run) if r["split"] == "val"]
     assert len(val) == 4 and all(r["samples"] == 8 for r in val)  # both ranks' windows counted
+
+
+@pytest.mark.distributed
+def test_bf16_under_zero2_trains_with_fp32_weights_and_momentum_copies(tmp_path):
+    """bf16 is autocast around the forward: losses close to fp32's, every stored tensor (momentum copies
+    included, whose EMA steps would round away in bf16) still fp32."""
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
+    runs = {p: tmp_path / p for p in ("fp32", "bf16")}
+    for precision, run in runs.items():
+        launch(torchrun, run, "training.schedule=implicit", "deepspeed.zero_stage=2", f"training.precision={precision}")
+    assert json.loads((runs["bf16"] / "deepspeed.json").read_text())["bf16"] == {"enabled": False}
+    train = {p: [r["loss"] for r in records(run) if r["split"] == "train"] for p, run in runs.items()}
+    assert len(train["bf16"]) == 3 and all(abs(a - b) < 0.05 * abs(b) for a, b in zip(train["bf16"], train["fp32"]))
+    assert train["bf16"] != train["fp32"]  # autocast did run in bf16
+    weights = {p: torch.load(run / "checkpoints/implicit/step_6/model.pt", weights_only=True)
+               for p, run in runs.items()}
+    assert all(v.dtype == torch.float32 for k, v in weights["bf16"].items() if v.is_floating_point())
+    moved = [k for k in weights["bf16"] if k.startswith("translator_k") and weights["bf16"][k].is_floating_point()]
+    assert moved and all(torch.allclose(weights["bf16"][k], weights["fp32"][k], rtol=0.05, atol=1e-3) for k in moved)

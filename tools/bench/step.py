@@ -36,7 +36,7 @@ class Runner:
         self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False):
-        with autocast(self.precision):
+        with autocast(self.precision, torch.device("cpu")):
             out = self.schedule.forward(self.model, x, y)
         out.loss.backward()
         self.schedule.after_backward(self.model)
