@@ -39,7 +39,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         requeue = signal.getsignal(warning)
         code, stopped_by = run_train(self.config, list(self.overrides))
         if code == 0:
-            return str(next(o for o in self.overrides if o.startswith("run.dir=")).partition("=")[2])
+            return [o for o in self.overrides if o.startswith("run.dir=")][-1].partition("=")[2]  # the plan's, last
         if code == REQUEUE_EXIT_CODE:
             if stopped_by != "SIGTERM" and env.global_rank == 0 and callable(requeue):
                 requeue(warning, None)  # pickles checkpoint()'s resubmission, requeues, exits
