@@ -139,8 +139,9 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
     first ~35 s of each run, the script forwards it, training checkpoints and exits 75, the script requeues the
     job, and the next run resumes; more work than one run can do, so the job finishes only through requeues."""
     run = tmp_path / "run"
-    job = submit_stage("stage1", run, job_env, "training.max_steps=1500 training.checkpoint_every=0 "
-                       "training.val_every=0 training.log_every=100", "--time=1", "--signal=B:USR1@55")
+    job = submit_stage("stage1", run, {**job_env, "MAX_REQUEUES": "30"},  # each run may get only a few seconds
+                       "training.max_steps=1000 training.checkpoint_every=0 training.val_every=0 "
+                       "training.log_every=100", "--time=1", "--signal=B:USR1@55")
     assert wait_for_job(job, 420) == "COMPLETED", log_of(run, job)
     log = log_of(run, job)
     assert "time-limit warning" in log and "requeueing job" in log, log
@@ -149,7 +150,7 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
     assert stops and [r["reason"] for r in stops] == ["signal"] * len(stops)
     assert [r["from"] for r in resumes] == [r["checkpoint"] for r in stops]  # each run went on from the last stop
     assert log.count("requeueing job") == len(stops)
-    assert [s for s, _ in losses(run)][-1] == 1500 and (run / "checkpoints/stage1/step_1500/COMPLETE").exists()
+    assert [s for s, _ in losses(run)][-1] == 1000 and (run / "checkpoints/stage1/step_1000/COMPLETE").exists()
 
 
 def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
