@@ -20,8 +20,7 @@ import submitit
 
 from met2net.launch.jobs import JobRecord, append_records
 from met2net.launch.plan import Job, Resources
-
-REQUEUE_EXIT_CODE = 75  # met2net.training.preemption's "requeue me" (not imported: that pulls in torch)
+from met2net.training.preemption import REQUEUE_EXIT_CODE
 
 
 @dataclass

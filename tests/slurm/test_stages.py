@@ -77,7 +77,7 @@ def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_
     assert out.returncode == 0, out.stderr
     ids = [int(line.split("job ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("submitted")]
     assert len(ids) == 2 and "met2net status" in out.stdout
-    assert wait_for_job(ids[1], 240) == "COMPLETED", (run / "logs").glob("*")
+    assert wait_for_job(ids[1], 240) == "COMPLETED", "\n".join(f.read_text() for f in (run / "logs").glob("*"))
     assert job_state(ids[0]) == "COMPLETED"
     assert job_field(ids[1], "Start") >= job_field(ids[0], "End")  # ISO timestamps sort as text
     one, two = weights(run, "stage1", 3), weights(run, "stage2", 3)
@@ -167,7 +167,7 @@ def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
     ids = [int(line.split("job ")[1].split(",")[0]) for line in out.stdout.splitlines() if "submitted" in line]
     wait_for_step(run, 6, ids[0])
     subprocess.run(["scancel", "--signal=USR2", str(ids[0])], check=True, capture_output=True, timeout=30)
-    assert wait_for_job(ids[1], 400) == "COMPLETED", (run / "submitit").glob("*")
+    assert wait_for_job(ids[1], 400) == "COMPLETED", "\n".join(f.read_text() for f in (run / "submitit").glob("*.out"))
     assert job_state(ids[0]) == "COMPLETED"
     log = (run / "submitit" / f"{ids[0]}_0_log.out").read_text()
     assert "Requeued job" in log and "requeue me" in log, log[-3000:]
