@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,27 @@ if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then sleep 120; fi
     assert time.monotonic() - t0 < 40
     assert counts.read_text().split() == ["0", "1"]
     assert job_field(job, "Restarts") == "1"
+
+
+def _holders_of(path: str) -> list[str]:
+    holders = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            targets = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        except (PermissionError, FileNotFoundError, ProcessLookupError):
+            continue
+        if path in targets:
+            holders.append(f"{fd_dir.parent.name} ({(fd_dir.parent / 'comm').read_text().strip()})")
+    return holders
+
+
+def test_daemons_and_jobs_do_not_hold_the_start_stop_lock(tmp_path, job_env):
+    """A daemon started with the lock's descriptor open keeps the lock: stop.sh then waits 15 min and fails."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to read the Slurm daemons' open files")
+    lock = "/run/lock/met2net-slurm.lock"
+    out = tmp_path / "fds.txt"
+    job = sbatch(["-t", "1", "-o", str(out), "--wrap", "ls -l /proc/$$/fd"], env=job_env)
+    assert wait_for_job(job, 30) == "COMPLETED"
+    assert lock not in out.read_text()
+    assert _holders_of(lock) == []

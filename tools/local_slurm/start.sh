@@ -120,6 +120,7 @@ printf '%s\n' "$NEWDBD" > "$DBDCONF.tmp" && chown slurm:slurm "$DBDCONF.tmp" && 
   && mv -f "$DBDCONF.tmp" "$DBDCONF"
 
 # ------------------------------------------------------------------ daemons
+# every daemon starts with fd 9 (the start/stop lock) closed: a daemon holding it would block stop.sh forever
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 if ! munge_ok; then
   if [ ! -s /etc/munge/munge.key ]; then
@@ -128,7 +129,7 @@ if ! munge_ok; then
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   fi
   mkdir -p /run/munge && chown munge:munge /run/munge
-  runuser -u munge -- /usr/sbin/munged --force || die "munged failed (see /var/log/munge/munged.log)"
+  runuser -u munge -- /usr/sbin/munged --force 9>&- || die "munged failed (see /var/log/munge/munged.log)"
   touch "$MUNGE_MARK"
   wait_for "$WAIT_S" munged /var/log/munge/munged.log munge_ok
 fi
@@ -138,18 +139,18 @@ if ! pid_of "$DB/mysqld.pid" mariadbd >/dev/null; then
   # private, throwaway DB: unix socket only, no grant tables
   setsid /usr/sbin/mariadbd --no-defaults --user=slurm --datadir="$DB/data" --socket="$DB/mysqld.sock" \
     --pid-file="$DB/mysqld.pid" --skip-networking --skip-grant-tables --log-error="$LOG/mariadb.err" \
-    --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+    --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 9>&- &
   wait_for "$WAIT_S" mariadbd "$LOG/mariadb.err" test -S "$DB/mysqld.sock"
 fi
 if ! pid_of "$RUN/slurmdbd.pid" slurmdbd >/dev/null; then
-  MYSQL_UNIX_PORT=$DB/mysqld.sock /usr/sbin/slurmdbd || { tail -n 25 "$LOG/slurmdbd.log" >&2; die "slurmdbd failed"; }
+  MYSQL_UNIX_PORT=$DB/mysqld.sock /usr/sbin/slurmdbd 9>&- || { tail -n 25 "$LOG/slurmdbd.log" >&2; die "slurmdbd failed"; }
   wait_for "$WAIT_S" "slurmdbd (port $DBD_PORT)" "$LOG/slurmdbd.log" port_open "$DBD_PORT"
 fi
 log "accounting up ($(since "$T0")s)"
-/usr/sbin/slurmctld -i || { tail -n 25 "$LOG/slurmctld.log" >&2; die "slurmctld failed"; }
+/usr/sbin/slurmctld -i 9>&- || { tail -n 25 "$LOG/slurmctld.log" >&2; die "slurmctld failed"; }
 wait_for "$WAIT_S" slurmctld "$LOG/slurmctld.log" ctld_up
 # jobs inherit slurmd's limits: give them what a systemd unit would
-( ulimit -n 131072 2>/dev/null; ulimit -l unlimited 2>/dev/null; exec /usr/sbin/slurmd -N "$NODE" ) \
+( ulimit -n 131072 2>/dev/null; ulimit -l unlimited 2>/dev/null; exec /usr/sbin/slurmd -N "$NODE" 9>&- ) \
   || { tail -n 25 "$LOG/slurmd.log" >&2; die "slurmd failed"; }
 wait_for "$WAIT_S" "node $NODE idle" "$LOG/slurmd.log" node_ready
 log "cluster 'local' ready in $(since "$T0")s: node $NODE, $CPUS CPUs, partition debug; logs in $LOG"
