@@ -11,7 +11,7 @@ weights, optimizer, LR schedule and step, not bitwise in the losses that follow 
 normalises over other micro-batches).
 
 The plain-PyTorch engine (one process, ZeRO 0, no accumulation) writes its own format: moving between it and
-DeepSpeed, or between ZeRO stages, is refused with what to do instead.
+DeepSpeed is refused with what to do instead; between ZeRO stages 1, 2 and 3 the universal form carries it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _how_to_resume(engine: str, stage: int) -> str:
         return ("resume it on one process with deepspeed.zero_stage=0 and deepspeed.gradient_accumulation=1 "
                 "(the engine that wrote it)")
     if stage > 0:
-        return f"resume with deepspeed.zero_stage={stage} (DeepSpeed, on any number of ranks, one included)"
+        return "resume with deepspeed.zero_stage=1, 2 or 3 (DeepSpeed, on any number of ranks, one included)"
     return ("resume on DeepSpeed with deepspeed.zero_stage=0 (2 or more ranks, or deepspeed.gradient_accumulation "
             "above 1 on one)")
 
@@ -61,12 +61,15 @@ def resume_mode(ckpt: Path, meta: dict[str, Any], world_size: int, engine: str, 
     ValueError, naming the checkpoint, both set-ups and what to do, when it cannot."""
     saved_engine, saved_stage = written_by(ckpt, meta)
     saved_world = int(meta.get("world_size", 1))
-    if (saved_engine, saved_stage) != (engine, zero_stage if engine == "deepspeed" else 0):
+    stage = zero_stage if engine == "deepspeed" else 0
+    if engine == saved_engine == "deepspeed" and saved_stage > 0 and stage > 0 and saved_stage != stage:
+        return "universal"  # per-parameter state: loads into any ZeRO 1/2/3 partitioning
+    if (saved_engine, saved_stage) != (engine, stage):
         raise ValueError(
             f"{ckpt}: written by {_describe(saved_engine, saved_stage, saved_world)}; this run uses "
             f"{_describe(engine, zero_stage, world_size)}. Its engine state cannot move between the plain-PyTorch "
-            f"engine and DeepSpeed, nor between ZeRO stages: {_how_to_resume(saved_engine, saved_stage)}; or start "
-            f"a new run from its weights only (training.init_from={ckpt}, another run.dir; fresh optimizer).")
+            f"engine and DeepSpeed, nor between ZeRO-0 and ZeRO 1/2/3: {_how_to_resume(saved_engine, saved_stage)}; "
+            f"or start a new run from its weights only (training.init_from={ckpt}, another run.dir; fresh optimizer).")
     if saved_world == world_size or engine == "local" or zero_stage == 0:
         return "same"  # ZeRO-0 keeps whole optimizer state, the same at every world size
     return "universal"
@@ -94,9 +97,45 @@ def convert(ckpt: Path) -> Path:
     except Exception as e:
         raise RuntimeError(f"{ckpt}: DeepSpeed's universal conversion failed ({e!r}); its output:\n"
                            f"{log.getvalue()[-3000:]}") from e
+    _fit_every_stage(work / UNIVERSAL)
     os.replace(work / UNIVERSAL, out)
     shutil.rmtree(work)  # also its `latest_universal`, which names the temporary directory
     return out
+
+
+_ENGINE_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO-1/2, ZeRO-3
+
+
+def _fit_every_stage(out: Path) -> None:
+    """Make a universal checkpoint written from ZeRO-1/2 loadable by ZeRO-3 and the other way round: DeepSpeed's
+    per-parameter files are the same, but the two optimizers look for the engine-state file (LR schedule, step,
+    client state; the weights come from ``zero/``) under their own names and for the Adam step in different places
+    (ZeRO-1/2: ``zero/<param>/step.pt``, ZeRO-3: ``zero/optimizer_state.pt``), and ZeRO-3 writes flat tensors where
+    ZeRO-1/2 read shaped ones. Writes what is missing of either."""
+    have = [n for n in _ENGINE_STATES if (out / n).exists()]
+    for name in _ENGINE_STATES:
+        if have and name not in have:
+            os.link(out / have[0], out / name)
+    zero = out / "zero"
+    global_state = torch.load(zero / "optimizer_state.pt", weights_only=False)
+    step_files = sorted(zero.glob("*/step.pt"))
+    if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
+        step = torch.load(step_files[0], weights_only=False) if step_files else None
+        global_state["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {},
+                                                "param_groups": global_state["param_groups"]}
+    else:  # from ZeRO-3: flat tensors per parameter, no ds_version
+        engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)
+        global_state.setdefault("ds_version", engine_state["ds_version"])
+        shapes = {n: shape for group in engine_state["param_shapes"] for n, shape in group.items()}
+        state = global_state["optimizer_state_dict"].get("state")
+        for param_dir in (p for p in zero.iterdir() if p.is_dir()):
+            for f in param_dir.glob("*.pt"):
+                value = torch.load(f, weights_only=False)
+                if f.name != "step.pt" and torch.is_tensor(value):
+                    torch.save({"param": value.view(shapes[param_dir.name]), "cat_dim": 0}, f)
+            if not step_files and state:
+                torch.save(state[0]["step"], param_dir / "step.pt")
+    torch.save(global_state, zero / "optimizer_state.pt")
 
 
 @torch.no_grad()

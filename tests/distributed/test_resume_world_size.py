@@ -1,5 +1,6 @@
-"""Resume at another world size (DeepSpeed ZeRO 1/2/3, universal checkpoint): the loaded state equals the checkpoint
-exactly — trained weights, momentum copies, BatchNorm statistics, optimizer — and the run goes on to its end."""
+"""Resume at another world size or ZeRO stage (DeepSpeed ZeRO 1/2/3, universal checkpoint): the loaded state equals
+the checkpoint exactly — trained weights, momentum copies, BatchNorm statistics, optimizer — and the run goes on to
+its end."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def universal_tensors(ckpt: Path, scratch: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def assert_same_state(original: Path, loaded: Path, world_size: int, scratch: Path) -> None:
+def assert_same_state(original: Path, loaded: Path, world_size: int, scratch: Path, trained_only: bool = False) -> None:
+    """``trained_only``: compare the optimizer state of trained parameters only (a ZeRO-1/2 universal checkpoint
+    also lists the frozen ones, a ZeRO-3 one does not)."""
     a = torch.load(original / "model.pt", weights_only=True)
     b = torch.load(loaded / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
@@ -49,6 +52,9 @@ def assert_same_state(original: Path, loaded: Path, world_size: int, scratch: Pa
     assert not torch.equal(a["translator_k.conv_in.weight"], a["translator_q.conv_in.weight"])  # copies lag
     assert any(k.endswith("running_var") for k in a)
     opt_a, opt_b = universal_tensors(original, scratch / "a"), universal_tensors(loaded, scratch / "b")
+    if trained_only:
+        trained = {k.split("/")[0] for k in opt_a if k.endswith("/exp_avg.pt")}
+        opt_a, opt_b = ({k: v for k, v in opt.items() if k.split("/")[0] in trained} for opt in (opt_a, opt_b))
     assert any(k.endswith("/exp_avg_sq.pt") for k in opt_a) and opt_a.keys() == opt_b.keys()
     assert [k for k in opt_a if not torch.equal(opt_a[k], opt_b[k])] == []  # the optimizer state, exactly
     meta = json.loads((loaded / "meta.json").read_text())
@@ -111,3 +117,23 @@ def test_zero0_moves_to_another_world_size_without_conversion(tmp_path):
                for i, state in opt_a["state"].items() for k, v in state.items())
     [resume] = [r for r in records(tmp_path / "loaded") if r["split"] == "resume"]
     assert resume["mode"] == "same" and resume["saved_world_size"] == 1
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("saved, now, launcher", [(1, 3, TWO), (3, 2, ONE)],
+                         ids=["zero1-to-zero3", "zero3-to-zero2-on-1-rank"])
+def test_resume_moves_between_zero_stages(tmp_path, saved, now, launcher):
+    whole = tmp_path / "whole"
+    launch(TWO, whole, *COMMON, f"deepspeed.zero_stage={saved}")
+    loaded = loaded_state(whole, tmp_path / "loaded", launcher, f"deepspeed.zero_stage={now}")
+    world = 2 if launcher is TWO else 1
+    assert_same_state(whole / "checkpoints/implicit/step_3", loaded, world, tmp_path / "scratch", trained_only=True)
+    resumed = tmp_path / "resumed"
+    interrupt_after_first_checkpoint(whole, resumed, "implicit")
+    launch(launcher, resumed, *COMMON, f"deepspeed.zero_stage={now}")
+    assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in losses(resumed)[3:]] == pytest.approx([v for _, v in losses(whole)[3:]], rel=0.1)
+    [resume] = [r for r in records(resumed) if r["split"] == "resume"]
+    assert resume["mode"] == "universal" and resume["step"] == 3
+    meta = json.loads((resumed / "checkpoints/implicit/step_6/meta.json").read_text())
+    assert meta["zero_stage"] == now and meta["world_size"] == world

@@ -20,6 +20,8 @@ def meta(engine: str, stage: int, world: int) -> dict:
     (("deepspeed", 3, 1), ("deepspeed", 3, 4), "universal"),
     (("deepspeed", 1, 4), ("deepspeed", 1, 2), "universal"),
     (("deepspeed", 0, 2), ("deepspeed", 0, 4), "same"),  # ZeRO-0: whole optimizer state, any world size
+    (("deepspeed", 3, 2), ("deepspeed", 2, 2), "universal"),  # per-parameter state fits any ZeRO 1/2/3
+    (("deepspeed", 1, 4), ("deepspeed", 3, 8), "universal"),
     (("local", 0, 1), ("local", 0, 1), "same"),
 ])
 def test_resume_modes(tmp_path, saved, now, mode):
@@ -28,9 +30,10 @@ def test_resume_modes(tmp_path, saved, now, mode):
 
 @pytest.mark.parametrize("saved, now, hint", [
     (("local", 0, 1), ("deepspeed", 2, 2), "one process with deepspeed.zero_stage=0"),
-    (("deepspeed", 2, 2), ("local", 0, 1), "deepspeed.zero_stage=2"),
+    (("deepspeed", 2, 2), ("local", 0, 1), "deepspeed.zero_stage=1, 2 or 3"),
     (("deepspeed", 0, 2), ("local", 0, 1), "deepspeed.gradient_accumulation above 1"),
-    (("deepspeed", 3, 2), ("deepspeed", 2, 2), "deepspeed.zero_stage=3"),
+    (("deepspeed", 3, 2), ("deepspeed", 0, 2), "deepspeed.zero_stage=1, 2 or 3"),
+    (("deepspeed", 0, 2), ("deepspeed", 2, 2), "deepspeed.zero_stage=0"),
 ])
 def test_engine_changes_are_refused_with_what_to_do(tmp_path, saved, now, hint):
     with pytest.raises(ValueError) as err:
