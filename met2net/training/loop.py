@@ -371,5 +371,6 @@ def build_trainer(cfg: Config) -> Trainer:
     trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
                  "total_params": count_parameters(model), "train_windows": len(splits.train),
                  "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,
+                 "num_nodes": info.num_nodes, "launcher": info.launcher, "master_addr": info.master_addr,
                  "engine": "deepspeed" if deepspeed else "local"})
     return trainer

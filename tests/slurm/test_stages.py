@@ -69,6 +69,25 @@ def test_stage1_sbatch_trains_on_two_tasks(tmp_path, job_env):
     assert "stage1: 4 steps on 2 rank(s)" in log_of(run, job)
 
 
+def test_two_nodes_train_like_one(tmp_path, job_env):
+    """2 nodes × 1 task (two slurmd on this host; the rendezvous is the first node's name) against 1 node × 2
+    tasks: same rank layout for DeepSpeed, so the same losses and weights, bitwise."""
+    runs = {layout: tmp_path / layout for layout in ("one_node", "two_nodes")}
+    overrides = "training.max_steps=3 training.val_every=0"
+    one = submit_stage("stage1", runs["one_node"], job_env, overrides, "--nodes=1")
+    two = submit_stage("stage1", runs["two_nodes"], job_env, overrides, "--nodes=2", "--ntasks-per-node=1")
+    for job, run in ((one, runs["one_node"]), (two, runs["two_nodes"])):
+        assert wait_for_job(job, 180) == "COMPLETED", log_of(run, job)
+    assert job_field(two, "NNodes") == "2", scontrol_show_job(two)
+    starts = {k: next(r for r in records(run) if r["split"] == "start") for k, run in runs.items()}
+    assert (starts["two_nodes"]["num_nodes"], starts["one_node"]["num_nodes"]) == (2, 1)
+    assert starts["two_nodes"]["launcher"] == "slurm" and starts["two_nodes"]["world_size"] == 2
+    assert starts["two_nodes"]["master_addr"] == job_field(two, "NodeList").split(",")[0]
+    assert losses(runs["two_nodes"]) == losses(runs["one_node"]) and len(losses(runs["one_node"])) == 3
+    a, b = (weights(run, "stage1", 3) for run in runs.values())
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_env):
     run = tmp_path / "run"
     env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} training.max_steps=3"}
@@ -154,13 +173,14 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
 
 
 def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
-    """`met2net submit` on Slurm: stage one gets submitit's time-limit signal (SIGUSR2, sent now rather than
-    waited for), checkpoints through the training code, is requeued by submitit and resumes; stage two waits."""
+    """`met2net submit` on Slurm, 2 nodes × 1 task: stage one gets submitit's time-limit signal (SIGUSR2, sent now
+    rather than waited for), checkpoints through the training code, is requeued by submitit and resumes; stage two
+    waits."""
     run = tmp_path / "run"
     env = {**job_env, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "met2net.cli", "submit", CONFIG, *SMALL.split(), "training.max_steps=30",
-           "training.checkpoint_every=5", "training.val_every=0", f"run.dir={run}", "--tasks-per-node", "2",
-           "--time", "5", "--signal-delay", "30", "--partition", "debug"]
+           "training.checkpoint_every=5", "training.val_every=0", f"run.dir={run}", "--nodes", "2",
+           "--tasks-per-node", "1", "--time", "5", "--signal-delay", "30", "--partition", "debug"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "met2net job plan: 2 job(s)" in out.stdout and f"met2net status {run}" in out.stdout
@@ -172,5 +192,6 @@ def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
     log = (run / "submitit" / f"{ids[0]}_0_log.out").read_text()
     assert "Requeued job" in log and "requeue me" in log, log[-3000:]
     assert any(r["split"] == "resume" and r["schedule"] == "stage1" for r in records(run))
+    assert {r["num_nodes"] for r in records(run) if r["split"] == "start"} == {2}
     assert [s for s, _ in losses(run) if s][-1] == 30
     assert (run / "checkpoints/stage2/step_30/COMPLETE").exists()

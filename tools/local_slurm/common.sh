@@ -3,9 +3,11 @@
 BASE=${MET2NET_SLURM_DIR:-/tmp/met2net-slurm}   # state, logs, pid files, accounting DB
 CPUS=${MET2NET_SLURM_CPUS:-4}                   # advertised CPUs (more than the box has is fine)
 WAIT_S=${MET2NET_SLURM_TIMEOUT:-60}             # limit of every wait
-CTLD_PORT=${MET2NET_SLURM_PORT:-6817}           # slurmd/slurmdbd use the next two ports
+NODES=${MET2NET_SLURM_NODES:-2}                 # 1, or 2 emulated nodes (two slurmd on this host)
+CTLD_PORT=${MET2NET_SLURM_PORT:-6817}           # slurmd, slurmdbd, the second slurmd use the next three ports
 SLURMD_PORT=$((CTLD_PORT + 1))
 DBD_PORT=$((CTLD_PORT + 2))
+SLURMD2_PORT=$((CTLD_PORT + 3))
 
 CONF=/etc/slurm/slurm.conf
 DBDCONF=/etc/slurm/slurmdbd.conf
@@ -55,7 +57,12 @@ stop_pids() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
-node_ready() { sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)'; }
+# every node of the config is up (a node not yet registered shows as unknown/down)
+node_ready() {
+  local states
+  states=$(sinfo -h -N -o %T 2>/dev/null) && [ -n "$states" ] \
+    && ! grep -qvE '^(idle|mixed|allocated|completing)$' <<< "$states"
+}
 
 # one start/stop at a time (several test runs may share the cluster); stop.sh called by start.sh inherits the lock
 take_lock() {

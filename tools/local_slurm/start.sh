@@ -33,6 +33,11 @@ fi
 
 # ------------------------------------------------------------------ configuration
 NODE=$(hostname -s 2>/dev/null || echo localhost)
+# A second node is a second slurmd on this host (Debian builds Slurm with multiple-slurmd support) named
+# `localhost`: node names must resolve, since jobs use the first one as their rendezvous address.
+case "$NODES" in 1) NODE_NAMES=("$NODE") ;; 2) NODE_NAMES=("$NODE" localhost) ;;
+  *) die "MET2NET_SLURM_NODES=$NODES: 1 or 2 (the second node is named localhost)" ;; esac
+[ "$NODE" = localhost ] && NODE_NAMES=("$NODE")
 MEM=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
 [ -n "$MEM" ] || MEM=$(awk '/MemTotal/{print int($2 / 1024)}' /proc/meminfo)
 SPOOL=$BASE/slurmd   # batch scripts are executed from here: it must not be on a noexec mount
@@ -47,11 +52,11 @@ SlurmUser=slurm
 AuthType=auth/munge
 AuthInfo=cred_expire=10
 StateSaveLocation=$BASE/ctld
-SlurmdSpoolDir=$SPOOL
+SlurmdSpoolDir=$SPOOL/%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -69,7 +74,11 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 JobAcctGatherType=jobacct_gather/linux
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
+$(i=0; for n in "${NODE_NAMES[@]}"; do
+  port=$SLURMD_PORT; [ $i = 1 ] && port=$SLURMD2_PORT; i=$((i + 1))
+  echo "NodeName=$n NodeAddr=127.0.0.1 NodeHostname=$NODE Port=$port CPUs=$CPUS Boards=1 SocketsPerBoard=1 \
+CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN"
+done)
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
 NEWDBD="$MARK
 AuthType=auth/munge
@@ -88,8 +97,9 @@ same_conf=0
 [ "$(cat "$CONF" 2>/dev/null)" = "$NEWCONF" ] && [ "$(cat "$DBDCONF" 2>/dev/null)" = "$NEWDBD" ] && same_conf=1
 healthy() {
   [ $same_conf = 1 ] && pid_of "$DB/mysqld.pid" mariadbd >/dev/null && pid_of "$RUN/slurmdbd.pid" slurmdbd >/dev/null \
-    && pid_of "$RUN/slurmd.pid" slurmd >/dev/null && ctld_up && node_ready
+    && slurmds_up && ctld_up && node_ready
 }
+slurmds_up() { local n; for n in "${NODE_NAMES[@]}"; do pid_of "$RUN/slurmd-$n.pid" slurmd >/dev/null || return 1; done; }
 if healthy; then
   [ $STATUS_ONLY = 1 ] || log "already running with this config (node $NODE $(sinfo -h -o %T)); nothing to do ($(since "$T0")s)"
   exit 0
@@ -101,7 +111,7 @@ if ours "$CONF" || pid_of "$RUN/slurmctld.pid" slurmctld >/dev/null || pid_of "$
   log "stopping the daemons of an earlier start"
   MET2NET_SLURM_KEEP_MUNGE=1 bash "$HERE/stop.sh"
 fi
-for p in "$CTLD_PORT" "$SLURMD_PORT" "$DBD_PORT"; do
+for p in "$CTLD_PORT" "$SLURMD_PORT" "$DBD_PORT" "$SLURMD2_PORT"; do
   port_open "$p" && die "port $p is used by another program (is another Slurm running? set MET2NET_SLURM_PORT)"
 done
 if [ $same_conf = 0 ]; then
@@ -111,7 +121,7 @@ if [ $same_conf = 0 ]; then
   rm -rf "${BASE:?}/ctld" "${SPOOL:?}" "${DB:?}"
   if [ -f "$CONF" ] && ! ours "$CONF" && [ ! -e "$CONF.orig" ]; then cp -p "$CONF" "$CONF.orig"; fi
 fi
-mkdir -p "$RUN" "$LOG" "$BASE/ctld" "$SPOOL" "$DB/data" /etc/slurm
+mkdir -p "$RUN" "$LOG" "$BASE/ctld" "${NODE_NAMES[@]/#/$SPOOL/}" "$DB/data" /etc/slurm
 chmod 755 "$BASE" "$RUN"
 chown slurm:slurm "$BASE/ctld" "$LOG"
 chown -R slurm:slurm "$DB" && chmod 700 "$DB"
@@ -150,8 +160,10 @@ log "accounting up ($(since "$T0")s)"
 /usr/sbin/slurmctld -i 9>&- || { tail -n 25 "$LOG/slurmctld.log" >&2; die "slurmctld failed"; }
 wait_for "$WAIT_S" slurmctld "$LOG/slurmctld.log" ctld_up
 # jobs inherit slurmd's limits: give them what a systemd unit would
-( ulimit -n 131072 2>/dev/null; ulimit -l unlimited 2>/dev/null; exec /usr/sbin/slurmd -N "$NODE" 9>&- ) \
-  || { tail -n 25 "$LOG/slurmd.log" >&2; die "slurmd failed"; }
-wait_for "$WAIT_S" "node $NODE idle" "$LOG/slurmd.log" node_ready
-log "cluster 'local' ready in $(since "$T0")s: node $NODE, $CPUS CPUs, partition debug; logs in $LOG"
+for n in "${NODE_NAMES[@]}"; do
+  ( ulimit -n 131072 2>/dev/null; ulimit -l unlimited 2>/dev/null; exec /usr/sbin/slurmd -N "$n" 9>&- ) \
+    || { tail -n 25 "$LOG/slurmd-$n.log" >&2; die "slurmd -N $n failed"; }
+done
+wait_for "$WAIT_S" "nodes ${NODE_NAMES[*]} idle" "$LOG/slurmd-$NODE.log" node_ready
+log "cluster 'local' ready in $(since "$T0")s: node(s) ${NODE_NAMES[*]}, $CPUS CPUs each, partition debug; logs in $LOG"
 sinfo

@@ -20,7 +20,9 @@ if ours "$CONF"; then   # act on the directories the running cluster was started
     fi
   fi
 fi
-stop_pids "slurmd:$(pid_of "$RUN/slurmd.pid" slurmd)" "slurmctld:$(pid_of "$RUN/slurmctld.pid" slurmctld)"
+daemons=("slurmctld:$(pid_of "$RUN/slurmctld.pid" slurmctld)")
+for f in "$RUN"/slurmd*.pid; do [ -e "$f" ] && daemons+=("slurmd:$(pid_of "$f" slurmd)"); done
+stop_pids "${daemons[@]}"
 # job step daemons left behind if slurmd had to be killed
 for d in /proc/[0-9]*; do
   [ "$(cat "$d/comm" 2>/dev/null)" = slurmstepd ] && stop_pids "slurmstepd:${d#/proc/}"
