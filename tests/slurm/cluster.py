@@ -35,6 +35,11 @@ def sbatch(args: list[str], env: dict[str, str] | None = None, cwd: str | os.Pat
     return int(p.stdout.strip().split(";")[0])
 
 
+def node_count() -> int:
+    """Nodes in the cluster (tools/local_slurm emulates 2 unless MET2NET_SLURM_NODES=1 or the host is `localhost`)."""
+    return len(_run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split())
+
+
 def scontrol_show_job(job_id: int) -> str:
     p = _run(["scontrol", "show", "job", str(job_id)])
     return (p.stdout + p.stderr).strip()
