@@ -4,8 +4,9 @@ DDP broadcasts rank 0's buffers every step; DeepSpeed does not, so each rank's B
 statistics of that rank's micro-batches only and the ranks drift apart. ``average_batchnorm_statistics``
 averages the floating running statistics (``running_mean``, ``running_var``; not ``num_batches_tracked``,
 which is the same on every rank) across the ranks, and every rank continues from the average. The loop
-calls it before each validation and each checkpoint, so validation sees one model on every rank and the
-checkpoint's ``model.pt`` (rank 0's) holds the statistics of all ranks' data.
+calls it before each validation, so validation sees one model on every rank, and for each checkpoint's
+``model.pt`` (rank 0's), which holds the statistics of all ranks' data; there every rank then goes back to its
+own statistics (also saved per rank), so where checkpoints fall never changes the run and a resume is bitwise.
 
 Why the average is the right statistic: the running-mean update ``r ← (1−m)·r + m·μ_batch`` is linear,
 so averaging the ranks' running means at a sync point equals running the update with the average of the
@@ -31,6 +32,16 @@ def batchnorm_statistics(module: nn.Module) -> list[torch.Tensor]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             out.extend(getattr(m, name) for name in STATISTICS if getattr(m, name) is not None)
     return out
+
+
+@torch.no_grad()
+def set_batchnorm_statistics(module: nn.Module, values: list[torch.Tensor]) -> None:
+    """Copy ``values`` (a ``batchnorm_statistics`` list, e.g. saved by this rank) into ``module``'s statistics."""
+    own = batchnorm_statistics(module)
+    if len(own) != len(values):
+        raise ValueError(f"{len(values)} saved BatchNorm statistics for a model with {len(own)}")
+    for b, v in zip(own, values):
+        b.copy_(v)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from met2net.distributed.env import discover, free_port
 from met2net.distributed.setup import init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint, universal
-from met2net.training.buffers import average_batchnorm_statistics
+from met2net.training.buffers import average_batchnorm_statistics, batchnorm_statistics, set_batchnorm_statistics
 from met2net.training.engine import build_deepspeed_engine, deepspeed_config, micro_batch_size, write_deepspeed_config
 from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.preemption import Preempted, StopWatch
@@ -203,9 +203,10 @@ class Trainer:
         return result
 
     def save(self, val: dict[str, float]) -> Path:
-        """Every rank writes its engine state (DeepSpeed's files, or ours) and RNG state into a partial
-        directory; rank 0 adds the whole weights (`model.pt`, gathered under ZeRO-3) and publishes it."""
-        self.sync_batchnorm()  # model.pt (rank 0's) holds every rank's statistics
+        """Every rank writes its engine state (DeepSpeed's files, or ours), RNG state and own BatchNorm statistics
+        into a partial directory; rank 0 adds the whole weights (`model.pt`, gathered under ZeRO-3, with the
+        statistics averaged over the ranks) and publishes it. Saving leaves the live statistics as they were, so
+        where the checkpoints fall does not change the run, and a resume continues it bitwise."""
         tmp = checkpoint.partial_dir(self.stage_dir, self.step)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -214,9 +215,13 @@ class Trainer:
         client = {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict()}
         self.engine.save_checkpoint(self.stage_dir, tag=tmp.name, client_state=client, save_latest=False)
         torch.save(rng_state(), tmp / f"rng_rank{self.rank}.pt")
+        live = [b.clone() for b in batchnorm_statistics(self.model)]
+        torch.save(live, tmp / f"batchnorm_rank{self.rank}.pt")
+        self.sync_batchnorm()  # model.pt (rank 0's) holds every rank's statistics
         with _whole_parameters(self.model):  # ZeRO-3: every rank takes part in the gather
             if self.rank == 0:
                 torch.save(self.model.state_dict(), tmp / "model.pt")
+        set_batchnorm_statistics(self.model, live)
         self._barrier()
         if self.rank == 0:
             meta = {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(),
@@ -252,6 +257,9 @@ class Trainer:
         self.train_sampler.load_state_dict(remap_state(client["sampler"], self.world_size))
         if saved_world == self.world_size:
             set_rng_state(torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False))
+            own = ckpt / f"batchnorm_rank{self.rank}.pt"
+            if own.exists():  # older checkpoints: the engine's (rank 0's) statistics
+                set_batchnorm_statistics(self.model, torch.load(own, weights_only=True))
         else:
             seed_everything(universal.derived_seed(self.cfg.run.seed, self.step, self.rank))
         self.log({"split": "resume", "from": str(ckpt), "saved_world_size": saved_world, "mode": mode})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from met2net.distributed.env import free_port
 from met2net.training.preemption import REQUEUE_EXIT_CODE
@@ -68,3 +69,6 @@ def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
     assert meta["world_size"] == 2 and (run / f"checkpoints/implicit/step_{stop[0]['step']}/rng_rank1.pt").exists()
     launch(torchrun, run, *LONG)  # the requeued job: resumes and finishes
     assert losses(run) == losses(whole)
+    # and the same final state: weights, momentum copies, BatchNorm statistics (which the losses do not show)
+    a, b = (torch.load(r / "checkpoints/implicit/step_40/model.pt", weights_only=True) for r in (run, whole))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
