@@ -101,7 +101,7 @@ healthy() {
 }
 slurmds_up() { local n; for n in "${NODE_NAMES[@]}"; do pid_of "$RUN/slurmd-$n.pid" slurmd >/dev/null || return 1; done; }
 if healthy; then
-  [ $STATUS_ONLY = 1 ] || log "already running with this config (node $NODE $(sinfo -h -o %T)); nothing to do ($(since "$T0")s)"
+  [ $STATUS_ONLY = 1 ] || log "already running with this config (node(s) ${NODE_NAMES[*]}: $(sinfo -h -o %T)); nothing to do ($(since "$T0")s)"
   exit 0
 fi
 [ $STATUS_ONLY = 1 ] && exit 1

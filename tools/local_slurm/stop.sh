@@ -36,7 +36,7 @@ if [ "${MET2NET_SLURM_KEEP_MUNGE:-0}" != 1 ] && [ -e "$MUNGE_MARK" ]; then
 fi
 stop_pids "${last[@]}"
 if [ "${1:-}" = --purge ]; then
-  spool=$(ours "$CONF" && sed -n 's/^SlurmdSpoolDir=//p' "$CONF")
+  spool=$(ours "$CONF" && sed -n 's/^SlurmdSpoolDir=//p' "$CONF"); spool=${spool%/%n}
   rm -rf "${BASE:?}" ${spool:+"$spool"}
   ours "$CONF" && rm -f "$CONF" && { [ ! -e "$CONF.orig" ] || mv -f "$CONF.orig" "$CONF"; }
   ours "$DBDCONF" && rm -f "$DBDCONF"
