@@ -117,10 +117,10 @@ def _fit_every_stage(out: Path) -> None:
         if have and name not in have:
             os.link(out / have[0], out / name)
     zero = out / "zero"
-    global_state = torch.load(zero / "optimizer_state.pt", weights_only=False)
+    global_state = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
     step_files = sorted(zero.glob("*/step.pt"))
     if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
-        step = torch.load(step_files[0], weights_only=False) if step_files else None
+        step = torch.load(step_files[0], map_location="cpu", weights_only=False) if step_files else None
         global_state["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {},
                                                 "param_groups": global_state["param_groups"]}
     else:  # from ZeRO-3: flat tensors per parameter, no ds_version
@@ -130,7 +130,7 @@ def _fit_every_stage(out: Path) -> None:
         state = global_state["optimizer_state_dict"].get("state")
         for param_dir in (p for p in zero.iterdir() if p.is_dir()):
             for f in param_dir.glob("*.pt"):
-                value = torch.load(f, weights_only=False)
+                value = torch.load(f, map_location="cpu", weights_only=False)
                 if f.name != "step.pt" and torch.is_tensor(value):
                     torch.save({"param": value.view(shapes[param_dir.name]), "cat_dim": 0}, f)
             if not step_files and state:
