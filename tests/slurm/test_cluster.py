@@ -68,12 +68,11 @@ if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then sleep 120; fi
 def _holders_of(path: str) -> list[str]:
     holders = []
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            targets = [os.readlink(fd) for fd in fd_dir.iterdir()]
+        try:  # a process may end while we look
+            if path in [os.readlink(fd) for fd in fd_dir.iterdir()]:
+                holders.append(f"{fd_dir.parent.name} ({(fd_dir.parent / 'comm').read_text().strip()})")
         except (PermissionError, FileNotFoundError, ProcessLookupError):
             continue
-        if path in targets:
-            holders.append(f"{fd_dir.parent.name} ({(fd_dir.parent / 'comm').read_text().strip()})")
     return holders
 
 
