@@ -158,11 +158,14 @@ def test_scontrol_requeue_resumes_to_the_same_weights(tmp_path, job_env, uninter
 def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
     """`--time=1` with the warning 55 s before: Slurm (checking every ~30 s) signals the batch shell within the
     first ~35 s of each run, the script forwards it, training checkpoints and exits 75, the script requeues the
-    job, and the next run resumes; more work than one run can do, so the job finishes only through requeues."""
+    job, and the next run resumes; more work than one run can do, so the job finishes only through requeues.
+    On 2 nodes × 1 task where there are 2 nodes: srun carries the warning to the task on the other node."""
     run = tmp_path / "run"
+    nodes = min(2, cluster.node_count())
     job = submit_stage("stage1", run, {**job_env, "MAX_REQUEUES": "30"},  # each run may get only a few seconds
                        "training.max_steps=1000 training.checkpoint_every=0 training.val_every=0 "
-                       "training.log_every=100", "--time=1", "--signal=B:USR1@55")
+                       "training.log_every=100", "--time=1", "--signal=B:USR1@55", f"--nodes={nodes}",
+                       f"--ntasks-per-node={2 // nodes}")
     assert wait_for_job(job, 420) == "COMPLETED", log_of(run, job)
     log = log_of(run, job)
     assert "time-limit warning" in log and "requeueing job" in log, log
@@ -172,6 +175,7 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
     assert [r["from"] for r in resumes] == [r["checkpoint"] for r in stops]  # each run went on from the last stop
     assert log.count("requeueing job") == len(stops)
     assert [s for s, _ in losses(run)][-1] == 1000 and (run / "checkpoints/stage1/step_1000/COMPLETE").exists()
+    assert {r["num_nodes"] for r in records(run) if r["split"] == "start"} == {nodes}
 
 
 def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
