@@ -234,15 +234,14 @@ class Trainer:
         self._barrier()
         return self.stage_dir / f"step_{self.step}"
 
-    def resume(self, ckpt: Path) -> None:
+    def resume(self, ckpt: Path, mode: str) -> None:
         """Weights, optimizer, LR schedule, step, epoch, position in the epoch and RNG states: at the same world
         size the run goes on exactly as if it had not stopped. At another world size (DeepSpeed ZeRO 1/2/3 both
         times) DeepSpeed's universal checkpoint carries weights, optimizer and LR schedule, ``model.pt`` the frozen
         copies and BatchNorm statistics, the sampler keeps the global position in the epoch, and the RNGs start
-        afresh from (seed, step, rank): exact in the state, not bitwise in the losses that follow."""
-        meta = checkpoint.load_meta(ckpt)
-        saved_world = int(meta.get("world_size", 1))
-        mode = universal.resume_mode(ckpt, meta, self.world_size, self.engine_kind, self.zero_stage)
+        afresh from (seed, step, rank): exact in the state, not bitwise in the losses that follow. ``mode``:
+        ``universal.resume_mode``'s answer, which the engine was built for."""
+        saved_world = int(checkpoint.load_meta(ckpt).get("world_size", 1))
         if mode == "universal":
             if not self.engine.load_universal_checkpoint():
                 raise RuntimeError(f"{ckpt}: written by {saved_world} rank(s), this run has {self.world_size}: build "
@@ -363,9 +362,10 @@ def build_trainer(cfg: Config) -> Trainer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, t)
     lr_scheduler = build_lr_scheduler(optimizer, t, total)
-    load_universal = resume_from is not None and universal.resume_mode(
+    resume_mode = resume_from and universal.resume_mode(
         resume_from, checkpoint.load_meta(resume_from), info.world_size, "deepspeed" if deepspeed else "local",
-        cfg.deepspeed.zero_stage) == "universal"
+        cfg.deepspeed.zero_stage)
+    load_universal = resume_mode == "universal"
     if deepspeed:
         engine = build_deepspeed_engine(cfg, model, optimizer, lr_scheduler, info.world_size, load_universal)
         if info.rank == 0:
@@ -375,7 +375,7 @@ def build_trainer(cfg: Config) -> Trainer:
     trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, info.rank, info.world_size, micro,
                       device)
     if resume_from is not None:
-        trainer.resume(resume_from)
+        trainer.resume(resume_from, resume_mode)
     trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
                  "total_params": count_parameters(model), "train_windows": len(splits.train),
                  "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,
