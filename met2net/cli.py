@@ -21,37 +21,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(config: str | None, overrides: list[str]) -> tuple[int, str | None]:
-    """`met2net train` in this process: (0, None) when done, or (REQUEUE_EXIT_CODE, what stopped it here: a
-    signal name, or None for the time limit or another rank's signal) after a checkpoint. Launchers that run
-    training in-process (submitit) use this; the process group is torn down either way."""
-    from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted, catch_signals_early
-
-    catch_signals_early()
-    from met2net.distributed.setup import teardown
-    from met2net.training.loop import build_trainer
-
-    cfg = load_config(config, overrides)
-    try:
-        trainer = build_trainer(cfg)
-        try:
-            val = trainer.train()
-        except Preempted as stop:
-            print(f"met2net: stopped ({stop}); exit code {REQUEUE_EXIT_CODE} = requeue me", file=sys.stderr)
-            requested = trainer.stopwatch.requested
-            del trainer
-            return REQUEUE_EXIT_CODE, requested
-        if trainer.rank == 0:
-            print(f"{trainer.schedule.name}: {trainer.step} steps on {trainer.world_size} rank(s), validation "
-                  + ", ".join(f"{k} {v:.5f}" for k, v in val.items()) + f"; run directory {trainer.run_dir}")
-        del trainer
-    finally:
-        teardown()
-    return 0, None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    return run_train(args.config, args.overrides)[0]
+    from met2net.train import run_train
+
+    return run_train(load_config(args.config, args.overrides)).exit_code
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

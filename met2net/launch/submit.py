@@ -29,14 +29,16 @@ class TrainJob(submitit.helpers.Checkpointable):
     overrides: tuple[str, ...]
 
     def __call__(self) -> str:
-        from met2net.cli import run_train
+        from met2net.config import load_config
+        from met2net.train import run_train
 
         env = submitit.JobEnvironment()
         if env.cluster == "local":  # Slurm tasks find their rank from SLURM_* (distributed/env.py)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         warning = env._usr_sig()  # submitit's time-limit signal; its handler checkpoints and requeues
         requeue = signal.getsignal(warning)
-        code, stopped_by = run_train(self.config, list(self.overrides))
+        result = run_train(load_config(self.config, list(self.overrides)))
+        code, stopped_by = result.exit_code, result.stopped_by
         if code == 0:
             return [o for o in self.overrides if o.startswith("run.dir=")][-1].partition("=")[2]  # the plan's, last
         if code == REQUEUE_EXIT_CODE:
