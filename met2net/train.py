@@ -36,7 +36,7 @@ def run_train(cfg: Config) -> RunResult:
     and the result says requeue). The process group is torn down either way."""
     catch_signals_early()  # before the heavy imports: a signal during start-up is not lost
     from met2net.distributed.setup import teardown
-    from met2net.training.loop import build_trainer
+    from met2net.training.build import build_trainer
 
     try:
         trainer = build_trainer(cfg)

@@ -1,16 +1,24 @@
 """DeepSpeed internals met2net relies on (tested with the versions in ``met2net.compat``).
 
-ZeRO-3 parameters: DeepSpeed replaces ``param.data`` by an empty tensor outside a gather and keeps this rank's
-partition in ``param.ds_tensor`` and the whole size in ``param.ds_numel``; ``deepspeed.zero.GatheredParameters``
-makes parameters whole for the length of a ``with`` block (and, with ``modifier_rank``, partitions what that rank
-wrote on exit). None of these attributes is documented API.
+- ZeRO-3 parameters: DeepSpeed replaces ``param.data`` by an empty tensor outside a gather and keeps this rank's
+  partition in ``param.ds_tensor`` and the whole size in ``param.ds_numel``; ``deepspeed.zero.GatheredParameters``
+  makes parameters whole for the length of a ``with`` block (and, with ``modifier_rank``, partitions what that
+  rank wrote on exit). None of these attributes is documented API.
+- ``deepspeed.ops.__compatible_ops__``: the table of ops DeepSpeed builds at start-up.
+- The universal checkpoint: ``deepspeed.checkpoint.ds_to_universal.main`` (a command-line entry, called with an
+  argparse namespace) and the file layout it writes, which ``fit_universal_to_every_stage`` completes.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
+import torch
 from torch import nn
 
 
@@ -42,3 +50,69 @@ def gathered(params: Iterable[nn.Parameter], modifier_rank: int | None = None) -
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def disable_shm_comm_op() -> None:
+    """On the CPU, DeepSpeed JIT-compiles a shared-memory op at start-up that only its *inference* all-reduce
+    uses. Every process then takes a file lock in the extensions directory to run ninja, and a process killed
+    meanwhile (a signal during start-up, a cancelled job) leaves the lock behind: every later run hangs.
+    Training all-reduces through torch.distributed (gloo), so the op is turned off. Relies on DeepSpeed reading
+    ``deepspeed.ops.__compatible_ops__`` to decide which ops to build."""
+    import deepspeed.ops
+
+    compatible = dict(deepspeed.ops.__compatible_ops__)
+    compatible["deepspeed_shm_comm"] = False
+    deepspeed.ops.__compatible_ops__ = compatible
+
+
+def ds_to_universal(ckpt: Path, out: Path) -> None:
+    """DeepSpeed's universal conversion of checkpoint directory ``ckpt`` into ``out`` (its command-line entry, with
+    the namespace its argument parser would build). Its progress output is kept for the error message only."""
+    from deepspeed.checkpoint.ds_to_universal import main
+
+    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(out), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            main(args)
+    except Exception as e:
+        raise RuntimeError(f"{ckpt}: DeepSpeed's universal conversion failed ({e!r}); its output:\n"
+                           f"{log.getvalue()[-3000:]}") from e
+
+
+_ENGINE_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO-1/2, ZeRO-3
+
+
+def fit_universal_to_every_stage(out: Path) -> None:
+    """Make a universal checkpoint written from ZeRO-1/2 loadable by ZeRO-3 and the other way round: DeepSpeed's
+    per-parameter files are the same, but the two optimizers look for the engine-state file (LR schedule, step,
+    client state; the weights come from ``zero/``) under their own names and for the Adam step in different places
+    (ZeRO-1/2: ``zero/<param>/step.pt``, ZeRO-3: ``zero/optimizer_state.pt``), and ZeRO-3 writes flat tensors where
+    ZeRO-1/2 read shaped ones. Writes what is missing of either. Relies on the file names above, the keys
+    ``optimizer_state_dict``, ``param_groups``, ``ds_version``, ``param_shapes`` and the ``{"param", "cat_dim"}``
+    per-parameter format."""
+    have = [n for n in _ENGINE_STATES if (out / n).exists()]
+    for name in _ENGINE_STATES:
+        if have and name not in have:
+            os.link(out / have[0], out / name)
+    zero = out / "zero"
+    global_state = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    step_files = sorted(zero.glob("*/step.pt"))
+    if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
+        step = torch.load(step_files[0], map_location="cpu", weights_only=False) if step_files else None
+        global_state["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {},
+                                                "param_groups": global_state["param_groups"]}
+    else:  # from ZeRO-3: flat tensors per parameter, no ds_version
+        engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)
+        global_state.setdefault("ds_version", engine_state["ds_version"])
+        shapes = {n: shape for group in engine_state["param_shapes"] for n, shape in group.items()}
+        state = global_state["optimizer_state_dict"].get("state")
+        for param_dir in (p for p in zero.iterdir() if p.is_dir()):
+            for f in param_dir.glob("*.pt"):
+                value = torch.load(f, map_location="cpu", weights_only=False)
+                if f.name != "step.pt" and torch.is_tensor(value):
+                    torch.save({"param": value.view(shapes[param_dir.name]), "cat_dim": 0}, f)
+            if not step_files and state:
+                torch.save(state[0]["step"], param_dir / "step.pt")
+    torch.save(global_state, zero / "optimizer_state.pt")

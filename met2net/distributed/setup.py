@@ -8,6 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from met2net.compat.deepspeed_internals import disable_shm_comm_op
 from met2net.distributed.env import RankInfo, export
 
 
@@ -22,22 +23,10 @@ def init_process_group(info: RankInfo) -> None:
     import deepspeed
 
     if not cuda:
-        _without_shm_comm_op()
+        disable_shm_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                distributed_port=info.master_port, rank=info.rank, world_size=info.world_size,
                                verbose=False)
-
-
-def _without_shm_comm_op() -> None:
-    """On the CPU, DeepSpeed JIT-compiles a shared-memory op at start-up that only its *inference* all-reduce
-    uses. Every process then takes a file lock in the extensions directory to run ninja, and a process killed
-    meanwhile (a signal during start-up, a cancelled job) leaves the lock behind: every later run hangs.
-    Training all-reduces through torch.distributed (gloo), so the op is turned off."""
-    import deepspeed.ops
-
-    compatible = dict(deepspeed.ops.__compatible_ops__)
-    compatible["deepspeed_shm_comm"] = False
-    deepspeed.ops.__compatible_ops__ = compatible
 
 
 def teardown() -> None:

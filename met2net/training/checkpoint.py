@@ -1,26 +1,53 @@
-"""Weights checkpoints: one directory per step, ``COMPLETE`` written last, then ``latest``.
+"""Checkpoints on disk: the whole protocol, from a partial directory to ``latest``, and the manager that runs it.
 
-Layout: ``<run>/checkpoints/<schedule>/step_<n>/{model.pt, meta.json, COMPLETE}`` and
-``<run>/checkpoints/<schedule>/latest`` naming the newest complete one. A directory without
-``COMPLETE`` is never loaded, so a run killed mid-write loses nothing that was complete.
+Layout: ``<run>/checkpoints/<schedule>/step_<n>/`` holds the engine's files (DeepSpeed's, or ``engine.pt``), every
+rank's ``rng_rank<r>.pt`` and ``batchnorm_rank<r>.pt``, the gathered weights ``model.pt``, ``meta.json`` (step,
+loader state, config, statistics, versions, and the sha256 of every other file) and ``COMPLETE`` (the sha256 of
+``meta.json``), written last. ``latest`` and ``best`` name step directories.
+
+Why a resume can trust what it loads:
+- a checkpoint is written into ``.step_<n>.partial``, every file fsynced, then renamed into place: a directory
+  named ``step_<n>`` with ``COMPLETE`` was complete when it got its name;
+- ``COMPLETE`` guards ``meta.json`` and ``meta.json`` guards every other file, so a truncated or altered file is
+  found before anything is loaded;
+- the resume takes the newest intact step directory, whatever ``latest`` says: a damaged, missing or stale
+  pointer never makes a run start again from step 0 while a complete checkpoint exists, and a damaged checkpoint
+  is skipped, saying so, for the newest intact one before it;
+- nothing complete is deleted before its replacement is in place, and pruning renames a directory away before
+  deleting it, so a kill at any moment leaves only hidden leftovers, removed by the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import met2net
+from met2net.compat.deepspeed_internals import gathered
+from met2net.distributed.collectives import barrier, on_rank0
+from met2net.training import universal
+from met2net.training.buffers import average_batchnorm_statistics, batchnorm_statistics, set_batchnorm_statistics
+from met2net.training.engine import Engine
 
 MARKER = "COMPLETE"
+META = "meta.json"
+FORMAT = 2  # 2: checksums in meta.json and COMPLETE; 1: none (still loaded)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names it and says what to do."""
+
+
+# -- files --------------------------------------------------------------------------------------------------------
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -30,10 +57,44 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, text: str) -> None:
+    """``text`` into ``path`` atomically (a temporary file renamed over it), on disk before this returns."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def step_of(path: Path) -> int:
+    return int(path.name[len("step_"):])
+
+
+def step_dirs(stage_dir: Path) -> list[Path]:
+    """Every ``step_<n>`` directory of a stage, oldest first (complete or not)."""
+    return sorted((p for p in Path(stage_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()), key=step_of)
 
 
 def partial_dir(stage_dir: Path, step: int) -> Path:
@@ -41,73 +102,146 @@ def partial_dir(stage_dir: Path, step: int) -> Path:
     return stage_dir / f".step_{step}.partial"
 
 
+# -- publish, verify, prune ---------------------------------------------------------------------------------------
 def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
-    """Finish the partial checkpoint of ``step``: meta.json, then ``COMPLETE``, rename it into place, then
-    point ``latest`` at it. One process (rank 0) calls this, after every rank has written its files."""
+    """Finish the partial checkpoint of ``step``: checksums into meta.json, then ``COMPLETE``, rename it into
+    place, then point ``latest`` at it. One process (rank 0) calls this, after every rank has written (and
+    fsynced) its files. A step directory that already exists is moved aside, not deleted, until the new one
+    has its name."""
     tmp, final = partial_dir(stage_dir, step), stage_dir / f"step_{step}"
-    meta = {"format": 1, "step": step, "met2net": met2net.__version__, "torch": torch.__version__,
-            "git": git_revision(), **meta}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    (tmp / MARKER).write_text("")
+    files = {str(p.relative_to(tmp)): sha256(p) for p in _files(tmp) if p.name not in (META, MARKER)}
+    meta = {"format": FORMAT, "step": step, "met2net": met2net.__version__, "torch": torch.__version__,
+            "git": git_revision(), **meta, "files": files}
+    text = json.dumps(meta, indent=2)
+    _write_durable(tmp / META, text)
+    _write_durable(tmp / MARKER, hashlib.sha256(text.encode()).hexdigest())
+    old = stage_dir / f".step_{step}.replaced"
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
-    _write_atomic(stage_dir / "latest", final.name)
+    _fsync(stage_dir)
+    _write_durable(stage_dir / "latest", final.name)
+    shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def verify(ckpt: Path) -> list[str]:
+    """What is wrong with checkpoint ``ckpt`` (empty: intact): no ``COMPLETE``, a ``meta.json`` that is not the
+    one ``COMPLETE`` vouches for, a file missing or not the one ``meta.json`` vouches for."""
+    ckpt = Path(ckpt)
+    if not (ckpt / MARKER).is_file():
+        return [f"no {MARKER} marker: the run that wrote it stopped mid-write"]
+    try:
+        text = (ckpt / META).read_text()
+        meta = json.loads(text)
+    except (OSError, ValueError) as e:
+        return [f"{META} is unreadable ({e})"]
+    expected = (ckpt / MARKER).read_text().strip()
+    if expected and expected != hashlib.sha256(text.encode()).hexdigest():
+        return [f"{META} was altered or truncated (its sha256 is not the one {MARKER} holds)"]
+    problems = []
+    for name, digest in meta.get("files", {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256(path) != digest:
+            problems.append(f"{name} was altered or truncated (sha256 differs from {META})")
+    return problems
+
+
+def newest_intact(stage_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest step directory of ``stage_dir`` that passes ``verify``, or None when the stage has none at all.
+    Damaged or incomplete ones are skipped (``warn`` says which and why); if step directories exist and none is
+    intact, that is an error, never a silent start from step 0."""
+    dirs = step_dirs(stage_dir)
+    skipped = []
+    for ckpt in reversed(dirs):
+        problems = verify(ckpt)
+        if not problems:
+            if skipped and warn:
+                warn(f"{stage_dir}: resuming from {ckpt.name}, skipping " + "; ".join(skipped))
+            return ckpt
+        if (ckpt / MARKER).exists():  # a complete checkpoint damaged since; an incomplete one is never a candidate
+            skipped.append(f"{ckpt.name} ({', '.join(problems)})")
+    if skipped:
+        raise CheckpointError(f"{stage_dir}: no intact checkpoint to resume from: " + "; ".join(skipped) + ". Move "
+                              "the damaged directories away to start this stage again from step 0, or start a new "
+                              "run from an intact checkpoint's weights (training.init_from=..., another run.dir)")
+    return None
+
+
+def latest(stage_dir: Path) -> Path | None:
+    """The newest intact checkpoint of a stage directory, or None (nothing to resume)."""
+    return newest_intact(Path(stage_dir))
 
 
 def prune(stage_dir: Path, keep_last: int) -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep_last``, never the one ``latest`` names nor the
-    best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``."""
-    done = sorted((p for p in stage_dir.glob("step_*") if (p / MARKER).exists()), key=lambda p: int(p.name[5:]))
+    best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``. A directory is
+    renamed away (hidden) before it is deleted, so a kill mid-delete never leaves a half checkpoint behind."""
+    done = [p for p in step_dirs(stage_dir) if (p / MARKER).exists()]
     scored = [(load_meta(p).get("val", {}).get("loss"), p) for p in done]
     scored = [(v, p) for v, p in scored if v is not None]
     keep = set(done[-keep_last:]) if keep_last else set(done)
     if scored:
-        best = min(scored, key=lambda vp: (vp[0], -int(vp[1].name[5:])))[1]
+        best = min(scored, key=lambda vp: (vp[0], -step_of(vp[1])))[1]
         keep.add(best)
-        _write_atomic(stage_dir / "best", best.name)
+        _write_durable(stage_dir / "best", best.name)
     pointer = stage_dir / "latest"
     if pointer.is_file():
         keep.add(stage_dir / pointer.read_text().strip())
     removed = [p for p in done if p not in keep]
     for p in removed:
-        (p / MARKER).unlink()  # first: a half-deleted directory is never mistaken for a checkpoint
-        shutil.rmtree(p)
+        doomed = p.with_name(f".{p.name}.deleting")
+        os.replace(p, doomed)
+        shutil.rmtree(doomed)
     return removed
 
 
-def latest(stage_dir: Path) -> Path | None:
-    """The newest COMPLETE checkpoint of a stage directory, or None (nothing to resume)."""
-    pointer = stage_dir / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = stage_dir / pointer.read_text().strip()
-    return ckpt if (ckpt / MARKER).exists() else None
+def remove_leftovers(stage_dir: Path) -> list[Path]:
+    """Hidden directories that an earlier run killed mid-save, mid-publish or mid-prune left behind."""
+    leftovers = [p for p in Path(stage_dir).glob(".step_*") if p.is_dir()]
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    return leftovers
 
 
+# -- loading weights ----------------------------------------------------------------------------------------------
 def resolve(path: str | Path, schedule: str | None) -> Path:
-    """A checkpoint directory, or a run directory whose ``latest`` checkpoint of
-    ``schedule`` is meant; errors say what is missing."""
+    """A checkpoint directory, a stage directory (its ``latest``), or a run directory whose ``latest``
+    checkpoint of ``schedule`` is meant; errors say what is missing."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
+    if p.is_file():
+        raise FileNotFoundError(f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
+                                f"directory (checkpoints/<schedule>) or a run directory. The authors' .ckpt weights "
+                                f"map onto met2net's with met2net.model.reference_keys")
     if (p / "latest").is_file():  # a stage directory, e.g. <run>/checkpoints/stage2
         p = p / (p / "latest").read_text().strip()
-    elif not (p / "meta.json").exists() and not (p / MARKER).exists():
-        latest = p / "checkpoints" / str(schedule) / "latest"
-        if not latest.exists():
-            raise FileNotFoundError(f"{p}: neither a checkpoint (no meta.json) nor a run directory "
-                                    f"with a {schedule} checkpoint ({latest} is missing)")
-        p = latest.parent / latest.read_text().strip()
+    elif not (p / META).exists() and not (p / MARKER).exists():
+        where = f"with a {schedule} checkpoint" if schedule else "nor a stage directory (no latest)"
+        latest_ = p / "checkpoints" / str(schedule) / "latest"
+        if schedule is None or not latest_.exists():
+            raise FileNotFoundError(f"{p}: neither a checkpoint (no {META}) nor a run directory {where}"
+                                    + (f" ({latest_} is missing)" if schedule else ""))
+        p = latest_.parent / latest_.read_text().strip()
     if not (p / MARKER).exists():
         raise FileNotFoundError(f"{p}: checkpoint is incomplete (no {MARKER} marker): the run that "
                                 f"wrote it stopped mid-write; use an earlier step")
+    problems = verify(p)
+    if problems:
+        raise CheckpointError(f"{p}: damaged checkpoint: {'; '.join(problems)}; use an earlier step")
     return p
 
 
 def load_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / "meta.json").read_text())
+    path = Path(ckpt) / META
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged, use an earlier step") from e
 
 
 def init_from(model: torch.nn.Module, path: str | Path, schedule: str | None,
@@ -126,3 +260,86 @@ def init_from(model: torch.nn.Module, path: str | Path, schedule: str | None,
         raise ValueError(f"{ckpt}: was trained with another model configuration ({details})")
     model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
     return meta
+
+
+# -- the manager --------------------------------------------------------------------------------------------------
+class CheckpointManager:
+    """Save and resume one stage's checkpoints on every rank of a run; the Trainer calls it with its progress
+    (``Trainer.state_dict()``) and knows nothing of files."""
+
+    def __init__(self, stage_dir: Path, rank: int = 0, world_size: int = 1, keep_last: int = 2,
+                 log: Callable[[dict[str, Any]], None] | None = None):
+        self.stage_dir, self.rank, self.world_size, self.keep_last = Path(stage_dir), rank, world_size, keep_last
+        self.log = log or (lambda record: None)
+
+    def find_resumable(self) -> Path | None:
+        """The checkpoint a resume starts from (rank 0 looks and verifies; every rank gets its answer)."""
+        return on_rank0(newest_intact, self.rank, self.world_size, self.stage_dir, self._warn)
+
+    def save(self, step: int, engine: Engine, model: torch.nn.Module, progress: dict[str, Any],
+             meta: dict[str, Any]) -> Path:
+        """Every rank writes its engine state, RNG state (``progress["rng"]``) and own BatchNorm statistics into a
+        partial directory; rank 0 adds the whole weights (``model.pt``, gathered under ZeRO-3, with the statistics
+        averaged over the ranks) and publishes it. Saving leaves the live statistics as they were, so where the
+        checkpoints fall does not change the run, and a resume continues it bitwise."""
+        tmp = partial_dir(self.stage_dir, step)
+        if self.rank == 0:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.stage_dir)
+            tmp.mkdir()
+        barrier(self.world_size)
+        client = {k: v for k, v in progress.items() if k != "rng"}
+        engine.save_checkpoint(self.stage_dir, tag=tmp.name, client_state=client, save_latest=False)
+        torch.save(progress["rng"], tmp / f"rng_rank{self.rank}.pt")
+        live = [b.clone() for b in batchnorm_statistics(model)]
+        torch.save(live, tmp / f"batchnorm_rank{self.rank}.pt")
+        if self.world_size > 1:
+            average_batchnorm_statistics(model)  # model.pt (rank 0's) holds every rank's statistics
+        with gathered(list(model.parameters())):  # ZeRO-3: every rank takes part in the gather
+            if self.rank == 0:
+                torch.save(model.state_dict(), tmp / "model.pt")
+        set_batchnorm_statistics(model, live)
+        barrier(self.world_size)
+        for path in _files(tmp):  # each rank: what its node wrote is on disk before COMPLETE names it
+            _fsync(path)
+        barrier(self.world_size)
+        if self.rank == 0:
+            publish(self.stage_dir, step, {**meta, **client})
+            prune(self.stage_dir, self.keep_last)
+        barrier(self.world_size)
+        return self.stage_dir / f"step_{step}"
+
+    def load(self, ckpt: Path, engine: Engine, model: torch.nn.Module, mode: str) -> dict[str, Any]:
+        """Restore the engine (weights, optimizer, LR schedule) and this rank's BatchNorm statistics from ``ckpt``;
+        return the progress to hand to ``Trainer.load_state_dict`` (its ``rng`` is None when the checkpoint was
+        written by another number of ranks). ``mode``: ``universal.resume_mode``'s answer, which the engine was
+        built for. At another world size DeepSpeed's universal checkpoint carries weights, optimizer and LR
+        schedule, and ``model.pt`` the frozen copies and BatchNorm statistics."""
+        saved_world = int(load_meta(ckpt).get("world_size", 1))
+        try:
+            if mode == "universal":
+                if not engine.load_universal_checkpoint():
+                    raise RuntimeError(f"written by {saved_world} rank(s), this run has {self.world_size}: build "
+                                       "the DeepSpeed engine with load_universal=True (build_trainer does)")
+                on_rank0(universal.convert, self.rank, self.world_size, ckpt)
+                _, client = engine.load_checkpoint(ckpt, tag=universal.UNIVERSAL)
+                universal.restore_untrained(model, torch.load(ckpt / "model.pt", map_location="cpu",
+                                                              weights_only=True))
+            else:
+                _, client = engine.load_checkpoint(ckpt.parent, tag=ckpt.name)
+            rng = None
+            if saved_world == self.world_size:
+                rng = torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False)  # Python/NumPy RNG tuples
+                own = ckpt / f"batchnorm_rank{self.rank}.pt"
+                if own.exists():  # older checkpoints: the engine's (rank 0's) statistics
+                    set_batchnorm_statistics(model, torch.load(own, weights_only=True))
+        except (OSError, RuntimeError, KeyError, EOFError) as e:
+            raise CheckpointError(f"{ckpt}: rank {self.rank} could not load it ({e}). Resume from an earlier step "
+                                  "(move this one away) or start a new run from its weights only") from e
+        if client is None:
+            raise CheckpointError(f"{ckpt}: the engine found no checkpoint state in it")
+        return {**client, "rng": rng, "saved_world_size": saved_world}
+
+    def _warn(self, message: str) -> None:
+        print(f"met2net: warning: {message}", file=sys.stderr)
+        self.log({"split": "checkpoint_warning", "message": message})

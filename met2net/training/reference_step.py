@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from met2net.model.met2net import Met2Net
+from met2net.training.momentum import update_codec_copies
 from met2net.training.stages import Implicit, StepOutput
 
 
@@ -28,7 +29,7 @@ class LiteralImplicit(Implicit):
         t = x.shape[1]
         rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)), t)
         loss_rec = F.mse_loss(rec, y)
-        model.update_codec_copies(self.codec_momentum)
+        update_codec_copies(model, self.codec_momentum)
         z_pred = model.translator_q(model.encode(model.encoders_k, x))
         z_y = model.encode(model.encoders_k, y)
         loss_latent = F.mse_loss(_per_frame(z_pred, t), _per_frame(z_y, t))

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from met2net.config import Config
-from met2net.model.met2net import Met2Net, rebind_translator_copy
+from met2net.model.met2net import Met2Net
+from met2net.training.momentum import rebind_translator_copy, update_codec_copies, update_translator_copy
 
 CODEC_Q = ("encoders_q", "decoders_q")
 TRANSLATOR_Q = ("translator_q",)
@@ -113,7 +114,7 @@ class Implicit(Schedule):
         z_x = model.encode(model.encoders_q, x)
         rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
         terms = {"rec": F.mse_loss(rec, y)}
-        model.update_codec_copies(self.codec_momentum)
+        update_codec_copies(model, self.codec_momentum)
         with torch.no_grad():
             if self.codec_momentum == 0.0:  # E_k == E_q now: reuse E_q(x), encode y with E_q
                 zk_x = z_x.detach()
@@ -128,7 +129,7 @@ class Implicit(Schedule):
 
     def after_backward(self, model):
         if not self.reference_backward:
-            model.update_translator_copy(self.translator_momentum)
+            update_translator_copy(model, self.translator_momentum)
 
 
 class StageOne(Schedule):
@@ -144,7 +145,7 @@ class StageOne(Schedule):
         return self._total({"rec": F.mse_loss(rec, y)})
 
     def after_backward(self, model):
-        model.update_codec_copies(self.codec_momentum)
+        update_codec_copies(model, self.codec_momentum)
 
 
 class StageTwo(Schedule):
@@ -161,7 +162,7 @@ class StageTwo(Schedule):
         return self._total(self._latent_terms(model, zk_x, zk_y, y))
 
     def after_backward(self, model):
-        model.update_translator_copy(self.translator_momentum)
+        update_translator_copy(model, self.translator_momentum)
 
 
 class EndToEnd(Schedule):

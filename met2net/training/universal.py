@@ -6,7 +6,7 @@ moments, step); an engine built with ``checkpoint.load_universal: true`` loads t
 the trained parameters, optimizer, LR schedule and client state, but not the module's other state — frozen
 parameters (our momentum copies) and buffers (BatchNorm statistics) — which ``restore_untrained`` copies from the
 checkpoint's gathered ``model.pt``. The sampler position maps to the new world size (``data.sampler.remap_state``);
-per-rank RNG states cannot, so ``derived_seed`` gives fresh ones from (seed, step, rank). Such a resume is exact in
+per-rank RNG states cannot, so ``rng.derived_seed`` gives fresh ones from (seed, step, rank). Such a resume is exact in
 weights, optimizer, LR schedule and step, not bitwise in the losses that follow (other RNG streams, and BatchNorm
 normalises over other micro-batches).
 
@@ -16,17 +16,15 @@ DeepSpeed is refused with what to do instead; between ZeRO stages 1, 2 and 3 the
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from met2net.compat.deepspeed_internals import ds_to_universal, fit_universal_to_every_stage, gathered
 
 UNIVERSAL = "universal"  # <checkpoint>/universal: DeepSpeed's universal form of that checkpoint, made on demand
 
@@ -83,59 +81,14 @@ def convert(ckpt: Path) -> Path:
     out = ckpt / UNIVERSAL
     if out.is_dir():
         return out
-    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-
     work = ckpt / f".{UNIVERSAL}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(work / UNIVERSAL), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
-    log = io.StringIO()  # DeepSpeed prints its progress; keep it for the error message only
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            ds_to_universal(args)
-    except Exception as e:
-        raise RuntimeError(f"{ckpt}: DeepSpeed's universal conversion failed ({e!r}); its output:\n"
-                           f"{log.getvalue()[-3000:]}") from e
-    _fit_every_stage(work / UNIVERSAL)
+    ds_to_universal(ckpt, work / UNIVERSAL)
+    fit_universal_to_every_stage(work / UNIVERSAL)
     os.replace(work / UNIVERSAL, out)
     shutil.rmtree(work)  # also its `latest_universal`, which names the temporary directory
     return out
-
-
-_ENGINE_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO-1/2, ZeRO-3
-
-
-def _fit_every_stage(out: Path) -> None:
-    """Make a universal checkpoint written from ZeRO-1/2 loadable by ZeRO-3 and the other way round: DeepSpeed's
-    per-parameter files are the same, but the two optimizers look for the engine-state file (LR schedule, step,
-    client state; the weights come from ``zero/``) under their own names and for the Adam step in different places
-    (ZeRO-1/2: ``zero/<param>/step.pt``, ZeRO-3: ``zero/optimizer_state.pt``), and ZeRO-3 writes flat tensors where
-    ZeRO-1/2 read shaped ones. Writes what is missing of either."""
-    have = [n for n in _ENGINE_STATES if (out / n).exists()]
-    for name in _ENGINE_STATES:
-        if have and name not in have:
-            os.link(out / have[0], out / name)
-    zero = out / "zero"
-    global_state = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
-    step_files = sorted(zero.glob("*/step.pt"))
-    if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
-        step = torch.load(step_files[0], map_location="cpu", weights_only=False) if step_files else None
-        global_state["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {},
-                                                "param_groups": global_state["param_groups"]}
-    else:  # from ZeRO-3: flat tensors per parameter, no ds_version
-        engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)
-        global_state.setdefault("ds_version", engine_state["ds_version"])
-        shapes = {n: shape for group in engine_state["param_shapes"] for n, shape in group.items()}
-        state = global_state["optimizer_state_dict"].get("state")
-        for param_dir in (p for p in zero.iterdir() if p.is_dir()):
-            for f in param_dir.glob("*.pt"):
-                value = torch.load(f, map_location="cpu", weights_only=False)
-                if f.name != "step.pt" and torch.is_tensor(value):
-                    torch.save({"param": value.view(shapes[param_dir.name]), "cat_dim": 0}, f)
-            if not step_files and state:
-                torch.save(state[0]["step"], param_dir / "step.pt")
-    torch.save(global_state, zero / "optimizer_state.pt")
 
 
 @torch.no_grad()
@@ -149,20 +102,9 @@ def restore_untrained(module: nn.Module, state: dict[str, torch.Tensor]) -> list
     missing = [n for n, _ in frozen + buffers if n not in state]
     if missing:
         raise KeyError(f"model.pt lacks {len(missing)} entries of this model, e.g. {missing[:3]}")
-    gather: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if frozen and hasattr(frozen[0][1], "ds_tensor"):
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters([p for _, p in frozen], modifier_rank=0)
-    with gather:
+    with gathered([p for _, p in frozen], modifier_rank=0):
         for n, p in frozen:
             p.data.copy_(state[n])
     for n, b in buffers:
         b.copy_(state[n])
     return [n for n, _ in frozen + buffers]
-
-
-def derived_seed(seed: int, step: int, rank: int) -> int:
-    """A seed for rank ``rank`` resuming at ``step`` when the saved per-rank RNG states do not fit the new world
-    size: deterministic, and different for every (seed, step, rank)."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)

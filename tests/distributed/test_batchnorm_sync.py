@@ -59,7 +59,7 @@ def test_average_is_every_ranks_mean_and_the_global_batch_running_mean(tmp_path)
 
 
 def train_then_validate(rank: int, world: int, run_dir: str) -> dict:
-    from met2net.training.loop import build_trainer
+    from met2net.training.build import build_trainer
 
     cfg = load_config(ROOT / "configs/quickstart.yaml", [*TINY, f"run.dir={run_dir}", "training.progress=false",
                                                         "training.schedule=implicit", "deepspeed.zero_stage=2",

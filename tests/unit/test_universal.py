@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from met2net.data.sampler import ShardedSampler, remap_state
-from met2net.training.universal import derived_seed, resume_mode, written_by
+from met2net.training.rng import derived_seed
+from met2net.training.universal import resume_mode, written_by
 
 
 def meta(engine: str, stage: int, world: int) -> dict:

@@ -54,7 +54,7 @@ def _time_steps(engine, model, schedule, x, steps: int) -> list[float]:
 
 
 def plain(batch: int, steps: int) -> float:
-    from met2net.training.loop import LocalEngine
+    from met2net.training.engine import LocalEngine
 
     torch.set_num_threads(1)
     cfg, model, schedule, optimizer, lr, x = _setup(batch)

@@ -22,7 +22,7 @@ import torch
 
 from met2net.config import load_config
 from met2net.model.met2net import Met2Net
-from met2net.training.loop import autocast
+from met2net.training.precision import autocast
 from met2net.training.reference_step import LiteralImplicit
 from met2net.training.stages import Implicit
 

@@ -1,0 +1,35 @@
+"""The few collectives the trainer and the checkpoint manager need, no-ops on one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def on_rank0(fn: Callable[..., T], rank: int, world_size: int, *args: Any) -> T | None:
+    """``fn(*args)`` on rank 0 while the others wait; its result reaches every rank (it must pickle), and an
+    error there is raised on every rank, so no rank waits forever in a later collective."""
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn(*args)
+        except Exception as e:  # reported to the other ranks, then raised here
+            error = e
+    if world_size > 1:
+        message = [result, f"rank 0: {error}" if error is not None else None]
+        dist.broadcast_object_list(message, src=0)
+        result = message[0]
+        if message[1] is not None and error is None:
+            raise RuntimeError(message[1])
+    if error is not None:
+        raise error
+    return result

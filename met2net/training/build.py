@@ -1,0 +1,127 @@
+"""Putting a run together: ranks, data, model, engine, checkpoints → a ready ``Trainer``.
+
+Each builder does one thing, in the order ``build_trainer`` calls them; the decisions that depend on each other
+(which engine, whether to resume and how, where the weights come from) are made here once and handed down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from met2net.compat import check_versions
+from met2net.config import Config, ConfigError
+from met2net.data.datasets import Splits, build_splits
+from met2net.distributed.env import RankInfo, discover, free_port
+from met2net.distributed.setup import init_process_group
+from met2net.model.met2net import Met2Net, count_parameters
+from met2net.training import checkpoint, universal
+from met2net.training.checkpoint import CheckpointManager
+from met2net.training.engine import (
+    Engine,
+    LocalEngine,
+    build_deepspeed_engine,
+    deepspeed_config,
+    micro_batch_size,
+    uses_deepspeed,
+    write_deepspeed_config,
+)
+from met2net.training.loop import Trainer
+from met2net.training.optim import build_lr_scheduler, build_optimizer
+from met2net.training.rng import seed_everything
+from met2net.training.stages import Schedule, make_schedule
+
+
+def setup_ranks(cfg: Config) -> tuple[RankInfo, bool]:
+    """Where this process sits, and whether it runs on DeepSpeed (then the process group is started here)."""
+    info = discover(os.environ, default_port=free_port())
+    deepspeed = uses_deepspeed(cfg, info.world_size)
+    if deepspeed and cfg.momentum.reference_backward:
+        raise ConfigError("'momentum.reference_backward' relies on single-process autograd behaviour; "
+                          "set it to false under DeepSpeed")
+    if deepspeed:
+        check_versions("deepspeed")
+        init_process_group(info)
+    return info, deepspeed
+
+
+def prepare_run_dir(cfg: Config, rank: int) -> Path:
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return run_dir
+
+
+def build_model(cfg: Config, schedule: Schedule, run_dir: Path, resuming: bool, deepspeed: bool,
+                device: torch.device) -> Met2Net:
+    """The model with what the schedule trains unfrozen; weights from ``training.init_from`` (stage two: this run's
+    stage one by default) unless the run resumes, which loads its own."""
+    model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
+    source = cfg.training.init_from or (str(run_dir) if schedule.name == "stage2" else "")
+    if source and not resuming:
+        wanted = "stage1" if schedule.name == "stage2" else None
+        checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+    model.use_activation_checkpointing(cfg.deepspeed.activation_checkpointing)
+    if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
+        model.to(memory_format=torch.channels_last)
+    schedule.configure(model)
+    if not deepspeed:  # DeepSpeed moves the module to its device itself
+        model.to(device)
+    return model
+
+
+def count_steps(cfg: Config, splits: Splits) -> int:
+    t = cfg.training
+    steps_per_epoch = len(splits.train) // t.batch_size  # every rank takes an equal share of each batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(splits.train)} windows, fewer than one batch "
+                         f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch")
+    return t.max_steps or t.epochs * steps_per_epoch
+
+
+def build_engine(cfg: Config, model: Met2Net, total_steps: int, info: RankInfo, deepspeed: bool,
+                 run_dir: Path, load_universal: bool) -> Engine:
+    """Our optimizer and LR schedule over the trained parameters, under DeepSpeed or the plain-PyTorch engine."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg.training)
+    lr_scheduler = build_lr_scheduler(optimizer, cfg.training, total_steps)
+    if not deepspeed:
+        return LocalEngine(model, optimizer, lr_scheduler, cfg.training.grad_clip)
+    engine = build_deepspeed_engine(cfg, model, optimizer, lr_scheduler, info.world_size, load_universal)
+    if info.rank == 0:
+        write_deepspeed_config(run_dir, deepspeed_config(cfg, info.world_size, load_universal))
+    return engine
+
+
+def build_trainer(cfg: Config) -> Trainer:
+    """Ranks, seed, data, model (optionally initialised from an earlier stage), schedule, engine, and the resume
+    from the stage's newest intact checkpoint."""
+    info, deepspeed = setup_ranks(cfg)
+    seed_everything(cfg.run.seed)
+    run_dir = prepare_run_dir(cfg, info.rank)
+    splits = build_splits(cfg)
+    schedule = make_schedule(cfg)
+    checkpoints = CheckpointManager(run_dir / "checkpoints" / schedule.name, info.rank, info.world_size,
+                                    cfg.training.keep_last)
+    resume_from = checkpoints.find_resumable() if cfg.training.resume else None
+    device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_model(cfg, schedule, run_dir, resume_from is not None, deepspeed, device)
+    total = count_steps(cfg, splits)
+    resume_mode = resume_from and universal.resume_mode(
+        resume_from, checkpoint.load_meta(resume_from), info.world_size, "deepspeed" if deepspeed else "local",
+        cfg.deepspeed.zero_stage)
+    micro = micro_batch_size(cfg, info.world_size) if deepspeed else cfg.training.batch_size
+    engine = build_engine(cfg, model, total, info, deepspeed, run_dir, resume_mode == "universal")
+    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, checkpoints, info.rank, info.world_size,
+                      micro, device)
+    if resume_from is not None:
+        trainer.resume(resume_from, resume_mode)
+    trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
+                 "total_params": count_parameters(model), "train_windows": len(splits.train),
+                 "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,
+                 "num_nodes": info.num_nodes, "launcher": info.launcher, "master_addr": info.master_addr,
+                 "engine": "deepspeed" if deepspeed else "local"})
+    return trainer
