@@ -15,6 +15,11 @@ from met2net.model.translator import PhaseDilatedConv2d, Translator
 
 TRAINED = ("encoders_q", "decoders_q", "translator_q")
 COPIES = ("encoders_k", "decoders_k", "translator_k")
+# Which frozen copy follows which trained module, per momentum (``momentum.codec`` / ``momentum.translator``).
+MOMENTUM_PARTS = {
+    "codec": (("encoders_q", "encoders_k"), ("decoders_q", "decoders_k")),
+    "translator": (("translator_q", "translator_k"),),
+}
 
 
 class Met2Net(nn.Module):
@@ -30,8 +35,9 @@ class Met2Net(nn.Module):
             return nn.ModuleList(Decoder(cfg.hid_s, cfg.num_spatial_layers) for _ in range(num_vars))
 
         def translator() -> Translator:
-            return Translator(cfg.frames * cfg.hid_s, cfg.hid_t, cfg.num_translator_blocks,
-                              cfg.num_heads, cfg.drop_path)
+            return Translator(
+                cfg.frames * cfg.hid_s, cfg.hid_t, cfg.num_translator_blocks, cfg.num_heads, cfg.drop_path
+            )
 
         self.encoders_q, self.decoders_q, self.translator_q = encoders(), decoders(), translator()
         self.with_copies = with_copies
@@ -90,60 +96,20 @@ class Met2Net(nn.Module):
         return self
 
     # --- momentum copies ---------------------------------------------------------------------
-    @torch.no_grad()
-    def update_codec_copies(self, momentum: float) -> None:
-        """E_k, D_k ← m·k + (1−m)·q (a copy at m = 0, as the reference)."""
-        _momentum_update(self.encoders_q, self.encoders_k, momentum)
-        _momentum_update(self.decoders_q, self.decoders_k, momentum)
-
-    @torch.no_grad()
-    def update_translator_copy(self, momentum: float) -> None:
-        """T_k ← m·T_k + (1−m)·T_q on parameters (not buffers)."""
-        _momentum_update(self.translator_q, self.translator_k, momentum)
-
-
-@torch.no_grad()
-def rebind_translator_copy(model: Met2Net, momentum: float) -> None:
-    """The reference's T_k update, ``p.data = ...``: new tensors that autograd does not
-    see as a modification, so a pending backward reads some of them (conv and norm
-    weights) and not others (the layer scales, saved as views)."""
-    for q, k in zip(model.translator_q.parameters(), model.translator_k.parameters()):
-        k.data = k.data * momentum + q.data * (1.0 - momentum)
-
-
-def _momentum_update(q: nn.Module, k: nn.Module, m: float) -> None:
-    params = list(zip(q.parameters(), k.parameters()))
-    if params and hasattr(params[0][1], "ds_tensor"):
-        _zero3_momentum_update(params, m)
-    else:
-        _blend([(a.data, b.data) for a, b in params], m)
-
-
-def _blend(pairs: list[tuple[torch.Tensor, torch.Tensor]], m: float) -> None:
-    """k ← k·m + q·(1−m) with the reference's two roundings (so runs compare bitwise); a copy at m = 0."""
-    q_tensors, k_tensors = [a for a, _ in pairs], [b for _, b in pairs]
-    if m == 0.0:
-        torch._foreach_copy_(k_tensors, q_tensors)
-    else:
-        q_scaled = torch._foreach_mul(q_tensors, 1.0 - m)
-        torch._foreach_mul_(k_tensors, m)
-        torch._foreach_add_(k_tensors, q_scaled)
-
-
-def _zero3_momentum_update(params: list[tuple[nn.Parameter, nn.Parameter]], m: float) -> None:
-    """Under ZeRO-3 each rank updates its own partitions (``ds_tensor``): q and k parameters of one shape are
-    partitioned alike, so no gather is needed. A frozen copy that is whole at the moment (a small persistent
-    parameter) also gets its full ``data`` updated, from its trained twin gathered if need be (small by
-    definition), unless the full data is the partition itself (one rank)."""
-    import deepspeed
-
-    def whole(p: nn.Parameter) -> bool:
-        return p.data.numel() == p.ds_numel and p.data.data_ptr() != p.ds_tensor.data_ptr()
-
-    pairs = [(a.ds_tensor, b.ds_tensor) for a, b in params]
-    full = [(a, b) for a, b in params if whole(b)]
-    with deepspeed.zero.GatheredParameters([a for a, _ in full if a.data.numel() != a.ds_numel]):
-        _blend(pairs + [(a.data, b.data) for a, b in full], m)
+    def momentum_pairs(self, part: str) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """(trained q, frozen k) parameter pairs of ``part`` ("codec": encoders then decoders;
+        "translator"), in ``parameters()`` order. The model only says which copy follows which;
+        how a copy is moved (and where its weights live when an engine partitions them) is the training side's
+        business, :mod:`met2net.training.momentum`."""
+        if part not in MOMENTUM_PARTS:
+            raise ValueError(f"unknown momentum part {part!r}; expected one of {sorted(MOMENTUM_PARTS)}")
+        if not self.with_copies:
+            raise ValueError("this Met2Net was built with_copies=False: it has no momentum copies")
+        pairs: list[tuple[nn.Parameter, nn.Parameter]] = []
+        for q_name, k_name in MOMENTUM_PARTS[part]:
+            q, k = getattr(self, q_name), getattr(self, k_name)
+            pairs.extend(zip(q.parameters(), k.parameters(), strict=True))
+        return pairs
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
