@@ -162,8 +162,7 @@ def newest_intact(stage_dir: Path, warn: Callable[[str], None] | None = None) ->
             if skipped and warn:
                 warn(f"{stage_dir}: resuming from {ckpt.name}, skipping " + "; ".join(skipped))
             return ckpt
-        if (ckpt / MARKER).exists():  # a complete checkpoint damaged since; an incomplete one is never a candidate
-            skipped.append(f"{ckpt.name} ({', '.join(problems)})")
+        skipped.append(f"{ckpt.name} ({', '.join(problems)})")  # named step_<n> only once complete: damaged
     if skipped:
         raise CheckpointError(f"{stage_dir}: no intact checkpoint to resume from: " + "; ".join(skipped) + ". Move "
                               "the damaged directories away to start this stage again from step 0, or start a new "
@@ -267,10 +266,17 @@ class CheckpointManager:
     """Save and resume one stage's checkpoints on every rank of a run; the Trainer calls it with its progress
     (``Trainer.state_dict()``) and knows nothing of files."""
 
-    def __init__(self, stage_dir: Path, rank: int = 0, world_size: int = 1, keep_last: int = 2,
-                 log: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, stage_dir: Path, rank: int = 0, world_size: int = 1, keep_last: int = 2):
         self.stage_dir, self.rank, self.world_size, self.keep_last = Path(stage_dir), rank, world_size, keep_last
-        self.log = log or (lambda record: None)
+        self._log: Callable[[dict[str, Any]], None] | None = None
+        self._pending: list[dict[str, Any]] = []  # records from before the run's log existed
+
+    def attach_log(self, log: Callable[[dict[str, Any]], None]) -> None:
+        """Where the manager's records go (the run's metrics.jsonl); earlier ones are written now."""
+        self._log = log
+        for record in self._pending:
+            log(record)
+        self._pending.clear()
 
     def find_resumable(self) -> Path | None:
         """The checkpoint a resume starts from (rank 0 looks and verifies; every rank gets its answer)."""
@@ -342,4 +348,5 @@ class CheckpointManager:
 
     def _warn(self, message: str) -> None:
         print(f"met2net: warning: {message}", file=sys.stderr)
-        self.log({"split": "checkpoint_warning", "message": message})
+        record = {"split": "checkpoint_warning", "message": message}
+        self._log(record) if self._log else self._pending.append(record)

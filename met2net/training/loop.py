@@ -52,7 +52,7 @@ class Trainer:
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.stopwatch = StopWatch(self.cfg.training.time_limit)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.checkpoints.log = self.log
+        self.checkpoints.attach_log(self.log)
         micro = self.micro_batch or self.cfg.training.batch_size
         self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=self.world_size,
                                             seed=self.cfg.run.seed)

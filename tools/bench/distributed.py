@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from met2net.compat.deepspeed_internals import is_zero3, partition
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,7 +89,7 @@ def _state_bytes(engine, model) -> int:
     def size(t) -> int:
         return t.numel() * t.element_size() if torch.is_tensor(t) else 0
 
-    params = sum(size(p.ds_tensor) if hasattr(p, "ds_tensor") else size(p.data) for p in model.parameters())
+    params = sum(size(partition(p)) if is_zero3(p) else size(p.data) for p in model.parameters())
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     state = sum(size(v) for s in inner.state.values() for v in s.values())
     grads = sum(size(p.grad) for g in inner.param_groups for p in g["params"] if p.grad is not None)
