@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from met2net import config
 from met2net.config import Config
 from met2net.model.met2net import Met2Net
 from met2net.training.momentum import rebind_translator_copy, update_codec_copies, update_translator_copy
@@ -107,7 +108,6 @@ class Schedule:
 class Implicit(Schedule):
     """The paper's step: Stage I and Stage II in every optimizer step (MODEL.md §3)."""
 
-    name = "implicit"
     trains = CODEC_Q + TRANSLATOR_Q
 
     def forward(self, model, x, y):
@@ -135,7 +135,6 @@ class Implicit(Schedule):
 class StageOne(Schedule):
     """Encoders/decoders learn through the frozen Translator copy T_k."""
 
-    name = "stage1"
     trains = CODEC_Q
     val_terms = ("rec",)
 
@@ -151,7 +150,6 @@ class StageOne(Schedule):
 class StageTwo(Schedule):
     """The Translator learns in the frozen encoders' latent space."""
 
-    name = "stage2"
     trains = TRANSLATOR_Q
     val_terms = ("latent",)
 
@@ -168,7 +166,6 @@ class StageTwo(Schedule):
 class EndToEnd(Schedule):
     """Ablation: one set of modules, trained on the forecast error; no copies."""
 
-    name = "end_to_end"
     trains = CODEC_Q + TRANSLATOR_Q
     needs_copies = False
     val_terms = ()
@@ -177,7 +174,12 @@ class EndToEnd(Schedule):
         return self._total({"forecast_mse": F.mse_loss(model.forecast(x), y)})
 
 
-SCHEDULES: dict[str, type[Schedule]] = {s.name: s for s in (Implicit, StageOne, StageTwo, EndToEnd)}
+# The names are declared once, in met2net.config.SCHEDULES (torch-free, so config validation and the launchers
+# use them without importing torch); here each gets its class, in the same order.
+SCHEDULES: dict[str, type[Schedule]] = dict(zip(config.SCHEDULES, (Implicit, StageOne, StageTwo, EndToEnd),
+                                                strict=True))
+for _name, _cls in SCHEDULES.items():
+    _cls.name = _name
 
 
 def make_schedule(cfg: Config) -> Schedule:

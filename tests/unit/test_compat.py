@@ -1,0 +1,53 @@
+"""Dependency versions: the ranges pinned in pyproject.toml are the ones checked at start-up, and a version
+outside them is refused with the command that fixes it."""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from met2net import compat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pinned_ranges_are_the_checked_ones_and_the_installed_versions_fit():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = {m.group(1): m.group(2) for m in (re.match(r"([a-z]+)(.*)", d) for d in deps)}
+    assert {name: pinned[name] for name in compat.TESTED} == compat.TESTED
+    compat.check_versions()  # the installed versions are the tested ones
+
+
+def test_a_version_outside_the_range_is_refused_with_the_fix(monkeypatch):
+    real = metadata.version
+    monkeypatch.setattr(compat.metadata, "version", lambda name: "0.21.0" if name == "deepspeed" else real(name))
+    monkeypatch.delenv(compat.ALLOW_UNTESTED, raising=False)
+    with pytest.raises(RuntimeError, match=r"deepspeed 0.21.0 is installed.*pip install 'deepspeed>=0.19.8,<0.20'"):
+        compat.check_versions("deepspeed")
+    monkeypatch.setenv(compat.ALLOW_UNTESTED, "1")
+    with pytest.warns(UserWarning, match="deepspeed 0.21.0"):
+        compat.check_versions("deepspeed")
+
+
+PRIVATE = {"ds_tensor", "ds_numel", "GatheredParameters", "__compatible_ops__", "_usr_sig",
+           "_make_submission_file_text", "_submitit_command_str"}
+
+
+def test_private_internals_are_used_only_in_the_compat_package():
+    """DeepSpeed's ZeRO-3 attributes, op table and checkpoint modules and submitit's underscore functions are used
+    nowhere else in the package (the compat tests' list of names would catch a new one only if added here)."""
+    offenders = []
+    for path in (ROOT / "met2net").rglob("*.py"):
+        if "compat" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATE:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("deepspeed.", "submitit.")):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module}")
+    assert offenders == []
