@@ -49,7 +49,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.step, self.epoch = 0, 0
-        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote
         self.stopwatch = StopWatch(self.cfg.training.time_limit)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoints.attach_log(self.log)
@@ -133,8 +133,9 @@ class Trainer:
         return result
 
     def save(self, val: dict[str, float]) -> Path:
-        """A checkpoint of this step, unless one was already written (or resumed from) at this step."""
-        path = self.checkpoints.stage_dir / f"step_{self.step}"
+        """A checkpoint of this step, unless this run already wrote one at this step (a stop request at a
+        checkpoint step). A run resumed at its last step writes it again, from exactly what it loaded."""
+        path = self.stage_dir / f"step_{self.step}"
         if self.saved_step != self.step:
             self.checkpoints.save(self.step, self.engine, self.model, self.state_dict(), self.meta(val))
             self.saved_step = self.step
@@ -156,7 +157,6 @@ class Trainer:
         rank): exact in the state, not bitwise in the losses that follow."""
         state = self.checkpoints.load(ckpt, self.engine, self.model, mode)
         self.load_state_dict(state)
-        self.saved_step = self.step
         self.log({"split": "resume", "from": str(ckpt), "saved_world_size": state["saved_world_size"], "mode": mode})
 
     # -- progress as state ---------------------------------------------------------------------------------------
@@ -184,6 +184,11 @@ class Trainer:
                           "std": self.splits.std.tolist()}}
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    @property
+    def stage_dir(self) -> Path:
+        """Where this stage's checkpoints are: ``<run>/checkpoints/<schedule>``."""
+        return self.checkpoints.stage_dir
+
     def sync_batchnorm(self) -> None:
         """Average the BatchNorm running statistics over the ranks (``training/buffers.py``): DeepSpeed, unlike
         DDP, leaves every rank with statistics of its own micro-batches."""
