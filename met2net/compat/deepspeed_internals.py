@@ -27,7 +27,7 @@ def is_zero3(param: nn.Parameter) -> bool:
     return hasattr(param, "ds_tensor")
 
 
-def partition(param: nn.Parameter):
+def partition(param: nn.Parameter) -> torch.Tensor:
     """This rank's flat partition of a ZeRO-3 parameter."""
     return param.ds_tensor
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -23,6 +24,9 @@ from met2net.config import Config, VariableSource
 from met2net.data import shards
 from met2net.data.netcdf import find_files, open_variable
 from met2net.data.synthetic import VARIABLES
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 
 def variable_sources(cfg: Config) -> list[VariableSource]:
@@ -112,7 +116,7 @@ def _check_gaps(times: np.ndarray, paths: list[Path], allow_gaps: bool) -> None:
                          f"(training windows never cross a gap)")
 
 
-def convert(src: str | Path, cfg: Config, out: str | Path, comm=None, progress: bool = True) -> Path:
+def convert(src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = None, progress: bool = True) -> Path:
     """Write one shard per configured year under ``out`` and then ``index.json``."""
     src, out = Path(src), Path(out)
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)

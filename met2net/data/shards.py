@@ -106,7 +106,7 @@ class ShardMeta:
                    np.asarray(d["lon"]))
 
 
-def _axis(name: str, values) -> np.ndarray:
+def _axis(name: str, values: np.ndarray) -> np.ndarray:
     a = np.array(values, dtype=np.float64)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"ShardMeta.{name}: expected a non-empty 1-D array, got shape {a.shape}")
@@ -131,7 +131,7 @@ def shard_entry(path: Path, times: np.ndarray, sha256: str) -> dict:
 # -- writing --------------------------------------------------------------------------------------------------------
 
 
-def _hours(times) -> np.ndarray:
+def _hours(times: np.ndarray) -> np.ndarray:
     """Validated ``datetime64[h]`` copy of ``times``; sub-hour precision would be lost silently otherwise."""
     t = np.asarray(times)
     if t.ndim != 1 or t.size == 0 or not np.issubdtype(t.dtype, np.datetime64):
@@ -144,7 +144,7 @@ def _hours(times) -> np.ndarray:
     return h
 
 
-def _check_fields(fields, times: np.ndarray, meta: ShardMeta) -> np.ndarray:
+def _check_fields(fields: np.ndarray, times: np.ndarray, meta: ShardMeta) -> np.ndarray:
     f = np.asarray(fields)
     if not np.issubdtype(f.dtype, np.floating):
         raise ValueError(f"fields: expected a float32 array, got dtype {f.dtype}")

@@ -18,15 +18,20 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from met2net.data.atomic import atomic_write
 from met2net.data.shards import ShardError, iso, read_index
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 STATS_NAME = "stats.json"
 STATS_FORMAT = 1
@@ -87,7 +92,7 @@ class Moments:
         return cls(*(np.asarray(d[k], dtype=np.float64) for k in _FIELDS))
 
 
-def allreduce_moments(local: Moments, comm) -> Moments:
+def allreduce_moments(local: Moments, comm: Comm) -> Moments:
     """Every rank's state merged in rank order, so all ranks hold the identical result."""
     return Moments.merge_all([Moments.from_json(d) for d in comm.allgather(local.to_json())])
 
@@ -130,7 +135,7 @@ def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_fram
     return out
 
 
-def shard_moments(directory, files: list[str], years: list[int], chunk_frames: int = 512) -> Moments:
+def shard_moments(directory: str | Path, files: list[str], years: list[int], chunk_frames: int = 512) -> Moments:
     """Moments of the frames of ``years`` in the given shard files of ``directory``, merged in file order."""
     directory = Path(directory)
     channels = [str(c) for c in read_index(directory)["channels"]]
@@ -149,7 +154,7 @@ def _overlapping(index: dict, years: list[int]) -> list[str]:
             if wanted & set(range(int(e["first_time"][:4]), int(e["last_time"][:4]) + 1))]
 
 
-def _gather(comm, compute):
+def _gather(comm: Comm | None, compute: Callable[[], Moments]) -> Moments:
     """``compute()`` on this rank, allgathered; a failure on any rank raises on every rank instead of deadlocking."""
     try:
         mine, error = compute(), None
@@ -172,7 +177,7 @@ def _debug(rank: int, size: int, files: list[str], states: dict[int, dict]) -> N
               file=sys.stderr, flush=True)
 
 
-def compute_stats(directory, train_years: list[int], comm=None) -> Moments:
+def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | None = None) -> Moments:
     """Moments of every frame of ``train_years``; with ``comm``, split by shard across its ranks.
 
     Per-shard states are merged in shard order on every rank, so the result does not depend on the rank count.
@@ -206,7 +211,7 @@ def _coverage(index: dict) -> str:
 # -- stats.json -----------------------------------------------------------------------------------------------------
 
 
-def write_stats(directory, moments: Moments, channels: list[str], train_years: list[int]) -> Path:
+def write_stats(directory: str | Path, moments: Moments, channels: list[str], train_years: list[int]) -> Path:
     """Write ``stats.json`` beside index.json atomically; ``state`` keeps the mergeable form for later updates."""
     if len(channels) != moments.count.size:
         raise ValueError(f"write_stats: {len(channels)} channel names for {moments.count.size} channels")
@@ -217,7 +222,7 @@ def write_stats(directory, moments: Moments, channels: list[str], train_years: l
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
 
 
-def read_stats(directory) -> dict:
+def read_stats(directory: str | Path) -> dict:
     path = Path(directory) / STATS_NAME
     try:
         return json.loads(path.read_text())

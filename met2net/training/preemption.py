@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from types import FrameType
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
@@ -40,7 +41,7 @@ class StopWatch:
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = signal.Signals(signum).name
 
     def out_of_time(self, step_seconds: float) -> bool:

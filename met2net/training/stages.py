@@ -110,7 +110,7 @@ class Implicit(Schedule):
 
     trains = CODEC_Q + TRANSLATOR_Q
 
-    def forward(self, model, x, y):
+    def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         z_x = model.encode(model.encoders_q, x)
         rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
         terms = {"rec": F.mse_loss(rec, y)}
@@ -127,7 +127,7 @@ class Implicit(Schedule):
             rebind_translator_copy(model, self.translator_momentum)
         return self._total(terms)
 
-    def after_backward(self, model):
+    def after_backward(self, model: Met2Net) -> None:
         if not self.reference_backward:
             update_translator_copy(model, self.translator_momentum)
 
@@ -138,12 +138,12 @@ class StageOne(Schedule):
     trains = CODEC_Q
     val_terms = ("rec",)
 
-    def forward(self, model, x, y):
+    def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)),
                            x.shape[1])
         return self._total({"rec": F.mse_loss(rec, y)})
 
-    def after_backward(self, model):
+    def after_backward(self, model: Met2Net) -> None:
         update_codec_copies(model, self.codec_momentum)
 
 
@@ -153,13 +153,13 @@ class StageTwo(Schedule):
     trains = TRANSLATOR_Q
     val_terms = ("latent",)
 
-    def forward(self, model, x, y):
+    def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         with torch.no_grad():
             zk_x = model.encode(model.encoders_k, x)
             zk_y = model.encode(model.encoders_k, y)
         return self._total(self._latent_terms(model, zk_x, zk_y, y))
 
-    def after_backward(self, model):
+    def after_backward(self, model: Met2Net) -> None:
         update_translator_copy(model, self.translator_momentum)
 
 
@@ -170,7 +170,7 @@ class EndToEnd(Schedule):
     needs_copies = False
     val_terms = ()
 
-    def forward(self, model, x, y):
+    def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         return self._total({"forecast_mse": F.mse_loss(model.forecast(x), y)})
 
 

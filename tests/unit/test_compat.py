@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from met2net import compat
 
