@@ -1,0 +1,73 @@
+"""The import rules of docs/architecture.md ("what each part must never import"), checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "met2net"
+
+# part of the package → module prefixes it must never import (at any depth of the file, lazily or not)
+NEVER = {
+    "met2net/config.py": ("met2net.", "torch", "deepspeed", "submitit"),
+    "met2net/model": ("met2net.training", "met2net.launch", "met2net.distributed", "met2net.data", "met2net.compat",
+                      "met2net.cli", "met2net.train", "deepspeed", "submitit"),
+    "met2net/data": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli", "deepspeed", "submitit"),
+    "met2net/distributed": ("met2net.training", "met2net.launch", "met2net.model", "met2net.data", "met2net.cli",
+                            "submitit"),
+    "met2net/training": ("met2net.launch", "met2net.cli", "met2net.train", "submitit"),
+    "met2net/train.py": ("met2net.launch", "met2net.cli", "submitit"),
+    "met2net/launch": ("met2net.cli", "met2net.model", "met2net.data", "met2net.distributed", "deepspeed"),
+    "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
+}
+# the launchers may reach training only through its entry point and the requeue exit code
+LAUNCH_MAY = ("met2net.train", "met2net.training.preemption")
+
+
+def within(name: str, prefix: str) -> bool:
+    """``name`` is module ``prefix`` or inside it ("met2net.train" is not inside "met2net.training")."""
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.ImportFrom):  # relative imports are not used in the package
+            names.append(f"<relative import in {path.name}>")
+    return names
+
+
+@pytest.mark.parametrize("part", list(NEVER))
+def test_part_never_imports_what_it_must_not(part):
+    target = ROOT / part
+    files = [target] if target.is_file() else sorted(target.rglob("*.py"))
+    assert files
+    bad = []
+    for f in files:
+        for name in imports(f):
+            if name.startswith("<relative"):
+                bad.append(name)
+            elif any(within(name, prefix) for prefix in NEVER[part]):
+                bad.append(f"{f.relative_to(ROOT)} imports {name}")
+    assert bad == []
+
+
+def test_launchers_reach_training_only_through_its_entry_point():
+    bad = [f"{f.relative_to(ROOT)} imports {n}" for f in sorted((PACKAGE / "launch").rglob("*.py"))
+           for n in imports(f) if within(n, "met2net.train") or within(n, "met2net.training")
+           if not any(within(n, allowed) for allowed in LAUNCH_MAY)]
+    assert bad == []
+
+
+def test_only_the_command_line_imports_the_command_line():
+    bad = [str(f.relative_to(ROOT)) for f in sorted(PACKAGE.rglob("*.py"))
+           if f.name != "cli.py" and any(within(n, "met2net.cli") for n in imports(f))]
+    assert bad == []
