@@ -17,7 +17,7 @@ from met2net.data.datasets import Splits, build_splits
 from met2net.distributed.env import RankInfo, discover, free_port
 from met2net.distributed.setup import init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
-from met2net.training import checkpoint, universal
+from met2net.training import checkpoint, layout, universal
 from met2net.training.checkpoint import CheckpointManager
 from met2net.training.engine import (
     Engine,
@@ -104,7 +104,7 @@ def build_trainer(cfg: Config) -> Trainer:
     run_dir = prepare_run_dir(cfg, info.rank)
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
-    checkpoints = CheckpointManager(run_dir / "checkpoints" / schedule.name, info.rank, info.world_size,
+    checkpoints = CheckpointManager(layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size,
                                     cfg.training.keep_last)
     resume_from = checkpoints.find_resumable() if cfg.training.resume else None
     device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -37,9 +37,8 @@ from met2net.distributed.collectives import barrier, on_rank0
 from met2net.training import universal
 from met2net.training.buffers import average_batchnorm_statistics, batchnorm_statistics, set_batchnorm_statistics
 from met2net.training.engine import Engine
+from met2net.training.layout import MARKER, META, complete_step_dirs, step_dirs, step_of
 
-MARKER = "COMPLETE"
-META = "meta.json"
 FORMAT = 2  # 2: checksums in meta.json and COMPLETE; 1: none (still loaded)
 
 
@@ -86,15 +85,6 @@ def _write_durable(path: Path, text: str) -> None:
 
 def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file())
-
-
-def step_of(path: Path) -> int:
-    return int(path.name[len("step_"):])
-
-
-def step_dirs(stage_dir: Path) -> list[Path]:
-    """Every ``step_<n>`` directory of a stage, oldest first (complete or not)."""
-    return sorted((p for p in Path(stage_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()), key=step_of)
 
 
 def partial_dir(stage_dir: Path, step: int) -> Path:
@@ -179,7 +169,7 @@ def prune(stage_dir: Path, keep_last: int) -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep_last``, never the one ``latest`` names nor the
     best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``. A directory is
     renamed away (hidden) before it is deleted, so a kill mid-delete never leaves a half checkpoint behind."""
-    done = [p for p in step_dirs(stage_dir) if (p / MARKER).exists()]
+    done = complete_step_dirs(stage_dir)
     scored = [(load_meta(p).get("val", {}).get("loss"), p) for p in done]
     scored = [(v, p) for v, p in scored if v is not None]
     keep = set(done[-keep_last:]) if keep_last else set(done)

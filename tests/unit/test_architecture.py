@@ -23,8 +23,9 @@ NEVER = {
     "met2net/launch": ("met2net.cli", "met2net.model", "met2net.data", "met2net.distributed", "deepspeed"),
     "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
 }
-# the launchers may reach training only through its entry point and the requeue exit code
-LAUNCH_MAY = ("met2net.train", "met2net.training.preemption")
+# the launchers may reach training only through its entry point, the requeue exit code and the (torch-free) names
+# of checkpoint files
+LAUNCH_MAY = ("met2net.train", "met2net.training.preemption", "met2net.training.layout")
 
 
 def within(name: str, prefix: str) -> bool:
