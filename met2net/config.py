@@ -145,6 +145,7 @@ class Config:
 
 # --- loading -------------------------------------------------------------------------------
 
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """YAML file (may be None for defaults) + `a.b=value` overrides → validated Config."""
     raw: dict[str, Any] = {}
@@ -241,81 +242,117 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
 
 # --- validation ----------------------------------------------------------------------------
 
+
 def validate(cfg: Config) -> None:
     """Check every value once, at start-up, so a run never fails an hour in."""
     m, t, d = cfg.model, cfg.training, cfg.data
     _need(len(m.variables) > 0, "model.variables", "must list at least one variable")
-    _need(len(set(m.variables)) == len(m.variables), "model.variables",
-          f"has duplicates: {m.variables}")
-    _need(len(m.grid) == 2 and all(g > 0 for g in m.grid), "model.grid",
-          f"must be [lat, lon] with positive sizes, got {m.grid}")
-    for key in ("in_frames", "hid_s", "hid_t", "num_spatial_layers", "num_translator_blocks",
-                "num_heads"):
+    _need(len(set(m.variables)) == len(m.variables), "model.variables", f"has duplicates: {m.variables}")
+    _need(
+        len(m.grid) == 2 and all(g > 0 for g in m.grid),
+        "model.grid",
+        f"must be [lat, lon] with positive sizes, got {m.grid}",
+    )
+    for key in ("in_frames", "hid_s", "hid_t", "num_spatial_layers", "num_translator_blocks", "num_heads"):
         _need(getattr(m, key) >= 1, f"model.{key}", f"must be ≥ 1, got {getattr(m, key)}")
-    _need(m.out_frames == m.in_frames, "model.out_frames",
-          f"must equal model.in_frames ({m.in_frames}), got {m.out_frames}: the Translator maps "
-          f"in_frames·hid_s = {m.in_frames * m.hid_s} latent channels to as many output channels, "
-          f"so set model.out_frames={m.in_frames}")
+    _need(
+        m.out_frames == m.in_frames,
+        "model.out_frames",
+        f"must equal model.in_frames ({m.in_frames}), got {m.out_frames}: the Translator maps "
+        f"in_frames·hid_s = {m.in_frames * m.hid_s} latent channels to as many output channels, "
+        f"so set model.out_frames={m.in_frames}",
+    )
     factor = 2 ** (m.num_spatial_layers // 2)
-    _need(all(g % factor == 0 for g in m.grid), "model.grid",
-          f"{m.grid} is not divisible by {factor}, the encoder's downsampling with "
-          f"num_spatial_layers={m.num_spatial_layers}; use a grid that is a multiple of {factor} "
-          f"(or data.subsample / fewer spatial layers)")
-    _need(m.hid_s % 2 == 0, "model.hid_s",
-          f"must be even (GroupNorm with 2 groups), got {m.hid_s}")
-    _need(m.hid_t % m.num_heads == 0, "model.hid_t",
-          f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}")
+    _need(
+        all(g % factor == 0 for g in m.grid),
+        "model.grid",
+        f"{m.grid} is not divisible by {factor}, the encoder's downsampling with "
+        f"num_spatial_layers={m.num_spatial_layers}; use a grid that is a multiple of {factor} "
+        f"(or data.subsample / fewer spatial layers)",
+    )
+    _need(m.hid_s % 2 == 0, "model.hid_s", f"must be even (GroupNorm with 2 groups), got {m.hid_s}")
+    _need(m.hid_t % m.num_heads == 0, "model.hid_t", f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}")
     _need(0.0 <= m.drop_path < 1.0, "model.drop_path", f"must be in [0, 1), got {m.drop_path}")
     for key in ("codec", "translator"):
         v = getattr(cfg.momentum, key)
         _need(0.0 <= v < 1.0, f"momentum.{key}", f"must be in [0, 1), got {v}")
     _need(t.schedule in SCHEDULES, "training.schedule", f"must be one of {SCHEDULES}, got {t.schedule!r}")
-    _need(t.optimizer in OPTIMIZERS, "training.optimizer",
-          f"must be one of {OPTIMIZERS}, got {t.optimizer!r}")
-    _need(t.precision in PRECISIONS, "training.precision",
-          f"must be one of {PRECISIONS}, got {t.precision!r}" + (
-              " (fp16 would need loss scaling and fp16 momentum copies, whose small updates round away; "
-              "bf16 keeps every weight in fp32)" if t.precision == "fp16" else ""))
+    _need(t.optimizer in OPTIMIZERS, "training.optimizer", f"must be one of {OPTIMIZERS}, got {t.optimizer!r}")
+    _need(
+        t.precision in PRECISIONS,
+        "training.precision",
+        f"must be one of {PRECISIONS}, got {t.precision!r}"
+        + (
+            " (fp16 would need loss scaling and fp16 momentum copies, whose small updates round away; "
+            "bf16 keeps every weight in fp32)"
+            if t.precision == "fp16"
+            else ""
+        ),
+    )
     _need(t.lr > 0, "training.lr", f"must be > 0, got {t.lr}")
     _need(0 <= t.min_lr <= t.lr, "training.min_lr", f"must be in [0, training.lr={t.lr}], got {t.min_lr}")
-    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "training.betas",
-          f"must be two numbers in [0, 1), got {t.betas}")
+    _need(
+        len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+        "training.betas",
+        f"must be two numbers in [0, 1), got {t.betas}",
+    )
     for key in ("warmup_steps", "max_steps", "val_every", "val_batches", "epochs", "checkpoint_every", "keep_last"):
         _need(getattr(t, key) >= 0, f"training.{key}", f"must be ≥ 0, got {getattr(t, key)}")
-    _need(t.epochs > 0 or t.max_steps > 0, "training.max_steps",
-          "training.epochs and training.max_steps are both 0: set one of them")
+    _need(
+        t.epochs > 0 or t.max_steps > 0,
+        "training.max_steps",
+        "training.epochs and training.max_steps are both 0: set one of them",
+    )
     _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
     _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
     _need(t.time_limit >= 0, "training.time_limit", f"must be ≥ 0 seconds, got {t.time_limit}")
-    _need(t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
-          "training.weight_decay/grad_clip/pred_loss_weight", "must be ≥ 0")
-    _need(not (t.schedule == "end_to_end" and t.pred_loss_weight > 0), "training.pred_loss_weight",
-          "has no meaning for schedule end_to_end (no momentum copies); set it to 0")
+    _need(
+        t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
+        "training.weight_decay/grad_clip/pred_loss_weight",
+        "must be ≥ 0",
+    )
+    _need(
+        not (t.schedule == "end_to_end" and t.pred_loss_weight > 0),
+        "training.pred_loss_weight",
+        "has no meaning for schedule end_to_end (no momentum copies); set it to 0",
+    )
     z = cfg.deepspeed
     _need(z.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {z.zero_stage}")
-    _need(z.gradient_accumulation >= 1, "deepspeed.gradient_accumulation",
-          f"must be ≥ 1, got {z.gradient_accumulation}")
-    _need(t.batch_size % z.gradient_accumulation == 0, "training.batch_size",
-          f"{t.batch_size} is not divisible by deepspeed.gradient_accumulation={z.gradient_accumulation}: "
-          f"training.batch_size is samples per optimizer step = micro-batch × accumulation × ranks")
-    _need(z.stage3_param_persistence_threshold >= 0, "deepspeed.stage3_param_persistence_threshold",
-          f"must be ≥ 0, got {z.stage3_param_persistence_threshold}")
+    _need(
+        z.gradient_accumulation >= 1, "deepspeed.gradient_accumulation", f"must be ≥ 1, got {z.gradient_accumulation}"
+    )
+    _need(
+        t.batch_size % z.gradient_accumulation == 0,
+        "training.batch_size",
+        f"{t.batch_size} is not divisible by deepspeed.gradient_accumulation={z.gradient_accumulation}: "
+        f"training.batch_size is samples per optimizer step = micro-batch × accumulation × ranks",
+    )
+    _need(
+        z.stage3_param_persistence_threshold >= 0,
+        "deepspeed.stage3_param_persistence_threshold",
+        f"must be ≥ 0, got {z.stage3_param_persistence_threshold}",
+    )
     _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
-    _need(d.source != "shards" or bool(d.path), "data.path",
-          "is empty but data.source is 'shards': give the directory that holds index.json")
+    _need(
+        d.source != "shards" or bool(d.path),
+        "data.path",
+        "is empty but data.source is 'shards': give the directory that holds index.json",
+    )
     for key in ("step_hours", "stride", "subsample"):
         _need(getattr(d, key) >= 1, f"data.{key}", f"must be ≥ 1, got {getattr(d, key)}")
     _need(d.num_workers >= 0, "data.num_workers", f"must be ≥ 0, got {d.num_workers}")
     for i, v in enumerate(d.variables):
-        _need(bool(v.name and v.file_glob and v.var), f"data.variables[{i}]",
-              f"needs name, file_glob and var, got {v}")
+        _need(bool(v.name and v.file_glob and v.var), f"data.variables[{i}]", f"needs name, file_glob and var, got {v}")
     names = [v.name for v in d.variables]
     _need(len(set(names)) == len(names), "data.variables", f"lists a variable twice: {names}")
     for key in ("train_years", "val_years"):
         _need(len(getattr(d, key)) > 0, f"data.{key}", "must list at least one year")
     splits = [set(d.train_years), set(d.val_years), set(d.test_years)]
-    _need(not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
-          "data.train_years/val_years/test_years", "overlap: each year may be in one split only")
+    _need(
+        not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
+        "data.train_years/val_years/test_years",
+        "overlap: each year may be in one split only",
+    )
 
 
 def _need(ok: bool, key: str, problem: str) -> None:

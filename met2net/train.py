@@ -40,8 +40,9 @@ def run_train(cfg: Config) -> RunResult:
 
     try:
         trainer = build_trainer(cfg)
-        where = dict(run_dir=trainer.run_dir, schedule=trainer.schedule.name, world_size=trainer.world_size,
-                     rank=trainer.rank)
+        where = dict(
+            run_dir=trainer.run_dir, schedule=trainer.schedule.name, world_size=trainer.world_size, rank=trainer.rank
+        )
         try:
             val = trainer.train()
         except Preempted as stop:
@@ -53,6 +54,9 @@ def run_train(cfg: Config) -> RunResult:
     finally:
         teardown()
     if result.finished and result.rank == 0:
-        print(f"{result.schedule}: {result.step} steps on {result.world_size} rank(s), validation "
-              + ", ".join(f"{k} {v:.5f}" for k, v in result.val.items()) + f"; run directory {result.run_dir}")
+        print(
+            f"{result.schedule}: {result.step} steps on {result.world_size} rank(s), validation "
+            + ", ".join(f"{k} {v:.5f}" for k, v in result.val.items())
+            + f"; run directory {result.run_dir}"
+        )
     return result

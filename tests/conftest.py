@@ -8,8 +8,14 @@ import torch
 from met2net.config import Config, load_config
 
 SMALL = [
-    "model.variables=[u10,t2m,r]", "model.in_frames=2", "model.out_frames=2", "model.grid=[8,16]",
-    "model.hid_s=4", "model.hid_t=16", "model.num_translator_blocks=2", "model.num_heads=4",
+    "model.variables=[u10,t2m,r]",
+    "model.in_frames=2",
+    "model.out_frames=2",
+    "model.grid=[8,16]",
+    "model.hid_s=4",
+    "model.hid_t=16",
+    "model.num_translator_blocks=2",
+    "model.num_heads=4",
 ]
 
 

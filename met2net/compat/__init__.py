@@ -27,13 +27,16 @@ def check_versions(*packages: str) -> None:
         try:
             found = metadata.version(name)
         except metadata.PackageNotFoundError:
-            raise RuntimeError(f"{name} is not installed; met2net needs {name}{TESTED[name]}: "
-                               f"pip install '{name}{TESTED[name]}'") from None
+            raise RuntimeError(
+                f"{name} is not installed; met2net needs {name}{TESTED[name]}: pip install '{name}{TESTED[name]}'"
+            ) from None
         if Version(found) in SpecifierSet(TESTED[name]):
             continue
-        message = (f"{name} {found} is installed; met2net is tested with {name}{TESTED[name]} and relies on its "
-                   f"internals (met2net/compat/): pip install '{name}{TESTED[name]}', or set {ALLOW_UNTESTED}=1 to "
-                   "run anyway")
+        message = (
+            f"{name} {found} is installed; met2net is tested with {name}{TESTED[name]} and relies on its "
+            f"internals (met2net/compat/): pip install '{name}{TESTED[name]}', or set {ALLOW_UNTESTED}=1 to "
+            "run anyway"
+        )
         if os.environ.get(ALLOW_UNTESTED) == "1":
             warnings.warn(message, stacklevel=2)
         else:

@@ -70,15 +70,23 @@ def ds_to_universal(ckpt: Path, out: Path) -> None:
     the namespace its argument parser would build). Its progress output is kept for the error message only."""
     from deepspeed.checkpoint.ds_to_universal import main
 
-    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(out), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    args = argparse.Namespace(
+        input_folder=str(ckpt),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             main(args)
     except Exception as e:
-        raise RuntimeError(f"{ckpt}: DeepSpeed's universal conversion failed ({e!r}); its output:\n"
-                           f"{log.getvalue()[-3000:]}") from e
+        raise RuntimeError(
+            f"{ckpt}: DeepSpeed's universal conversion failed ({e!r}); its output:\n{log.getvalue()[-3000:]}"
+        ) from e
 
 
 _ENGINE_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")  # ZeRO-1/2, ZeRO-3
@@ -101,8 +109,10 @@ def fit_universal_to_every_stage(out: Path) -> None:
     step_files = sorted(zero.glob("*/step.pt"))
     if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
         step = torch.load(step_files[0], map_location="cpu", weights_only=False) if step_files else None
-        global_state["optimizer_state_dict"] = {"state": {0: {"step": step}} if step is not None else {},
-                                                "param_groups": global_state["param_groups"]}
+        global_state["optimizer_state_dict"] = {
+            "state": {0: {"step": step}} if step is not None else {},
+            "param_groups": global_state["param_groups"],
+        }
     else:  # from ZeRO-3: flat tensors per parameter, no ds_version
         engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)
         global_state.setdefault("ds_version", engine_state["ds_version"])

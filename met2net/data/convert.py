@@ -40,8 +40,10 @@ def variable_sources(cfg: Config) -> list[VariableSource]:
             info = VARIABLES[name]
             sources.append(VariableSource(name, f"{info['long_name']}/*.nc", info["var"], info["level"] or -1))
         else:
-            raise ValueError(f"model variable {name!r} has no source: add data.variables entry "
-                             f"{{name: {name}, file_glob: ..., var: ..., level: ...}}")
+            raise ValueError(
+                f"model variable {name!r} has no source: add data.variables entry "
+                f"{{name: {name}, file_glob: ..., var: ..., level: ...}}"
+            )
     return sources
 
 
@@ -61,16 +63,19 @@ class Year:
     meta: shards.ShardMeta
 
 
-def read_year(year: int, sources: list[VariableSource], files: dict[str, dict[int, list[Path]]],
-              subsample: int, allow_gaps: bool) -> Year:
+def read_year(
+    year: int, sources: list[VariableSource], files: dict[str, dict[int, list[Path]]], subsample: int, allow_gaps: bool
+) -> Year:
     """Every variable's data for ``year``, checked to share time axis and grid."""
     arrays, units, long_names = [], [], []
     first: tuple[VariableSource, xr.DataArray] | None = None
     for src in sources:
         paths = files[src.name].get(year, [])
         if not paths:
-            raise ValueError(f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
-                             f"add its files or remove {year} from the data years")
+            raise ValueError(
+                f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
+                f"add its files or remove {year} from the data years"
+            )
         da = open_variable(paths, src.var, None if src.level < 0 else src.level)
         da = da.sel(time=str(year))
         if first is None:
@@ -83,14 +88,23 @@ def read_year(year: int, sources: list[VariableSource], files: dict[str, dict[in
     src0, da0 = first
     times = da0["time"].values.astype("datetime64[h]")
     _check_gaps(times, files[src0.name][year], allow_gaps)
-    meta = shards.ShardMeta(channels=[s.name for s in sources], units=units, long_names=long_names,
-                            levels=[s.level for s in sources], lat=da0["lat"].values[::subsample],
-                            lon=da0["lon"].values[::subsample])
+    meta = shards.ShardMeta(
+        channels=[s.name for s in sources],
+        units=units,
+        long_names=long_names,
+        levels=[s.level for s in sources],
+        lat=da0["lat"].values[::subsample],
+        lon=da0["lon"].values[::subsample],
+    )
     return Year(times, np.stack(arrays, axis=1).astype(np.float32, copy=False), meta)
 
 
-def _same_axes(a: tuple[VariableSource, xr.DataArray], b: tuple[VariableSource, xr.DataArray],
-               files: dict[str, dict[int, list[Path]]], year: int) -> None:
+def _same_axes(
+    a: tuple[VariableSource, xr.DataArray],
+    b: tuple[VariableSource, xr.DataArray],
+    files: dict[str, dict[int, list[Path]]],
+    year: int,
+) -> None:
     (sa, da), (sb, db) = a, b
     names = {s.name: [str(p) for p in files[s.name][year]] for s in (sa, sb)}
     where = f"{names[sb.name]} ({sb.name!r}) and {names[sa.name]} ({sa.name!r})"
@@ -102,18 +116,22 @@ def _same_axes(a: tuple[VariableSource, xr.DataArray], b: tuple[VariableSource, 
         raise ValueError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
     for axis in ("lat", "lon"):
         if da[axis].shape != db[axis].shape or not np.allclose(da[axis].values, db[axis].values):
-            raise ValueError(f"{where} are on different grids ({axis}: {db[axis].size} points "
-                             f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
-                             f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first")
+            raise ValueError(
+                f"{where} are on different grids ({axis}: {db[axis].size} points "
+                f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
+                f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first"
+            )
 
 
 def _check_gaps(times: np.ndarray, paths: list[Path], allow_gaps: bool) -> None:
     steps = np.diff(times).astype(int)
     if steps.size and not allow_gaps and (steps != steps.min()).any():
         i = int(np.flatnonzero(steps != steps.min())[0])
-        raise ValueError(f"{[str(p) for p in paths]}: gap in time between {times[i]} and {times[i + 1]} "
-                         f"(step {steps.min()} h elsewhere); fill it, or set data.allow_gaps=true "
-                         f"(training windows never cross a gap)")
+        raise ValueError(
+            f"{[str(p) for p in paths]}: gap in time between {times[i]} and {times[i + 1]} "
+            f"(step {steps.min()} h elsewhere); fill it, or set data.allow_gaps=true "
+            f"(training windows never cross a gap)"
+        )
 
 
 def convert(src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = None, progress: bool = True) -> Path:

@@ -39,26 +39,34 @@ def _shard_splits(cfg: Config) -> Splits:
     index, stats = read_index(root), read_stats(root)
     missing = [v for v in m.variables if v not in index["channels"]]
     if missing:
-        raise ConfigError(f"'model.variables' {missing} are not in {root}/index.json (it has {index['channels']}); "
-                          f"convert them or change model.variables")
+        raise ConfigError(
+            f"'model.variables' {missing} are not in {root}/index.json (it has {index['channels']}); "
+            f"convert them or change model.variables"
+        )
     grid = [len(index["lat"]), len(index["lon"])]
     if grid != list(m.grid):
-        raise ConfigError(f"'model.grid' {m.grid} differs from the shards' grid {grid} in {root}; "
-                          f"set model.grid={grid} (or convert with another data.subsample)")
+        raise ConfigError(
+            f"'model.grid' {m.grid} differs from the shards' grid {grid} in {root}; "
+            f"set model.grid={grid} (or convert with another data.subsample)"
+        )
     if sorted(stats["train_years"]) != sorted(d.train_years):
-        raise ConfigError(f"{root}/stats.json was computed for train years {stats['train_years']}, but "
-                          f"'data.train_years' is {d.train_years}: re-run met2net data stats")
+        raise ConfigError(
+            f"{root}/stats.json was computed for train years {stats['train_years']}, but "
+            f"'data.train_years' is {d.train_years}: re-run met2net data stats"
+        )
     mean = np.array([stats["mean"][stats["channels"].index(v)] for v in m.variables])
     std = np.array([stats["std"][stats["channels"].index(v)] for v in m.variables])
     std = np.where(std > 0, std, 1.0)
     channels = [index["channels"].index(v) for v in m.variables]
 
     def dataset(years: list[int]) -> ShardWindowDataset:
-        return ShardWindowDataset(root, years, m.in_frames, m.out_frames, d.stride, d.step_hours,
-                                  mean=mean, std=std, channels=channels)
+        return ShardWindowDataset(
+            root, years, m.in_frames, m.out_frames, d.stride, d.step_hours, mean=mean, std=std, channels=channels
+        )
 
-    return Splits(dataset(d.train_years), dataset(d.val_years), dataset(d.test_years) if d.test_years else None,
-                  mean, std)
+    return Splits(
+        dataset(d.train_years), dataset(d.val_years), dataset(d.test_years) if d.test_years else None, mean, std
+    )
 
 
 def _synthetic_splits(cfg: Config) -> Splits:
@@ -67,12 +75,12 @@ def _synthetic_splits(cfg: Config) -> Splits:
 
     unknown = [v for v in m.variables if v not in synthetic.VARIABLES]
     if unknown:
-        raise ConfigError(f"'model.variables' {unknown} are not in the built-in dataset "
-                          f"(it has {list(synthetic.VARIABLES)})")
+        raise ConfigError(
+            f"'model.variables' {unknown} are not in the built-in dataset (it has {list(synthetic.VARIABLES)})"
+        )
 
     def load(years: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        f = synthetic.generate(years, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours,
-                               variables=m.variables)
+        f = synthetic.generate(years, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours, variables=m.variables)
         return f.time, np.stack([f.fields[v] for v in m.variables], axis=1)
 
     t_train, train = load(d.train_years)

@@ -39,18 +39,28 @@ def weatherbench_path(out_dir: str | Path, name: str, year: int, nlat: int) -> P
 def _dataset(fields: SyntheticFields, name: str, seed: int) -> xr.Dataset:
     """One variable of one synthetic year as a CF dataset with WeatherBench's names, dims and attributes."""
     meta = VARIABLES[name]
-    data, dims, coords = fields.fields[name], ("time", "lat", "lon"), {
-        "time": ("time", fields.time),
-        "lat": ("lat", fields.lat, {"units": "degrees_north", "long_name": "latitude"}),
-        "lon": ("lon", fields.lon, {"units": "degrees_east", "long_name": "longitude"}),
-    }
+    data, dims, coords = (
+        fields.fields[name],
+        ("time", "lat", "lon"),
+        {
+            "time": ("time", fields.time),
+            "lat": ("lat", fields.lat, {"units": "degrees_north", "long_name": "latitude"}),
+            "lon": ("lon", fields.lon, {"units": "degrees_east", "long_name": "longitude"}),
+        },
+    )
     if meta["level"] is not None:
         data, dims = data[:, None], ("time", "level", "lat", "lon")
-        coords["level"] = ("level", np.array([meta["level"]], np.int32),
-                           {"units": "millibars", "long_name": "pressure_level"})
+        coords["level"] = (
+            "level",
+            np.array([meta["level"]], np.int32),
+            {"units": "millibars", "long_name": "pressure_level"},
+        )
     attrs = {"units": meta["units"], "long_name": meta["long_name"]}
-    return xr.Dataset({meta["var"]: (dims, data.astype(np.float32, copy=False), attrs)}, coords=coords,
-                      attrs={"source": f"met2net.data.synthetic (seed={seed})", "Conventions": "CF-1.6"})
+    return xr.Dataset(
+        {meta["var"]: (dims, data.astype(np.float32, copy=False), attrs)},
+        coords=coords,
+        attrs={"source": f"met2net.data.synthetic (seed={seed})", "Conventions": "CF-1.6"},
+    )
 
 
 def _encoding(ds: xr.Dataset) -> dict:
@@ -70,12 +80,19 @@ def write_atomic(ds: xr.Dataset, path: str | Path) -> Path:
     name is unique per call (concurrent writers never share one) and is not pre-created, so the file gets
     the usual umask permissions rather than mkstemp's 0600.
     """
-    return atomic_write(Path(path), lambda tmp: ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4",
-                                                             encoding=_encoding(ds)))
+    return atomic_write(
+        Path(path), lambda tmp: ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+    )
 
 
-def write_weatherbench_tree(out_dir: str | Path, years: list[int], grid: tuple[int, int] = (32, 64), seed: int = 0,
-                            variables: list[str] | None = None, hours: int | None = None) -> list[Path]:
+def write_weatherbench_tree(
+    out_dir: str | Path,
+    years: list[int],
+    grid: tuple[int, int] = (32, 64),
+    seed: int = 0,
+    variables: list[str] | None = None,
+    hours: int | None = None,
+) -> list[Path]:
     """Write the synthetic dataset as a WeatherBench tree under ``out_dir``; return the files, sorted.
 
     Years are generated one at a time (a year's values do not depend on the others), so memory stays at one
@@ -96,12 +113,16 @@ def find_files(root: str | Path, file_glob: str) -> list[Path]:
     if Path(file_glob).is_absolute():
         raise ValueError(f"file_glob {file_glob!r} must be relative to the data root {root}; drop the leading '/'")
     if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist or is not a folder; check data.root "
-                                f"(run `met2net data synthetic` to create the built-in dataset)")
+        raise FileNotFoundError(
+            f"data root {root} does not exist or is not a folder; check data.root "
+            f"(run `met2net data synthetic` to create the built-in dataset)"
+        )
     paths = sorted(p for p in root.glob(file_glob) if p.is_file())
     if not paths:
-        raise FileNotFoundError(f"no files match {file_glob!r} under {root}; check data.variables[].file_glob "
-                                f"(e.g. '2m_temperature/*.nc') and data.root")
+        raise FileNotFoundError(
+            f"no files match {file_glob!r} under {root}; check data.variables[].file_glob "
+            f"(e.g. '2m_temperature/*.nc') and data.root"
+        )
     return paths
 
 
@@ -112,12 +133,16 @@ def _source(da: xr.DataArray) -> str:
 def _check_regular(values: np.ndarray, axis: str, where: str) -> None:
     """Equal spacing is what lets the model treat the grid as an image; anything else must be regridded first."""
     if values.ndim != 1 or values.size < 2:
-        raise ValueError(f"{where}: {axis} must be a 1-D coordinate with at least 2 points, got shape "
-                         f"{values.shape}; regrid to a regular lat/lon grid first")
+        raise ValueError(
+            f"{where}: {axis} must be a 1-D coordinate with at least 2 points, got shape "
+            f"{values.shape}; regrid to a regular lat/lon grid first"
+        )
     steps = np.diff(values.astype(np.float64))
     if steps[0] == 0 or not np.allclose(steps, steps[0], rtol=_SPACING_RTOL, atol=0):
-        raise ValueError(f"{where}: {axis} is not a regular grid (spacings from {steps.min():g} to {steps.max():g}"
-                         f" degrees, or duplicate points); regrid to equally spaced {axis} first")
+        raise ValueError(
+            f"{where}: {axis} is not a regular grid (spacings from {steps.min():g} to {steps.max():g}"
+            f" degrees, or duplicate points); regrid to equally spaced {axis} first"
+        )
 
 
 def normalise_grid(da: xr.DataArray) -> xr.DataArray:
@@ -130,8 +155,10 @@ def normalise_grid(da: xr.DataArray) -> xr.DataArray:
     da = da.rename({k: v for k, v in _ALIASES.items() if k in da.coords or k in da.dims})
     missing = [c for c in ("lat", "lon") if c not in da.coords or c not in da.dims]
     if missing:
-        raise ValueError(f"{where}: no {'/'.join(missing)} coordinate (dims {da.dims}, coords {list(da.coords)}); "
-                         f"expected lat/lon or latitude/longitude dimension coordinates")
+        raise ValueError(
+            f"{where}: no {'/'.join(missing)} coordinate (dims {da.dims}, coords {list(da.coords)}); "
+            f"expected lat/lon or latitude/longitude dimension coordinates"
+        )
     _check_regular(da["lat"].values, "lat", where)
     lon = da["lon"].values % 360
     lon = np.where(lon >= 360, lon - 360, lon)
@@ -147,8 +174,10 @@ def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> 
         scalar = next((da.coords[d] for d in LEVEL_DIMS if d in da.coords), None)
         if level is None or (scalar is not None and scalar.item() == level):
             return da
-        raise ValueError(f"{path}: variable {var!r} has no level dimension but level={level} was requested; "
-                         f"remove 'level' from its data.variables entry")
+        raise ValueError(
+            f"{path}: variable {var!r} has no level dimension but level={level} was requested; "
+            f"remove 'level' from its data.variables entry"
+        )
     available = [v.item() for v in da[dim].values]
     if level is None:
         if len(available) == 1:
@@ -164,14 +193,18 @@ def _read_one(path: Path, var: str, level: int | None) -> xr.DataArray:
     with xr.open_dataset(path, engine="netcdf4") as ds:
         ds = ds.rename({k: v for k, v in _ALIASES.items() if k in ds.variables or k in ds.dims})
         if var not in ds.data_vars:
-            raise ValueError(f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
-                           f"fix 'var' in its data.variables entry")
+            raise ValueError(
+                f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
+                f"fix 'var' in its data.variables entry"
+            )
         da = _select_level(ds[var], level, path, var)
         da.encoding["source"] = str(path)
         da = normalise_grid(da)
         if set(da.dims) != {"time", "lat", "lon"}:
-            raise ValueError(f"{path}: variable {var!r} has dims {da.dims} after level selection; "
-                             f"expected exactly time, lat, lon (select or drop the extra dimensions first)")
+            raise ValueError(
+                f"{path}: variable {var!r} has dims {da.dims} after level selection; "
+                f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
+            )
         return da.transpose("time", "lat", "lon").astype(np.float32).load()
 
 
@@ -179,8 +212,10 @@ def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> 
     for part, path in zip(parts[1:], paths[1:]):
         for axis in ("lat", "lon"):
             if part[axis].shape != parts[0][axis].shape or not np.allclose(part[axis], parts[0][axis]):
-                raise ValueError(f"{path}: variable {var!r} has a different {axis} grid from {paths[0]}; "
-                                 f"all files of one variable must share a grid")
+                raise ValueError(
+                    f"{path}: variable {var!r} has a different {axis} grid from {paths[0]}; "
+                    f"all files of one variable must share a grid"
+                )
 
 
 def open_variable(paths: list[Path], var: str, level: int | None = None) -> xr.DataArray:
@@ -193,12 +228,17 @@ def open_variable(paths: list[Path], var: str, level: int | None = None) -> xr.D
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
     parts = [_read_one(p, var, level) for p in paths]
     _check_same_grid(parts, paths, var)
-    da = xr.concat(parts, dim="time", coords="minimal", compat="override", join="override",
-                   combine_attrs="override") if len(parts) > 1 else parts[0]
+    da = (
+        xr.concat(parts, dim="time", coords="minimal", compat="override", join="override", combine_attrs="override")
+        if len(parts) > 1
+        else parts[0]
+    )
     if not da.indexes["time"].is_monotonic_increasing:
         da = da.sortby("time")
     if da.indexes["time"].has_duplicates:
         dup = da.indexes["time"][da.indexes["time"].duplicated()][0]
-        raise ValueError(f"variable {var!r}: time {dup} appears more than once across {[str(p) for p in paths]}; "
-                         f"the files overlap, so remove the duplicates or narrow file_glob")
+        raise ValueError(
+            f"variable {var!r}: time {dup} appears more than once across {[str(p) for p in paths]}; "
+            f"the files overlap, so remove the duplicates or narrow file_glob"
+        )
     return da

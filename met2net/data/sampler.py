@@ -31,8 +31,9 @@ from torch.utils.data import Sampler
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """The global sample order of one epoch: the same on every rank, a fresh permutation each epoch."""
     if num_samples < 0 or seed < 0 or epoch < 0:
-        raise ValueError(f"epoch_order: expected non-negative num_samples, seed and epoch, "
-                         f"got {num_samples}, {seed}, {epoch}")
+        raise ValueError(
+            f"epoch_order: expected non-negative num_samples, seed and epoch, got {num_samples}, {seed}, {epoch}"
+        )
     if not shuffle:
         return np.arange(num_samples, dtype=np.int64)
     return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64)
@@ -63,8 +64,10 @@ def remap_state(state: dict, world_size: int) -> dict:
     old = int(state["world_size"])
     consumed = int(state["position"]) * old
     if consumed % world_size:
-        raise ValueError(f"loader state: {consumed} samples of epoch {state['epoch']} were consumed by {old} rank(s); "
-                         f"they do not divide among {world_size} ranks, so the position cannot be mapped")
+        raise ValueError(
+            f"loader state: {consumed} samples of epoch {state['epoch']} were consumed by {old} rank(s); "
+            f"they do not divide among {world_size} ranks, so the position cannot be mapped"
+        )
     return {**state, "position": consumed // world_size, "world_size": int(world_size)}
 
 
@@ -80,8 +83,9 @@ class ShardedSampler(Sampler[int]):
         if num_samples < 0:
             raise ValueError(f"ShardedSampler: expected num_samples >= 0, got {num_samples}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"ShardedSampler: expected 0 <= rank < world_size, got rank {rank}, "
-                             f"world_size {world_size}")
+            raise ValueError(
+                f"ShardedSampler: expected 0 <= rank < world_size, got rank {rank}, world_size {world_size}"
+            )
         if seed < 0:
             raise ValueError(f"ShardedSampler: expected seed >= 0, got {seed}")
         self.num_samples, self.rank, self.world_size = int(num_samples), int(rank), int(world_size)
@@ -95,8 +99,9 @@ class ShardedSampler(Sampler[int]):
 
     def indices(self) -> np.ndarray:
         """This rank's whole share of the current epoch, consumed or not."""
-        return rank_share(epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle), self.rank,
-                          self.world_size)
+        return rank_share(
+            epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle), self.rank, self.world_size
+        )
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -107,27 +112,36 @@ class ShardedSampler(Sampler[int]):
     def advance(self, num_consumed: int) -> None:
         """Record that the loop has taken ``num_consumed`` more samples of this epoch from the loader."""
         if num_consumed < 0 or self.position + num_consumed > self.samples_per_rank:
-            raise ValueError(f"advance({num_consumed}): position {self.position} would leave "
-                             f"[0, {self.samples_per_rank}] (this rank's share of epoch {self.epoch})")
+            raise ValueError(
+                f"advance({num_consumed}): position {self.position} would leave "
+                f"[0, {self.samples_per_rank}] (this rank's share of epoch {self.epoch})"
+            )
         self.position += int(num_consumed)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.position:].tolist())  # snapshot now: later advance() calls must not shift it
+        return iter(self.indices()[self.position :].tolist())  # snapshot now: later advance() calls must not shift it
 
     def __len__(self) -> int:
         return self.samples_per_rank - self.position
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "world_size": self.world_size,
-                "num_samples": self.num_samples}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "num_samples": self.num_samples,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore epoch, position and seed; refuse a state whose positions mean different samples here."""
         for key in ("world_size", "num_samples"):
             if int(state[key]) != getattr(self, key):
-                raise ValueError(f"loader state: saved with {key} {state[key]}, this run has {getattr(self, key)}; "
-                                 f"the saved position cannot be mapped onto a different {key}. Resume with the same "
-                                 "data and world size, or initialise from weights only.")
+                raise ValueError(
+                    f"loader state: saved with {key} {state[key]}, this run has {getattr(self, key)}; "
+                    f"the saved position cannot be mapped onto a different {key}. Resume with the same "
+                    "data and world size, or initialise from weights only."
+                )
         position = int(state["position"])
         if not 0 <= position <= self.samples_per_rank:
             raise ValueError(f"loader state: position {position} outside [0, {self.samples_per_rank}]")

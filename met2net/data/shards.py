@@ -77,8 +77,9 @@ class ShardMeta:
         n = len(self.channels)
         for name in ("units", "long_names", "levels"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"ShardMeta.{name}: expected {n} entries (one per channel), "
-                                 f"got {len(getattr(self, name))}")
+                raise ValueError(
+                    f"ShardMeta.{name}: expected {n} entries (one per channel), got {len(getattr(self, name))}"
+                )
         if n == 0:
             raise ValueError("ShardMeta.channels: expected at least one channel")
         set_ = object.__setattr__
@@ -97,13 +98,18 @@ class ShardMeta:
         return len(self.channels), len(self.lat), len(self.lon)
 
     def to_json(self) -> dict:
-        return {"channels": self.channels, "units": self.units, "long_names": self.long_names,
-                "levels": self.levels, "lat": self.lat.tolist(), "lon": self.lon.tolist()}
+        return {
+            "channels": self.channels,
+            "units": self.units,
+            "long_names": self.long_names,
+            "levels": self.levels,
+            "lat": self.lat.tolist(),
+            "lon": self.lon.tolist(),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> ShardMeta:
-        return cls(d["channels"], d["units"], d["long_names"], d["levels"], np.asarray(d["lat"]),
-                   np.asarray(d["lon"]))
+        return cls(d["channels"], d["units"], d["long_names"], d["levels"], np.asarray(d["lat"]), np.asarray(d["lon"]))
 
 
 def _axis(name: str, values: np.ndarray) -> np.ndarray:
@@ -124,8 +130,13 @@ def iso(t: np.datetime64) -> str:
 def shard_entry(path: Path, times: np.ndarray, sha256: str) -> dict:
     """The index.json entry for a shard just written by :func:`write_shard`."""
     times = _hours(times)
-    return {"file": Path(path).name, "first_time": iso(times[0]), "last_time": iso(times[-1]),
-            "num_times": int(times.size), "sha256": sha256}
+    return {
+        "file": Path(path).name,
+        "first_time": iso(times[0]),
+        "last_time": iso(times[-1]),
+        "num_times": int(times.size),
+        "sha256": sha256,
+    }
 
 
 # -- writing --------------------------------------------------------------------------------------------------------
@@ -150,22 +161,25 @@ def _check_fields(fields: np.ndarray, times: np.ndarray, meta: ShardMeta) -> np.
         raise ValueError(f"fields: expected a float32 array, got dtype {f.dtype}")
     want = (times.size, *meta.shape)
     if f.shape != want:
-        raise ValueError(f"fields: expected shape (time, channel, lat, lon) = {want} to match times and meta, "
-                         f"got {f.shape}")
+        raise ValueError(
+            f"fields: expected shape (time, channel, lat, lon) = {want} to match times and meta, got {f.shape}"
+        )
     return np.ascontiguousarray(f, dtype=np.float32)
 
 
 def _check_finite(path: Path, fields: np.ndarray, times: np.ndarray, meta: ShardMeta) -> None:
     """Reject NaN/inf before anything is written, naming where the first bad value is so it can be traced."""
     for start in range(0, fields.shape[0], _FINITE_BLOCK):
-        block = fields[start:start + _FINITE_BLOCK]
+        block = fields[start : start + _FINITE_BLOCK]
         bad = ~np.isfinite(block).all(axis=(2, 3))
         if bad.any():
             t, c = np.argwhere(bad)[0]
             kind = "NaN" if np.isnan(block[t, c]).any() else "inf"
-            raise ShardError(f"{path.name}: channel '{meta.channels[c]}' has {kind} values at "
-                             f"{iso(times[start + t])} (first non-finite value); nothing written. "
-                             "Fix or mask the source data, then re-run met2net data convert.")
+            raise ShardError(
+                f"{path.name}: channel '{meta.channels[c]}' has {kind} values at "
+                f"{iso(times[start + t])} (first non-finite value); nothing written. "
+                "Fix or mask the source data, then re-run met2net data convert."
+            )
 
 
 def _fill(f: h5py.File, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, compression: str | None) -> None:
@@ -181,8 +195,9 @@ def _fill(f: h5py.File, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, 
     f.create_dataset("lon", data=meta.lon).attrs["units"] = "degrees_east"
 
 
-def write_shard(path: Path, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, *,
-                compression: str | None = None) -> str:
+def write_shard(
+    path: Path, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, *, compression: str | None = None
+) -> str:
     """Write one shard atomically and return its sha256 (for the index).
 
     ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon).
@@ -224,8 +239,10 @@ def _sorted_entries(directory: Path, entries: list[dict]) -> list[dict]:
     out = sorted(({k: e[k] for k in _ENTRY_KEYS} for e in entries), key=lambda e: np.datetime64(e["first_time"]))
     for a, b in zip(out, out[1:]):
         if np.datetime64(b["first_time"]) <= np.datetime64(a["last_time"]):
-            raise ShardError(f"{a['file']} ({a['first_time']} .. {a['last_time']}) overlaps {b['file']} "
-                             f"({b['first_time']} .. {b['last_time']})")
+            raise ShardError(
+                f"{a['file']} ({a['first_time']} .. {a['last_time']}) overlaps {b['file']} "
+                f"({b['first_time']} .. {b['last_time']})"
+            )
     return out
 
 
@@ -234,8 +251,12 @@ def write_index(directory: Path, meta: ShardMeta, time_step_hours: int, entries:
     directory = Path(directory)
     if int(time_step_hours) <= 0:
         raise ValueError(f"time_step_hours: expected a positive integer, got {time_step_hours}")
-    index = {"format": FORMAT, **meta.to_json(), "time_step_hours": int(time_step_hours),
-             "shards": _sorted_entries(directory, entries)}
+    index = {
+        "format": FORMAT,
+        **meta.to_json(),
+        "time_step_hours": int(time_step_hours),
+        "shards": _sorted_entries(directory, entries),
+    }
     path = directory / INDEX_NAME
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n"))
     return path
@@ -263,8 +284,10 @@ def _problem(directory: Path, entry: dict) -> str | None:
         return f"{entry['file']}: missing"
     found = sha256_file(path)
     if found != entry["sha256"]:
-        return (f"{entry['file']}: checksum mismatch (expected {entry['sha256'][:12]}..., found {found[:12]}...; "
-                f"{path.stat().st_size} bytes; truncated or modified)")
+        return (
+            f"{entry['file']}: checksum mismatch (expected {entry['sha256'][:12]}..., found {found[:12]}...; "
+            f"{path.stat().st_size} bytes; truncated or modified)"
+        )
     return None
 
 
@@ -273,8 +296,9 @@ def verify_shards(directory: Path) -> None:
     directory = Path(directory)
     problems = [p for e in read_index(directory)["shards"] if (p := _problem(directory, e))]
     if problems:
-        raise ShardError(f"{directory}: {len(problems)} bad shard(s):\n  " + "\n  ".join(problems)
-                         + f"\n{_FIX} to rewrite them.")
+        raise ShardError(
+            f"{directory}: {len(problems)} bad shard(s):\n  " + "\n  ".join(problems) + f"\n{_FIX} to rewrite them."
+        )
 
 
 def shard_is_valid(directory: Path, entry: dict) -> bool:
@@ -292,10 +316,15 @@ def _shard_times(path: Path, entry: dict, meta: ShardMeta) -> np.ndarray:
         shape = f["fields"].shape
         channels = [str(c) for c in f.attrs["channels"]]
     if shape[1:] != meta.shape or channels != meta.channels:
-        raise ShardError(f"{path.name}: fields {shape} / channels {channels} do not match index.json "
-                         f"({meta.shape}, {meta.channels}); {_FIX}")
-    if times.size != entry["num_times"] or shape[0] != times.size or (
-            times.size and (iso(times[0]), iso(times[-1])) != (entry["first_time"], entry["last_time"])):
+        raise ShardError(
+            f"{path.name}: fields {shape} / channels {channels} do not match index.json "
+            f"({meta.shape}, {meta.channels}); {_FIX}"
+        )
+    if (
+        times.size != entry["num_times"]
+        or shape[0] != times.size
+        or (times.size and (iso(times[0]), iso(times[-1])) != (entry["first_time"], entry["last_time"]))
+    ):
         raise ShardError(f"{path.name}: times do not match index.json; {_FIX}")
     return times
 
@@ -359,8 +388,10 @@ class ShardReader:
         start, length, step = int(start), int(length), int(step)
         last = start + (length - 1) * step
         if start < 0 or length < 0 or step < 1 or (length and last >= len(self)):
-            raise IndexError(f"read(start={start}, length={length}, step={step}): expected 0 <= start, step >= 1 "
-                             f"the last frame inside the {len(self)} frames")
+            raise IndexError(
+                f"read(start={start}, length={length}, step={step}): expected 0 <= start, step >= 1 "
+                f"the last frame inside the {len(self)} frames"
+            )
         if out is None:
             out = np.empty((length, *self.meta.shape), dtype=np.float32)
         done = 0
@@ -371,10 +402,10 @@ class ShardReader:
             frames = self._array(i)
             if isinstance(frames, np.memmap):
                 n = min(length - done, (end - 1 - pos) // step + 1)
-                out[done:done + n] = frames[local:local + (n - 1) * step + 1:step]
+                out[done : done + n] = frames[local : local + (n - 1) * step + 1 : step]
             else:
                 n = min(length - done, end - pos) if step == 1 else 1
-                frames.read_direct(out, np.s_[local:local + n], np.s_[done:done + n])
+                frames.read_direct(out, np.s_[local : local + n], np.s_[done : done + n])
             done += n
         return out
 

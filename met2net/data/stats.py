@@ -58,8 +58,13 @@ class Moments:
         """Moments of one chunk, per channel along ``channel_axis``."""
         x = np.moveaxis(np.asarray(data, dtype=np.float64), channel_axis, 0).reshape(data.shape[channel_axis], -1)
         mean = x.mean(axis=1)
-        return cls(np.full(x.shape[0], float(x.shape[1])), mean, ((x - mean[:, None]) ** 2).sum(axis=1),
-                   x.min(axis=1), x.max(axis=1))
+        return cls(
+            np.full(x.shape[0], float(x.shape[1])),
+            mean,
+            ((x - mean[:, None]) ** 2).sum(axis=1),
+            x.min(axis=1),
+            x.max(axis=1),
+        )
 
     def merge(self, other: Moments) -> Moments:
         """Combined state; the weight is formed first so an empty side leaves the other exactly unchanged."""
@@ -110,8 +115,10 @@ def _check_finite(name: str, block: np.ndarray, times: np.ndarray, channels: lis
     if bad.any():
         t, c = np.argwhere(bad)[0]
         kind = "NaN" if np.isnan(block[t, c]).any() else "inf"
-        raise ShardError(f"{name}: channel '{channels[c]}' has {kind} values at {iso(times[t])} "
-                         "(first non-finite value); re-run met2net data convert")
+        raise ShardError(
+            f"{name}: channel '{channels[c]}' has {kind} values at {iso(times[t])} "
+            "(first non-finite value); re-run met2net data convert"
+        )
 
 
 def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_frames: int) -> Moments:
@@ -120,12 +127,14 @@ def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_fram
     with h5py.File(path, "r") as f:
         fields = f["fields"]
         if fields.ndim != 4 or fields.shape[1] != len(channels):
-            raise ShardError(f"{path.name}: fields {fields.shape} do not match the {len(channels)} channels of "
-                             "index.json; re-run met2net data convert")
+            raise ShardError(
+                f"{path.name}: fields {fields.shape} do not match the {len(channels)} channels of "
+                "index.json; re-run met2net data convert"
+            )
         times = f["time"][()].astype("datetime64[h]")
         keep = np.isin(_years_of(times), years)
         for start in range(0, times.size, chunk_frames):
-            sel = np.flatnonzero(keep[start:start + chunk_frames])
+            sel = np.flatnonzero(keep[start : start + chunk_frames])
             if sel.size == 0:
                 continue
             lo, hi = start + sel[0], start + sel[-1] + 1
@@ -150,8 +159,9 @@ def shard_moments(directory: str | Path, files: list[str], years: list[int], chu
 def _overlapping(index: dict, years: list[int]) -> list[str]:
     """Shard files whose time range touches any of ``years`` (frames are filtered exactly when read)."""
     wanted = set(years)
-    return [e["file"] for e in index["shards"]
-            if wanted & set(range(int(e["first_time"][:4]), int(e["last_time"][:4]) + 1))]
+    return [
+        e["file"] for e in index["shards"] if wanted & set(range(int(e["first_time"][:4]), int(e["last_time"][:4]) + 1))
+    ]
 
 
 def _gather(comm: Comm | None, compute: Callable[[], Moments]) -> Moments:
@@ -173,8 +183,11 @@ def _debug(rank: int, size: int, files: list[str], states: dict[int, dict]) -> N
     """With MET2NET_STATS_DEBUG set, say what this rank read, so a launch can be checked to really split the work."""
     if os.environ.get(DEBUG_ENV):
         values = int(sum(s["count"][0] for s in states.values()))
-        print(f"stats rank {rank}/{size}: shards {','.join(files) or '-'} values/channel {values}",
-              file=sys.stderr, flush=True)
+        print(
+            f"stats rank {rank}/{size}: shards {','.join(files) or '-'} values/channel {values}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | None = None) -> Moments:
@@ -198,8 +211,10 @@ def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | No
     _debug(rank, size, [files[i] for i in mine], {i: states[i] for i in mine})
     total = Moments.merge_all([Moments.from_json(states[i]) for i in sorted(states)], len(index["channels"]))
     if not total.count.any():
-        raise ValueError(f"no frame of the training years {sorted(set(train_years))} in {directory} "
-                         f"(its shards cover {_coverage(index)})")
+        raise ValueError(
+            f"no frame of the training years {sorted(set(train_years))} in {directory} "
+            f"(its shards cover {_coverage(index)})"
+        )
     return total
 
 
@@ -215,9 +230,17 @@ def write_stats(directory: str | Path, moments: Moments, channels: list[str], tr
     """Write ``stats.json`` beside index.json atomically; ``state`` keeps the mergeable form for later updates."""
     if len(channels) != moments.count.size:
         raise ValueError(f"write_stats: {len(channels)} channel names for {moments.count.size} channels")
-    doc = {"format": STATS_FORMAT, "channels": list(channels), "train_years": sorted(set(int(y) for y in train_years)),
-           "mean": moments.mean.tolist(), "std": moments.std.tolist(), "min": moments.min.tolist(),
-           "max": moments.max.tolist(), "count": [int(c) for c in moments.count], "state": moments.to_json()}
+    doc = {
+        "format": STATS_FORMAT,
+        "channels": list(channels),
+        "train_years": sorted(set(int(y) for y in train_years)),
+        "mean": moments.mean.tolist(),
+        "std": moments.std.tolist(),
+        "min": moments.min.tolist(),
+        "max": moments.max.tolist(),
+        "count": [int(c) for c in moments.count],
+        "state": moments.to_json(),
+    }
     path = Path(directory) / STATS_NAME
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
 
@@ -251,6 +274,8 @@ def parse_years(text: str) -> list[int]:
 
 def table(moments: Moments, channels: list[str]) -> str:
     rows = [f"{'channel':<12} {'mean':>12} {'std':>12} {'min':>12} {'max':>12}"]
-    rows += [f"{c:<12} {m:12.5g} {s:12.5g} {lo:12.5g} {hi:12.5g}"
-             for c, m, s, lo, hi in zip(channels, moments.mean, moments.std, moments.min, moments.max)]
+    rows += [
+        f"{c:<12} {m:12.5g} {s:12.5g} {lo:12.5g} {hi:12.5g}"
+        for c, m, s, lo, hi in zip(channels, moments.mean, moments.std, moments.min, moments.max)
+    ]
     return "\n".join(rows)

@@ -105,9 +105,13 @@ def _patterns(hours: np.ndarray, lam: np.ndarray, p: dict[str, np.ndarray]) -> n
     phase = p["m"] * lam - theta[..., None]
     season = np.cos(2 * np.pi * (hours / 24 - 200) / 365.2425)  # +1 in northern summer
     local_time = 2 * np.pi * (hours - 15) / 24  # plus longitude = local solar time; warmest at 15:00
-    rows = [amp * np.cos(phase), amp * np.sin(phase), np.ones((len(hours), 1, lam.size)),
-            np.broadcast_to(season[:, None, None], (len(hours), 1, lam.size)),
-            np.cos(lam + local_time[:, None, None])]
+    rows = [
+        amp * np.cos(phase),
+        amp * np.sin(phase),
+        np.ones((len(hours), 1, lam.size)),
+        np.broadcast_to(season[:, None, None], (len(hours), 1, lam.size)),
+        np.cos(lam + local_time[:, None, None]),
+    ]
     return np.concatenate(rows, axis=1)
 
 
@@ -173,8 +177,14 @@ def _departures(u: np.ndarray, v: np.ndarray, geo: dict) -> tuple[np.ndarray, np
     return idx, w
 
 
-def generate(years: list[int], grid: tuple[int, int] = (32, 64), seed: int = 0, step_hours: int = 1,
-             variables: list[str] | None = None, hours: int | None = None) -> SyntheticFields:
+def generate(
+    years: list[int],
+    grid: tuple[int, int] = (32, 64),
+    seed: int = 0,
+    step_hours: int = 1,
+    variables: list[str] | None = None,
+    hours: int | None = None,
+) -> SyntheticFields:
     """Simulate ``years`` on a ``grid`` = (nlat, nlon) grid; keep every ``step_hours``-th hour.
 
     ``hours`` truncates each year to its first ``hours`` hours (for quick tests); the kept part equals
@@ -184,18 +194,23 @@ def generate(years: list[int], grid: tuple[int, int] = (32, 64), seed: int = 0, 
     if unknown := sorted(set(names) - set(VARIABLES)):
         raise ValueError(f"unknown variables {unknown}; choose from {list(VARIABLES)}")
     if not years or step_hours < 1 or min(grid) < 2 or (hours is not None and hours < 1):
-        raise ValueError(f"need years, step_hours >= 1, grid >= 2x2, hours >= 1; got {years}, "
-                         f"{step_hours}, {grid}, {hours}")
+        raise ValueError(
+            f"need years, step_hours >= 1, grid >= 2x2, hours >= 1; got {years}, {step_hours}, {grid}, {hours}"
+        )
     nlat, nlon = grid
     lat, lon = latitudes(nlat), longitudes(nlon)
     phi, lam = np.radians(lat), np.radians(lon)
     params = _wave_params(seed)
     factors, noise = _lat_factors(phi, params["amp"]), _noise_basis(phi, lam)
     dt = 3600.0
-    geo = {"shape": (nlat, nlon), "i": np.repeat(np.arange(nlat, dtype=float), nlon),
-           "j": np.tile(np.arange(nlon, dtype=float), nlat),
-           "fx": np.repeat(dt / (EARTH_RADIUS * np.cos(phi) * (2 * np.pi / nlon)), nlon),
-           "fy": dt / (EARTH_RADIUS * np.pi / nlat), "next": np.roll(np.arange(nlon), -1)}
+    geo = {
+        "shape": (nlat, nlon),
+        "i": np.repeat(np.arange(nlat, dtype=float), nlon),
+        "j": np.tile(np.arange(nlon, dtype=float), nlat),
+        "fx": np.repeat(dt / (EARTH_RADIUS * np.cos(phi) * (2 * np.pi / nlon)), nlon),
+        "fy": dt / (EARTH_RADIUS * np.pi / nlat),
+        "next": np.roll(np.arange(nlon), -1),
+    }
     # Warm advection −v·∂T/∂y across the 55·cos²φ profile, halved to keep anomalies at realistic size.
     warm = np.repeat(0.5 * 55 * np.sin(2 * phi) * dt / EARTH_RADIUS, nlon)
     r_clim = 80 - 15 * np.exp(-(((np.abs(lat) - 25) / 10) ** 2))
@@ -213,7 +228,8 @@ def generate(years: list[int], grid: tuple[int, int] = (32, 64), seed: int = 0, 
     offset = 0
     for year, start, n_hours in zip(years, starts, lengths, strict=True):
         init_rng, forcing_rng, obs_rng = map(
-            np.random.default_rng, np.random.SeedSequence(seed, spawn_key=(1, year)).spawn(3))
+            np.random.default_rng, np.random.SeedSequence(seed, spawn_key=(1, year)).spawn(3)
+        )
         state = _SIGMA[:, None] * (init_rng.standard_normal((2, noise.shape[0])) @ noise)
         total = SPINUP_HOURS + n_hours
         for c0 in range(0, total, _CHUNK):
@@ -236,10 +252,15 @@ def generate(years: list[int], grid: tuple[int, int] = (32, 64), seed: int = 0, 
             u, v, conv, t_det, t_diurnal = np.moveaxis(det[sel], 1, 0)
             (t_anom, q_anom), o = np.moveaxis(states[sel], 1, 0), np.moveaxis(obs[sel], 1, 0)
             r = 100 / (1 + np.exp(-(z_clim + q_anom - 0.12 * (t_anom + t_diurnal) + 0.6 * conv + o[3])))
-            out = {"u10": u + o[0], "v10": v + o[1], "t2m": t_det + t_anom + o[2], "r": r,
-                   "tcc": 1 / (1 + np.exp(-((r - 75) / 8 + 0.8 * conv + o[4])))}
+            out = {
+                "u10": u + o[0],
+                "v10": v + o[1],
+                "t2m": t_det + t_anom + o[2],
+                "r": r,
+                "tcc": 1 / (1 + np.exp(-((r - 75) / 8 + 0.8 * conv + o[4]))),
+            }
             first = offset + h[sel][0] // step_hours
             for name in names:
-                fields[name][first:first + sel.sum()] = out[name].reshape(-1, nlat, nlon)
+                fields[name][first : first + sel.sum()] = out[name].reshape(-1, nlat, nlon)
         offset += len(range(0, n_hours, step_hours))
     return SyntheticFields(time=time, lat=lat, lon=lon, fields=fields)

@@ -58,13 +58,19 @@ def _empty(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0).new(storage).view(shape)
 
 
-def batch_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, drop_last: bool,
-                 num_workers: int = 0) -> DataLoader:
+def batch_loader(
+    dataset: Dataset, sampler: Sampler[int], batch_size: int, drop_last: bool, num_workers: int = 0
+) -> DataLoader:
     """A DataLoader that asks the dataset for whole batches (a list of indices per call) instead of
     collating single windows: one allocation and one normalisation pass per batch."""
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=num_workers, persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(0))  # new iterators draw nothing from the global RNG
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=BatchSampler(sampler, batch_size, drop_last),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )  # new iterators draw nothing from the global RNG
 
 
 def _frame_years(times: np.ndarray) -> np.ndarray:
@@ -89,37 +95,56 @@ class ShardWindowDataset(Dataset):
     be built in the parent and handed to DataLoader workers.
     """
 
-    def __init__(self, directory: Path, years: Sequence[int], in_frames: int, out_frames: int, stride: int,
-                 step_hours: int = 1, *, mean: np.ndarray, std: np.ndarray, channels: Sequence[int] | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        years: Sequence[int],
+        in_frames: int,
+        out_frames: int,
+        stride: int,
+        step_hours: int = 1,
+        *,
+        mean: np.ndarray,
+        std: np.ndarray,
+        channels: Sequence[int] | None = None,
+    ):
         if in_frames < 1 or out_frames < 1 or stride < 1 or step_hours < 1:
-            raise ValueError(f"ShardWindowDataset: expected positive in_frames, out_frames, stride and step_hours, "
-                             f"got {in_frames}, {out_frames}, {stride}, {step_hours}")
+            raise ValueError(
+                f"ShardWindowDataset: expected positive in_frames, out_frames, stride and step_hours, "
+                f"got {in_frames}, {out_frames}, {stride}, {step_hours}"
+            )
         self.reader = ShardReader(directory)
         base = int(self.reader.index["time_step_hours"])
         if step_hours % base:
             raise ValueError(f"step_hours {step_hours}: expected a multiple of the shards' time step ({base} h)")
         num_channels = self.reader.meta.shape[0]
         self.channels = None if channels is None else np.asarray(channels, dtype=np.int64)
-        if self.channels is not None and (self.channels.ndim != 1 or not np.all(
-                (self.channels >= 0) & (self.channels < num_channels))):
-            raise ValueError(f"channels {list(channels)}: expected indices into the {num_channels} shard channels "
-                             f"{self.reader.meta.channels}")
+        if self.channels is not None and (
+            self.channels.ndim != 1 or not np.all((self.channels >= 0) & (self.channels < num_channels))
+        ):
+            raise ValueError(
+                f"channels {list(channels)}: expected indices into the {num_channels} shard channels "
+                f"{self.reader.meta.channels}"
+            )
         c = num_channels if self.channels is None else len(self.channels)
         if self.channels is not None and np.array_equal(self.channels, np.arange(num_channels)):
             self.channels = None  # all channels in shard order: read straight into the batch
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
         if self.mean.shape[0] != c or self.std.shape[0] != c or np.any(self.std <= 0):
-            raise ValueError(f"mean/std: expected {c} entries (one per returned channel), std > 0; got "
-                             f"{self.mean.shape[0]} and {self.std.shape[0]}")
+            raise ValueError(
+                f"mean/std: expected {c} entries (one per returned channel), std > 0; got "
+                f"{self.mean.shape[0]} and {self.std.shape[0]}"
+            )
         self.in_frames, self.out_frames, self.step_hours = int(in_frames), int(out_frames), int(step_hours)
 
         times = self.reader.times
         keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
         keep &= times.astype(np.int64) % step_hours == 0
         self.frames = np.flatnonzero(keep)  # global frame index of each frame on the subsampled axis
-        self.starts = window_starts(times[self.frames], self.in_frames + self.out_frames, stride,
-                                    np.timedelta64(step_hours, "h"))
+        self.starts = window_starts(
+            times[self.frames], self.in_frames + self.out_frames, stride, np.timedelta64(step_hours, "h")
+        )
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -24,9 +24,14 @@ def init_process_group(info: RankInfo) -> None:
 
     if not cuda:
         disable_shm_comm_op()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               distributed_port=info.master_port, rank=info.rank, world_size=info.world_size,
-                               verbose=False)
+    deepspeed.init_distributed(
+        dist_backend="nccl" if cuda else "gloo",
+        auto_mpi_discovery=False,
+        distributed_port=info.master_port,
+        rank=info.rank,
+        world_size=info.world_size,
+        verbose=False,
+    )
 
 
 def teardown() -> None:

@@ -178,8 +178,7 @@ class Translator(nn.Module):
 
     checkpoint_blocks = False
 
-    def __init__(self, in_channels: int, dim: int, num_blocks: int, num_heads: int,
-                 drop_path: float):
+    def __init__(self, in_channels: int, dim: int, num_blocks: int, num_heads: int, drop_path: float):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, dim, 1)
         block = TranslatorBlock(dim, num_heads, drop_path)
@@ -191,8 +190,12 @@ class Translator(nn.Module):
         x = self.conv_in(z_bcthw.reshape(b * c, t, h, w)).reshape(b, c, -1, h, w)
         for block in self.blocks:
             if self.checkpoint_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False,
-                               context_fn=lambda blk=block: (contextlib.nullcontext(), _FrozenBatchNormStatistics(blk)))
+                x = checkpoint(
+                    block,
+                    x,
+                    use_reentrant=False,
+                    context_fn=lambda blk=block: (contextlib.nullcontext(), _FrozenBatchNormStatistics(blk)),
+                )
             else:
                 x = block(x)
         return self.conv_out(x.reshape(b * c, -1, h, w)).reshape(b, c, t, h, w)

@@ -67,6 +67,6 @@ def average_batchnorm_statistics(module: nn.Module, group: dist.ProcessGroup | N
     average = total / world
     offset = 0
     for b in buffers:
-        b.copy_(average[offset:offset + b.numel()].view_as(b))
+        b.copy_(average[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
     return int(flat.numel())

@@ -39,8 +39,9 @@ def setup_ranks(cfg: Config) -> tuple[RankInfo, bool]:
     info = discover(os.environ, default_port=free_port())
     deepspeed = uses_deepspeed(cfg, info.world_size)
     if deepspeed and cfg.momentum.reference_backward:
-        raise ConfigError("'momentum.reference_backward' relies on single-process autograd behaviour; "
-                          "set it to false under DeepSpeed")
+        raise ConfigError(
+            "'momentum.reference_backward' relies on single-process autograd behaviour; set it to false under DeepSpeed"
+        )
     if deepspeed:
         check_versions("deepspeed")
         init_process_group(info)
@@ -55,8 +56,9 @@ def prepare_run_dir(cfg: Config, rank: int) -> Path:
     return run_dir
 
 
-def build_model(cfg: Config, schedule: Schedule, run_dir: Path, resuming: bool, deepspeed: bool,
-                device: torch.device) -> Met2Net:
+def build_model(
+    cfg: Config, schedule: Schedule, run_dir: Path, resuming: bool, deepspeed: bool, device: torch.device
+) -> Met2Net:
     """The model with what the schedule trains unfrozen; weights from ``training.init_from`` (stage two: this run's
     stage one by default) unless the run resumes, which loads its own."""
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
@@ -77,13 +79,16 @@ def count_steps(cfg: Config, splits: Splits) -> int:
     t = cfg.training
     steps_per_epoch = len(splits.train) // t.batch_size  # every rank takes an equal share of each batch
     if steps_per_epoch == 0:
-        raise ValueError(f"the training split has {len(splits.train)} windows, fewer than one batch "
-                         f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch")
+        raise ValueError(
+            f"the training split has {len(splits.train)} windows, fewer than one batch "
+            f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch"
+        )
     return t.max_steps or t.epochs * steps_per_epoch
 
 
-def build_engine(cfg: Config, model: Met2Net, total_steps: int, info: RankInfo, deepspeed: bool,
-                 run_dir: Path, load_universal: bool) -> Engine:
+def build_engine(
+    cfg: Config, model: Met2Net, total_steps: int, info: RankInfo, deepspeed: bool, run_dir: Path, load_universal: bool
+) -> Engine:
     """Our optimizer and LR schedule over the trained parameters, under DeepSpeed or the plain-PyTorch engine."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg.training)
@@ -104,24 +109,40 @@ def build_trainer(cfg: Config) -> Trainer:
     run_dir = prepare_run_dir(cfg, info.rank)
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
-    checkpoints = CheckpointManager(layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size,
-                                    cfg.training.keep_last)
+    checkpoints = CheckpointManager(
+        layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, cfg.training.keep_last
+    )
     resume_from = checkpoints.find_resumable() if cfg.training.resume else None
     device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(cfg, schedule, run_dir, resume_from is not None, deepspeed, device)
     total = count_steps(cfg, splits)
     resume_mode = resume_from and universal.resume_mode(
-        resume_from, checkpoint.load_meta(resume_from), info.world_size, "deepspeed" if deepspeed else "local",
-        cfg.deepspeed.zero_stage)
+        resume_from,
+        checkpoint.load_meta(resume_from),
+        info.world_size,
+        "deepspeed" if deepspeed else "local",
+        cfg.deepspeed.zero_stage,
+    )
     micro = micro_batch_size(cfg, info.world_size) if deepspeed else cfg.training.batch_size
     engine = build_engine(cfg, model, total, info, deepspeed, run_dir, resume_mode == "universal")
-    trainer = Trainer(cfg, run_dir, model, schedule, engine, splits, total, checkpoints, info.rank, info.world_size,
-                      micro, device)
+    trainer = Trainer(
+        cfg, run_dir, model, schedule, engine, splits, total, checkpoints, info.rank, info.world_size, micro, device
+    )
     if resume_from is not None:
         trainer.resume(resume_from, resume_mode)
-    trainer.log({"split": "start", "trainable_params": count_parameters(model, trainable_only=True),
-                 "total_params": count_parameters(model), "train_windows": len(splits.train),
-                 "val_windows": len(splits.val), "total_steps": total, "world_size": info.world_size,
-                 "num_nodes": info.num_nodes, "launcher": info.launcher, "master_addr": info.master_addr,
-                 "engine": "deepspeed" if deepspeed else "local"})
+    trainer.log(
+        {
+            "split": "start",
+            "trainable_params": count_parameters(model, trainable_only=True),
+            "total_params": count_parameters(model),
+            "train_windows": len(splits.train),
+            "val_windows": len(splits.val),
+            "total_steps": total,
+            "world_size": info.world_size,
+            "num_nodes": info.num_nodes,
+            "launcher": info.launcher,
+            "master_addr": info.master_addr,
+            "engine": "deepspeed" if deepspeed else "local",
+        }
+    )
     return trainer

@@ -49,8 +49,9 @@ class CheckpointError(ValueError):
 # -- files --------------------------------------------------------------------------------------------------------
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -100,8 +101,15 @@ def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
     has its name."""
     tmp, final = partial_dir(stage_dir, step), stage_dir / f"step_{step}"
     files = {str(p.relative_to(tmp)): sha256(p) for p in _files(tmp) if p.name not in (META, MARKER)}
-    meta = {"format": FORMAT, "step": step, "met2net": met2net.__version__, "torch": torch.__version__,
-            "git": git_revision(), **meta, "files": files}
+    meta = {
+        "format": FORMAT,
+        "step": step,
+        "met2net": met2net.__version__,
+        "torch": torch.__version__,
+        "git": git_revision(),
+        **meta,
+        "files": files,
+    }
     text = json.dumps(meta, indent=2)
     _write_durable(tmp / META, text)
     _write_durable(tmp / MARKER, hashlib.sha256(text.encode()).hexdigest())
@@ -154,9 +162,11 @@ def newest_intact(stage_dir: Path, warn: Callable[[str], None] | None = None) ->
             return ckpt
         skipped.append(f"{ckpt.name} ({', '.join(problems)})")  # named step_<n> only once complete: damaged
     if skipped:
-        raise CheckpointError(f"{stage_dir}: no intact checkpoint to resume from: " + "; ".join(skipped) + ". Move "
-                              "the damaged directories away to start this stage again from step 0, or start a new "
-                              "run from an intact checkpoint's weights (training.init_from=..., another run.dir)")
+        raise CheckpointError(
+            f"{stage_dir}: no intact checkpoint to resume from: " + "; ".join(skipped) + ". Move "
+            "the damaged directories away to start this stage again from step 0, or start a new "
+            "run from an intact checkpoint's weights (training.init_from=..., another run.dir)"
+        )
     return None
 
 
@@ -204,21 +214,27 @@ def resolve(path: str | Path, schedule: str | None) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
     if p.is_file():
-        raise FileNotFoundError(f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
-                                f"directory (checkpoints/<schedule>) or a run directory. The authors' .ckpt weights "
-                                f"map onto met2net's with met2net.model.reference_keys")
+        raise FileNotFoundError(
+            f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
+            f"directory (checkpoints/<schedule>) or a run directory. The authors' .ckpt weights "
+            f"map onto met2net's with met2net.model.reference_keys"
+        )
     if (p / "latest").is_file():  # a stage directory, e.g. <run>/checkpoints/stage2
         p = p / (p / "latest").read_text().strip()
     elif not (p / META).exists() and not (p / MARKER).exists():
         where = f"with a {schedule} checkpoint" if schedule else "nor a stage directory (no latest)"
         latest_ = p / "checkpoints" / str(schedule) / "latest"
         if schedule is None or not latest_.exists():
-            raise FileNotFoundError(f"{p}: neither a checkpoint (no {META}) nor a run directory {where}"
-                                    + (f" ({latest_} is missing)" if schedule else ""))
+            raise FileNotFoundError(
+                f"{p}: neither a checkpoint (no {META}) nor a run directory {where}"
+                + (f" ({latest_} is missing)" if schedule else "")
+            )
         p = latest_.parent / latest_.read_text().strip()
     if not (p / MARKER).exists():
-        raise FileNotFoundError(f"{p}: checkpoint is incomplete (no {MARKER} marker): the run that "
-                                f"wrote it stopped mid-write; use an earlier step")
+        raise FileNotFoundError(
+            f"{p}: checkpoint is incomplete (no {MARKER} marker): the run that "
+            f"wrote it stopped mid-write; use an earlier step"
+        )
     problems = verify(p)
     if problems:
         raise CheckpointError(f"{p}: damaged checkpoint: {'; '.join(problems)}; use an earlier step")
@@ -233,8 +249,9 @@ def load_meta(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged, use an earlier step") from e
 
 
-def init_from(model: torch.nn.Module, path: str | Path, schedule: str | None,
-              model_cfg: dict[str, Any]) -> dict[str, Any]:
+def init_from(
+    model: torch.nn.Module, path: str | Path, schedule: str | None, model_cfg: dict[str, Any]
+) -> dict[str, Any]:
     """Weights only (fresh optimizer) from a COMPLETE checkpoint (of ``schedule``, if given)
     of the same model configuration — how stage two starts from stage one."""
     ckpt = resolve(path, schedule)
@@ -244,8 +261,7 @@ def init_from(model: torch.nn.Module, path: str | Path, schedule: str | None,
     theirs = meta.get("model", {})
     diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
     if diff:
-        details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}"
-                            for k in diff)
+        details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
         raise ValueError(f"{ckpt}: was trained with another model configuration ({details})")
     model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
     return meta
@@ -272,8 +288,9 @@ class CheckpointManager:
         """The checkpoint a resume starts from (rank 0 looks and verifies; every rank gets its answer)."""
         return on_rank0(newest_intact, self.rank, self.world_size, self.stage_dir, self._warn)
 
-    def save(self, step: int, engine: Engine, model: torch.nn.Module, progress: dict[str, Any],
-             meta: dict[str, Any]) -> Path:
+    def save(
+        self, step: int, engine: Engine, model: torch.nn.Module, progress: dict[str, Any], meta: dict[str, Any]
+    ) -> Path:
         """Every rank writes its engine state, RNG state (``progress["rng"]``) and own BatchNorm statistics into a
         partial directory; rank 0 adds the whole weights (``model.pt``, gathered under ZeRO-3, with the statistics
         averaged over the ranks) and publishes it. Saving leaves the live statistics as they were, so where the
@@ -315,12 +332,13 @@ class CheckpointManager:
         try:
             if mode == "universal":
                 if not engine.load_universal_checkpoint():
-                    raise RuntimeError(f"written by {saved_world} rank(s), this run has {self.world_size}: build "
-                                       "the DeepSpeed engine with load_universal=True (build_trainer does)")
+                    raise RuntimeError(
+                        f"written by {saved_world} rank(s), this run has {self.world_size}: build "
+                        "the DeepSpeed engine with load_universal=True (build_trainer does)"
+                    )
                 on_rank0(universal.convert, self.rank, self.world_size, ckpt)
                 _, client = engine.load_checkpoint(ckpt, tag=universal.UNIVERSAL)
-                universal.restore_untrained(model, torch.load(ckpt / "model.pt", map_location="cpu",
-                                                              weights_only=True))
+                universal.restore_untrained(model, torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
             else:
                 _, client = engine.load_checkpoint(ckpt.parent, tag=ckpt.name)
             rng = None
@@ -330,8 +348,10 @@ class CheckpointManager:
                 if own.exists():  # older checkpoints: the engine's (rank 0's) statistics
                     set_batchnorm_statistics(model, torch.load(own, weights_only=True))
         except (OSError, RuntimeError, KeyError, EOFError) as e:
-            raise CheckpointError(f"{ckpt}: rank {self.rank} could not load it ({e}). Resume from an earlier step "
-                                  "(move this one away) or start a new run from its weights only") from e
+            raise CheckpointError(
+                f"{ckpt}: rank {self.rank} could not load it ({e}). Resume from an earlier step "
+                "(move this one away) or start a new run from its weights only"
+            ) from e
         if client is None:
             raise CheckpointError(f"{ckpt}: the engine found no checkpoint state in it")
         return {**client, "rng": rng, "saved_world_size": saved_world}

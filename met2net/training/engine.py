@@ -35,8 +35,9 @@ class Engine(Protocol):
 
     def get_lr(self) -> list[float]: ...
 
-    def save_checkpoint(self, save_dir: str | Path, tag: str, client_state: dict[str, Any],
-                        save_latest: bool = ...) -> Any: ...
+    def save_checkpoint(
+        self, save_dir: str | Path, tag: str, client_state: dict[str, Any], save_latest: bool = ...
+    ) -> Any: ...
 
     def load_checkpoint(self, load_dir: str | Path, tag: str) -> tuple[Any, dict[str, Any]]: ...
 
@@ -46,8 +47,13 @@ class Engine(Protocol):
 class LocalEngine:
     """Single-process engine: plain PyTorch with the calls of a DeepSpeed engine."""
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 lr_scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        grad_clip: float,
+    ):
         self.module, self.optimizer, self.lr_scheduler = module, optimizer, lr_scheduler
         self.grad_clip = grad_clip
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -68,11 +74,18 @@ class LocalEngine:
     def get_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 
-    def save_checkpoint(self, save_dir: str | Path, tag: str, client_state: dict[str, Any],
-                        save_latest: bool = False) -> None:
-        torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "lr_scheduler": self.lr_scheduler.state_dict(), "client_state": client_state},
-                   Path(save_dir) / tag / LOCAL_STATE)
+    def save_checkpoint(
+        self, save_dir: str | Path, tag: str, client_state: dict[str, Any], save_latest: bool = False
+    ) -> None:
+        torch.save(
+            {
+                "module": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "client_state": client_state,
+            },
+            Path(save_dir) / tag / LOCAL_STATE,
+        )
 
     def load_checkpoint(self, load_dir: str | Path, tag: str) -> tuple[Path, dict[str, Any]]:
         path = Path(load_dir) / tag / LOCAL_STATE
@@ -90,7 +103,7 @@ LOCAL_STATE = "engine.pt"  # LocalEngine's file in a checkpoint directory
 
 
 def engine_kind(engine: Engine) -> str:
-    """"local" or "deepspeed": what checkpoints record, so a resume can tell whether it can load them."""
+    """ "local" or "deepspeed": what checkpoints record, so a resume can tell whether it can load them."""
     return "local" if isinstance(engine, LocalEngine) else "deepspeed"
 
 
@@ -105,7 +118,8 @@ def micro_batch_size(cfg: Config, world_size: int) -> int:
         raise ConfigError(
             f"'training.batch_size' {cfg.training.batch_size} is not divisible by deepspeed.gradient_accumulation "
             f"({cfg.deepspeed.gradient_accumulation}) × ranks ({world_size}) = {per_micro}; "
-            f"use a multiple of {per_micro} or change the accumulation")
+            f"use a multiple of {per_micro} or change the accumulation"
+        )
     return cfg.training.batch_size // per_micro
 
 
@@ -136,15 +150,24 @@ def deepspeed_config(cfg: Config, world_size: int, load_universal: bool = False)
     return conf
 
 
-def build_deepspeed_engine(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           lr_scheduler: torch.optim.lr_scheduler.LRScheduler, world_size: int,
-                           load_universal: bool = False) -> Engine:
+def build_deepspeed_engine(
+    cfg: Config,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    world_size: int,
+    load_universal: bool = False,
+) -> Engine:
     """DeepSpeed wraps the whole Met²Net module (trained and momentum copies) with our optimizer and LR
     schedule; the engine answers the loop's calls (backward, step, get_lr, ...)."""
     import deepspeed
 
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                           config=deepspeed_config(cfg, world_size, load_universal))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        config=deepspeed_config(cfg, world_size, load_universal),
+    )
     return engine
 
 

@@ -54,20 +54,31 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoints.attach_log(self.log)
         micro = self.micro_batch or self.cfg.training.batch_size
-        self.train_sampler = ShardedSampler(len(self.splits.train), rank=self.rank, world_size=self.world_size,
-                                            seed=self.cfg.run.seed)
+        self.train_sampler = ShardedSampler(
+            len(self.splits.train), rank=self.rank, world_size=self.world_size, seed=self.cfg.run.seed
+        )
         workers = self.cfg.data.num_workers
         self.train_loader = batch_loader(self.splits.train, self.train_sampler, micro, True, workers)
-        val_sampler = (SequentialSampler(self.splits.val) if self.world_size == 1 else  # ranks split validation
-                       ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False))
+        val_sampler = (
+            SequentialSampler(self.splits.val)
+            if self.world_size == 1
+            # ranks split validation
+            else ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False)
+        )
         self.val_loader = batch_loader(self.splits.val, val_sampler, micro, False, workers)
 
     # -- the run -------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         t = self.cfg.training
         quiet = self.rank != 0 or not t.progress  # otherwise None: tqdm stays off without a TTY
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.schedule.name,
-                   disable=True if quiet else None, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.schedule.name,
+            disable=True if quiet else None,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         last_val: dict[str, float] = {}
         while self.step < self.total_steps:
             self.train_sampler.set_epoch(self.epoch)
@@ -83,8 +94,15 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", samples_s=f"{rate:.1f}")
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    self.log({"split": "train", "epoch": self.epoch, "lr": self.engine.get_lr()[0],
-                              "samples_per_s": rate, **parts})
+                    self.log(
+                        {
+                            "split": "train",
+                            "epoch": self.epoch,
+                            "lr": self.engine.get_lr()[0],
+                            "samples_per_s": rate,
+                            **parts,
+                        }
+                    )
                 if (t.val_every and self.step % t.val_every == 0) or self.step == self.total_steps:
                     last_val = self.validate()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < self.total_steps:
@@ -162,8 +180,7 @@ class Trainer:
     # -- progress as state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """This rank's progress: step, epoch, sampler position (the same on every rank) and RNG state (its own)."""
-        return {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict(),
-                "rng": rng_state()}
+        return {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict(), "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """``state["rng"]`` None: saved by another number of ranks; fresh RNG states from (seed, step, rank)."""
@@ -177,11 +194,20 @@ class Trainer:
     def meta(self, val: dict[str, float]) -> dict[str, Any]:
         """What a checkpoint says about itself, so that evaluation and consolidation need nothing else."""
         kind = engine_kind(self.engine)
-        return {"schedule": self.schedule.name, "model": self.cfg.model.__dict__.copy(), "config": self.cfg.to_dict(),
-                "val": val, "world_size": self.world_size, "engine": kind,
-                "zero_stage": self.cfg.deepspeed.zero_stage if kind == "deepspeed" else 0,
-                "stats": {"variables": self.cfg.model.variables, "mean": self.splits.mean.tolist(),
-                          "std": self.splits.std.tolist()}}
+        return {
+            "schedule": self.schedule.name,
+            "model": self.cfg.model.__dict__.copy(),
+            "config": self.cfg.to_dict(),
+            "val": val,
+            "world_size": self.world_size,
+            "engine": kind,
+            "zero_stage": self.cfg.deepspeed.zero_stage if kind == "deepspeed" else 0,
+            "stats": {
+                "variables": self.cfg.model.variables,
+                "mean": self.splits.mean.tolist(),
+                "std": self.splits.std.tolist(),
+            },
+        }
 
     # -- helpers -------------------------------------------------------------------------------------------------
     @property

@@ -25,7 +25,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig) -
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig,
-                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps) / cfg.lr)
+        optimizer, lambda s: lr_at(s, cfg.lr, cfg.min_lr, cfg.warmup_steps, total_steps) / cfg.lr
+    )

@@ -59,7 +59,8 @@ class StopWatch:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32,
-                            device=device)
+        flag = torch.tensor(
+            [0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32, device=device
+        )
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return {0: None, 1: "time limit", 2: "signal"}[int(flag)]

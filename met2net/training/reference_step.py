@@ -35,6 +35,10 @@ class LiteralImplicit(Implicit):
         loss_latent = F.mse_loss(_per_frame(z_pred, t), _per_frame(z_y, t))
         loss_pre = F.mse_loss(model.decode(model.decoders_k, z_pred, t), y)
         loss = loss_rec + loss_latent + self.pred_weight * loss_pre
-        parts = {"loss": loss.detach(), "rec": loss_rec.detach(), "latent": loss_latent.detach(),
-                 "pred": loss_pre.detach()}
+        parts = {
+            "loss": loss.detach(),
+            "rec": loss_rec.detach(),
+            "latent": loss_latent.detach(),
+            "pred": loss_pre.detach(),
+        }
         return StepOutput(loss, parts)

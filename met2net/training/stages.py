@@ -92,8 +92,9 @@ class Schedule:
         return parts
 
     # -- shared pieces ---------------------------------------------------------------------
-    def _latent_terms(self, model: Met2Net, zk_x: torch.Tensor, zk_y: torch.Tensor,
-                      y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _latent_terms(
+        self, model: Met2Net, zk_x: torch.Tensor, zk_y: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         z_pred = model.translator_q(zk_x)
         terms = {"latent": F.mse_loss(z_pred, zk_y)}
         if self.pred_weight > 0:
@@ -139,8 +140,7 @@ class StageOne(Schedule):
     val_terms = ("rec",)
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)),
-                           x.shape[1])
+        rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)), x.shape[1])
         return self._total({"rec": F.mse_loss(rec, y)})
 
     def after_backward(self, model: Met2Net) -> None:
@@ -176,8 +176,9 @@ class EndToEnd(Schedule):
 
 # The names are declared once, in met2net.config.SCHEDULES (torch-free, so config validation and the launchers
 # use them without importing torch); here each gets its class, in the same order.
-SCHEDULES: dict[str, type[Schedule]] = dict(zip(config.SCHEDULES, (Implicit, StageOne, StageTwo, EndToEnd),
-                                                strict=True))
+SCHEDULES: dict[str, type[Schedule]] = dict(
+    zip(config.SCHEDULES, (Implicit, StageOne, StageTwo, EndToEnd), strict=True)
+)
 for _name, _cls in SCHEDULES.items():
     _cls.name = _name
 

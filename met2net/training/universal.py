@@ -45,12 +45,16 @@ def _describe(engine: str, stage: int, world_size: int) -> str:
 
 def _how_to_resume(engine: str, stage: int) -> str:
     if engine == "local":
-        return ("resume it on one process with deepspeed.zero_stage=0 and deepspeed.gradient_accumulation=1 "
-                "(the engine that wrote it)")
+        return (
+            "resume it on one process with deepspeed.zero_stage=0 and deepspeed.gradient_accumulation=1 "
+            "(the engine that wrote it)"
+        )
     if stage > 0:
         return "resume with deepspeed.zero_stage=1, 2 or 3 (DeepSpeed, on any number of ranks, one included)"
-    return ("resume on DeepSpeed with deepspeed.zero_stage=0 (2 or more ranks, or deepspeed.gradient_accumulation "
-            "above 1 on one)")
+    return (
+        "resume on DeepSpeed with deepspeed.zero_stage=0 (2 or more ranks, or deepspeed.gradient_accumulation "
+        "above 1 on one)"
+    )
 
 
 def resume_mode(ckpt: Path, meta: dict[str, Any], world_size: int, engine: str, zero_stage: int) -> str:
@@ -67,7 +71,8 @@ def resume_mode(ckpt: Path, meta: dict[str, Any], world_size: int, engine: str, 
             f"{ckpt}: written by {_describe(saved_engine, saved_stage, saved_world)}; this run uses "
             f"{_describe(engine, zero_stage, world_size)}. Its engine state cannot move between the plain-PyTorch "
             f"engine and DeepSpeed, nor between ZeRO-0 and ZeRO 1/2/3: {_how_to_resume(saved_engine, saved_stage)}; "
-            f"or start a new run from its weights only (training.init_from={ckpt}, another run.dir; fresh optimizer).")
+            f"or start a new run from its weights only (training.init_from={ckpt}, another run.dir; fresh optimizer)."
+        )
     if saved_world == world_size or engine == "local" or zero_stage == 0:
         return "same"  # ZeRO-0 keeps whole optimizer state, the same at every world size
     return "universal"

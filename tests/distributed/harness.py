@@ -18,14 +18,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def local_rank_info(rank: int, world_size: int, port: int) -> RankInfo:
     """Rank ``rank`` of ``world_size`` processes on this machine."""
-    return RankInfo(rank=rank, world_size=world_size, local_rank=rank, local_world_size=world_size, node_rank=0,
-                    num_nodes=1, master_addr="127.0.0.1", master_port=port, launcher="single")
+    return RankInfo(
+        rank=rank,
+        world_size=world_size,
+        local_rank=rank,
+        local_world_size=world_size,
+        node_rank=0,
+        num_nodes=1,
+        master_addr="127.0.0.1",
+        master_port=port,
+        launcher="single",
+    )
 
 
 def run_ranks(fn, world_size: int, out_dir: Path, *args) -> list:
     port = free_port()
-    mp.start_processes(_entry, args=(fn, world_size, port, str(out_dir), args), nprocs=world_size, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _entry, args=(fn, world_size, port, str(out_dir), args), nprocs=world_size, join=True, start_method="spawn"
+    )
     return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 

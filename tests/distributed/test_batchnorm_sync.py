@@ -25,19 +25,25 @@ def gather(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def average_vs_global_batch(rank: int, world: int) -> dict:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GELU(), nn.Conv2d(4, 4, 1),
-                          nn.BatchNorm2d(4)).train()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GELU(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+    ).train()
     single = copy.deepcopy(model)
     x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
     micro = len(x) // world
     with torch.no_grad():
-        model(x[rank * micro:(rank + 1) * micro])
+        model(x[rank * micro : (rank + 1) * micro])
         single(x)  # one process with the whole (global) batch
     before = gather(batchnorm_statistics(model))
     count = average_batchnorm_statistics(model)
     after = gather(batchnorm_statistics(model))
-    return {"before": before, "after": after, "count": count, "model": model.state_dict(),
-            "single": single.state_dict()}
+    return {
+        "before": before,
+        "after": after,
+        "count": count,
+        "model": model.state_dict(),
+        "single": single.state_dict(),
+    }
 
 
 @pytest.mark.distributed
@@ -61,9 +67,17 @@ def test_average_is_every_ranks_mean_and_the_global_batch_running_mean(tmp_path)
 def train_then_validate(rank: int, world: int, run_dir: str) -> dict:
     from met2net.training.build import build_trainer
 
-    cfg = load_config(ROOT / "configs/quickstart.yaml", [*TINY, f"run.dir={run_dir}", "training.progress=false",
-                                                        "training.schedule=implicit", "deepspeed.zero_stage=2",
-                                                        "training.max_steps=3"])
+    cfg = load_config(
+        ROOT / "configs/quickstart.yaml",
+        [
+            *TINY,
+            f"run.dir={run_dir}",
+            "training.progress=false",
+            "training.schedule=implicit",
+            "deepspeed.zero_stage=2",
+            "training.max_steps=3",
+        ],
+    )
     trainer = build_trainer(cfg)
     trainer.train()  # ends with a validation and a checkpoint
     end = gather(batchnorm_statistics(trainer.model))
@@ -75,8 +89,13 @@ def train_then_validate(rank: int, world: int, run_dir: str) -> dict:
     val_x, val_y = next(iter(trainer.val_loader))
     val_x, val_y = gather([val_x])[0].float().view_as(val_x), gather([val_y])[0].float().view_as(val_y)  # rank 0's
     val = trainer.schedule.validation_losses(trainer.model, val_x, val_y)
-    result = {"end": end, "drifted": drifted, "synced": synced, "val": gather(list(val.values())),
-              "model_pt": torch.load(trainer.stage_dir / "step_3/model.pt", weights_only=True)}
+    result = {
+        "end": end,
+        "drifted": drifted,
+        "synced": synced,
+        "val": gather(list(val.values())),
+        "model_pt": torch.load(trainer.stage_dir / "step_3/model.pt", weights_only=True),
+    }
     del trainer
     return result
 
@@ -90,6 +109,7 @@ def test_trained_ranks_hold_the_same_statistics_and_validate_alike(tmp_path):
     assert torch.equal(r["synced"][0], r["synced"][1])
     assert torch.equal(r["synced"][0].float(), ((r["drifted"][0] + r["drifted"][1]) / 2).float())
     assert torch.equal(r["val"][0], r["val"][1])  # the same model on every rank: the same validation losses
-    saved = torch.cat([v.reshape(-1).double() for k, v in r["model_pt"].items() if k.endswith(("running_mean",
-                                                                                              "running_var"))])
+    saved = torch.cat(
+        [v.reshape(-1).double() for k, v in r["model_pt"].items() if k.endswith(("running_mean", "running_var"))]
+    )
     assert torch.equal(saved, r["end"][0])  # model.pt holds the average (the momentum copies' included)

@@ -22,8 +22,14 @@ from tests.distributed.test_resume import losses
 from tests.distributed.test_train_launchers import BIN, launch
 from tests.e2e.test_train_cli import TINY
 
-LONG = ["training.schedule=implicit", "training.max_steps=40", "training.log_every=1", "training.val_every=0",
-        "training.epochs=0", "deepspeed.zero_stage=2"]
+LONG = [
+    "training.schedule=implicit",
+    "training.max_steps=40",
+    "training.log_every=1",
+    "training.val_every=0",
+    "training.epochs=0",
+    "deepspeed.zero_stage=2",
+]
 
 
 def records(run: Path) -> list[dict]:
@@ -34,8 +40,17 @@ def records(run: Path) -> list[dict]:
 @pytest.mark.distributed
 def test_time_limit_checkpoints_and_asks_for_requeue(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
-           f"run.dir={tmp_path}", "training.progress=false", "training.time_limit=0.001"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "met2net.cli",
+        "train",
+        str(ROOT / "configs/quickstart.yaml"),
+        *TINY,
+        f"run.dir={tmp_path}",
+        "training.progress=false",
+        "training.time_limit=0.001",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert out.returncode == REQUEUE_EXIT_CODE, out.stderr[-2000:]
     assert "time limit" in out.stderr and "requeue me" in out.stderr
@@ -50,15 +65,27 @@ def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
     whole, run = tmp_path / "whole", tmp_path / "run"
     launch(torchrun, whole, *LONG)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port())}
-    cmd = [*torchrun, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY, f"run.dir={run}",
-           "training.progress=false", *LONG]
+    cmd = [
+        *torchrun,
+        "-m",
+        "met2net.cli",
+        "train",
+        str(ROOT / "configs/quickstart.yaml"),
+        *TINY,
+        f"run.dir={run}",
+        "training.progress=false",
+        *LONG,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
     while not any(r["split"] == "train" and r["step"] >= 2 for r in records(run)):
         assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
         time.sleep(0.05)
-    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True)
-             if "met2net.cli" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
+    rank1 = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "met2net.cli" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"
+    ]
     assert len(rank1) == 1
     rank1[0].send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=120)

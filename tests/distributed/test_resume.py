@@ -12,8 +12,11 @@ import torch
 
 from tests.distributed.test_train_launchers import BIN, launch
 
-OVERRIDES = ["training.checkpoint_every=3", "training.log_every=1",
-             "model.drop_path=0.1"]  # DropPath draws random numbers: the RNG state must be restored too
+OVERRIDES = [
+    "training.checkpoint_every=3",
+    "training.log_every=1",
+    "model.drop_path=0.1",
+]  # DropPath draws random numbers: the RNG state must be restored too
 
 
 def losses(run: Path, schedule: str | None = None) -> list[tuple[int, float]]:
@@ -27,15 +30,27 @@ def interrupt_after_first_checkpoint(src: Path, dst: Path, schedule: str) -> Non
     stage = dst / "checkpoints" / schedule
     shutil.rmtree(stage / "step_6")
     (stage / "latest").write_text("step_3")
-    log = [line for line in (dst / "metrics.jsonl").read_text().splitlines()
-           if json.loads(line)["schedule"] != schedule or json.loads(line)["step"] <= 3]  # earlier stages stay
+    log = [
+        line
+        for line in (dst / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["schedule"] != schedule or json.loads(line)["step"] <= 3
+    ]  # earlier stages stay
     (dst / "metrics.jsonl").write_text("\n".join(log) + "\n")
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("engine, schedule", [("local", "implicit"), ("local", "stage1"), ("zero1", "implicit"),
-                                              ("zero2", "implicit"), ("zero3", "implicit"), ("zero3", "stage1"),
-                                              ("zero2", "stage2")])
+@pytest.mark.parametrize(
+    "engine, schedule",
+    [
+        ("local", "implicit"),
+        ("local", "stage1"),
+        ("zero1", "implicit"),
+        ("zero2", "implicit"),
+        ("zero3", "implicit"),
+        ("zero3", "stage1"),
+        ("zero2", "stage2"),
+    ],
+)
 def test_resume_continues_bitwise(tmp_path, engine, schedule):
     if engine == "local":
         cmd, extra = [sys.executable], []

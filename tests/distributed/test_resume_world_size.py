@@ -18,8 +18,13 @@ from tests.distributed.test_train_launchers import BIN, launch, records
 
 TWO = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
 ONE = [sys.executable]  # DeepSpeed on one process: zero_stage > 0
-COMMON = ["training.schedule=implicit", "training.checkpoint_every=3", "training.log_every=1", "model.drop_path=0",
-          "deepspeed.stage3_param_persistence_threshold=0"]
+COMMON = [
+    "training.schedule=implicit",
+    "training.checkpoint_every=3",
+    "training.log_every=1",
+    "model.drop_path=0",
+    "deepspeed.stage3_param_persistence_threshold=0",
+]
 
 
 def loaded_state(run: Path, dst: Path, launcher: list[str], *extra: str) -> Path:
@@ -110,18 +115,23 @@ def test_zero0_moves_to_another_world_size_without_conversion(tmp_path):
     original = whole / "checkpoints/implicit/step_3"
     a, b = (torch.load(d / "model.pt", weights_only=True) for d in (original, loaded))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    opt_a, opt_b = (torch.load(d / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]
-                    for d in (original, loaded))
+    opt_a, opt_b = (
+        torch.load(d / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"] for d in (original, loaded)
+    )
     assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"]
-    assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b["state"][i][k]))
-               for i, state in opt_a["state"].items() for k, v in state.items())
+    assert all(
+        torch.equal(torch.as_tensor(v), torch.as_tensor(opt_b["state"][i][k]))
+        for i, state in opt_a["state"].items()
+        for k, v in state.items()
+    )
     [resume] = [r for r in records(tmp_path / "loaded") if r["split"] == "resume"]
     assert resume["mode"] == "same" and resume["saved_world_size"] == 1
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("saved, now, launcher", [(1, 3, TWO), (3, 2, ONE)],
-                         ids=["zero1-to-zero3", "zero3-to-zero2-on-1-rank"])
+@pytest.mark.parametrize(
+    "saved, now, launcher", [(1, 3, TWO), (3, 2, ONE)], ids=["zero1-to-zero3", "zero3-to-zero2-on-1-rank"]
+)
 def test_resume_moves_between_zero_stages(tmp_path, saved, now, launcher):
     whole = tmp_path / "whole"
     launch(TWO, whole, *COMMON, f"deepspeed.zero_stage={saved}")

@@ -19,11 +19,26 @@ BIN = Path(sys.executable).parent
 
 
 def launch(launcher: list[str], run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port()),
-           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "MASTER_PORT": str(free_port()),
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
     module = [] if launcher[-1] == "--module" else ["-m"]
-    cmd = [*launcher, *module, "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
-           f"run.dir={run_dir}", "training.progress=false", *overrides]
+    cmd = [
+        *launcher,
+        *module,
+        "met2net.cli",
+        "train",
+        str(ROOT / "configs/quickstart.yaml"),
+        *TINY,
+        f"run.dir={run_dir}",
+        "training.progress=false",
+        *overrides,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -36,10 +51,11 @@ def records(run_dir: Path) -> list[dict]:
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["torchrun", "mpirun", "deepspeed"])
 def test_two_rank_zero_training_then_stage_two(tmp_path, launcher):
-    cmd = {"torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable],
-           "mpirun": [str(BIN / "mpirun"), "-n", "2", sys.executable],
-           "deepspeed": [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module"],
-           }[launcher]
+    cmd = {
+        "torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable],
+        "mpirun": [str(BIN / "mpirun"), "-n", "2", sys.executable],
+        "deepspeed": [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module"],
+    }[launcher]
     run = tmp_path / "run"
     out = launch(cmd, run, "training.schedule=stage1", "deepspeed.zero_stage=3")
     assert "stage1: 6 steps on 2 rank(s)" in out.stdout
@@ -71,8 +87,9 @@ def test_bf16_under_zero2_trains_with_fp32_weights_and_momentum_copies(tmp_path)
     train = {p: [r["loss"] for r in records(run) if r["split"] == "train"] for p, run in runs.items()}
     assert len(train["bf16"]) == 3 and all(abs(a - b) < 0.05 * abs(b) for a, b in zip(train["bf16"], train["fp32"]))
     assert train["bf16"] != train["fp32"]  # autocast did run in bf16
-    weights = {p: torch.load(run / "checkpoints/implicit/step_6/model.pt", weights_only=True)
-               for p, run in runs.items()}
+    weights = {
+        p: torch.load(run / "checkpoints/implicit/step_6/model.pt", weights_only=True) for p, run in runs.items()
+    }
     assert all(v.dtype == torch.float32 for k, v in weights["bf16"].items() if v.is_floating_point())
     moved = [k for k in weights["bf16"] if k.startswith("translator_k") and weights["bf16"][k].is_floating_point()]
     assert moved and all(torch.allclose(weights["bf16"][k], weights["fp32"][k], rtol=0.05, atol=1e-3) for k in moved)

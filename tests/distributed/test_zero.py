@@ -26,9 +26,15 @@ def assert_weights_equal(a: dict, b: dict) -> None:
 
 
 def train(rank: int, world: int, stage: int, accumulation: int, threshold: int, recompute: bool = False) -> dict:
-    cfg = small_config(f"deepspeed.zero_stage={stage}", f"deepspeed.gradient_accumulation={accumulation}",
-                       f"deepspeed.stage3_param_persistence_threshold={threshold}", "model.drop_path=0",
-                       f"training.batch_size={GLOBAL_BATCH}", "momentum.translator=0.5", "training.lr=0.01")
+    cfg = small_config(
+        f"deepspeed.zero_stage={stage}",
+        f"deepspeed.gradient_accumulation={accumulation}",
+        f"deepspeed.stage3_param_persistence_threshold={threshold}",
+        "model.drop_path=0",
+        f"training.batch_size={GLOBAL_BATCH}",
+        "momentum.translator=0.5",
+        "training.lr=0.01",
+    )
     torch.manual_seed(0)
     model = Met2Net(cfg.model).use_activation_checkpointing(recompute)
     schedule = Implicit(cfg)
@@ -43,7 +49,7 @@ def train(rank: int, world: int, stage: int, accumulation: int, threshold: int, 
         gy = torch.randn(GLOBAL_BATCH, 2, 3, 8, 16, generator=g)
         for a in range(accumulation):
             lo = (a * world + rank) * micro
-            out = schedule.forward(engine.module, gx[lo:lo + micro], gy[lo:lo + micro])
+            out = schedule.forward(engine.module, gx[lo : lo + micro], gy[lo : lo + micro])
             engine.backward(out.loss)
             if engine.is_gradient_accumulation_boundary():
                 schedule.after_backward(engine.module)
@@ -69,8 +75,9 @@ def zero0(tmp_path_factory):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("stage, threshold, recompute", [(1, 0, False), (2, 0, False), (3, 0, False),
-                                                         (3, 100_000, False), (3, 0, True)])
+@pytest.mark.parametrize(
+    "stage, threshold, recompute", [(1, 0, False), (2, 0, False), (3, 0, False), (3, 100_000, False), (3, 0, True)]
+)
 def test_zero_stages_match_stage_zero(zero0, tmp_path, stage, threshold, recompute):
     ranks = run_ranks(train, 2, tmp_path, stage, 1, threshold, recompute)
     base = zero0[0]

@@ -11,14 +11,21 @@ import pytest
 from met2net.data.netcdf import write_weatherbench_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ["model.in_frames=2", "model.out_frames=2", "model.hid_s=4", "model.hid_t=16", "model.grid=[16,32]",
-         "model.num_translator_blocks=1"]
+MODEL = [
+    "model.in_frames=2",
+    "model.out_frames=2",
+    "model.hid_s=4",
+    "model.hid_t=16",
+    "model.grid=[16,32]",
+    "model.num_translator_blocks=1",
+]
 
 
 def met2net(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "met2net.cli", *args], capture_output=True, text=True, timeout=300,
-                         env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "met2net.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     return out
 
@@ -33,8 +40,15 @@ def test_netcdf_to_shards_to_training(tmp_path):
     out = met2net("data", "stats", str(shards), "--train-years", "2010")
     assert "t2m" in out.stdout and (shards / "stats.json").exists()
     run = tmp_path / "run"
-    train = ["training.max_steps=4", "training.batch_size=4", "training.val_every=4", "training.progress=false",
-             f"run.dir={run}", *MODEL, *data]
+    train = [
+        "training.max_steps=4",
+        "training.batch_size=4",
+        "training.val_every=4",
+        "training.progress=false",
+        f"run.dir={run}",
+        *MODEL,
+        *data,
+    ]
     met2net("train", config, "training.schedule=stage1", *train)
     met2net("train", config, "training.schedule=stage2", *train)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -10,15 +10,38 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.in_frames=2", "model.out_frames=2", "model.hid_s=4", "model.hid_t=16", "model.grid=[16,32]",
-        "model.num_translator_blocks=1", "training.max_steps=6", "training.batch_size=4", "training.val_every=3",
-        "training.val_batches=2", "training.log_every=2", "data.train_years=[2010]", "data.val_years=[2011]",
-        "data.test_years=[]", "data.step_hours=24", "data.source=synthetic"]
+TINY = [
+    "model.in_frames=2",
+    "model.out_frames=2",
+    "model.hid_s=4",
+    "model.hid_t=16",
+    "model.grid=[16,32]",
+    "model.num_translator_blocks=1",
+    "training.max_steps=6",
+    "training.batch_size=4",
+    "training.val_every=3",
+    "training.val_batches=2",
+    "training.log_every=2",
+    "data.train_years=[2010]",
+    "data.val_years=[2011]",
+    "data.test_years=[]",
+    "data.step_hours=24",
+    "data.source=synthetic",
+]
 
 
 def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY,
-           f"run.dir={run_dir}", "training.progress=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "met2net.cli",
+        "train",
+        str(ROOT / "configs/quickstart.yaml"),
+        *TINY,
+        f"run.dir={run_dir}",
+        "training.progress=false",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
 

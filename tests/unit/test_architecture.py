@@ -13,11 +13,26 @@ PACKAGE = ROOT / "met2net"
 # part of the package → module prefixes it must never import (at any depth of the file, lazily or not)
 NEVER = {
     "met2net/config.py": ("met2net.", "torch", "deepspeed", "submitit"),
-    "met2net/model": ("met2net.training", "met2net.launch", "met2net.distributed", "met2net.data", "met2net.compat",
-                      "met2net.cli", "met2net.train", "deepspeed", "submitit"),
+    "met2net/model": (
+        "met2net.training",
+        "met2net.launch",
+        "met2net.distributed",
+        "met2net.data",
+        "met2net.compat",
+        "met2net.cli",
+        "met2net.train",
+        "deepspeed",
+        "submitit",
+    ),
     "met2net/data": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli", "deepspeed", "submitit"),
-    "met2net/distributed": ("met2net.training", "met2net.launch", "met2net.model", "met2net.data", "met2net.cli",
-                            "submitit"),
+    "met2net/distributed": (
+        "met2net.training",
+        "met2net.launch",
+        "met2net.model",
+        "met2net.data",
+        "met2net.cli",
+        "submitit",
+    ),
     "met2net/training": ("met2net.launch", "met2net.cli", "met2net.train", "submitit"),
     "met2net/train.py": ("met2net.launch", "met2net.cli", "submitit"),
     "met2net/launch": ("met2net.cli", "met2net.model", "met2net.data", "met2net.distributed", "deepspeed"),
@@ -62,13 +77,20 @@ def test_part_never_imports_what_it_must_not(part):
 
 
 def test_launchers_reach_training_only_through_its_entry_point():
-    bad = [f"{f.relative_to(ROOT)} imports {n}" for f in sorted((PACKAGE / "launch").rglob("*.py"))
-           for n in imports(f) if within(n, "met2net.train") or within(n, "met2net.training")
-           if not any(within(n, allowed) for allowed in LAUNCH_MAY)]
+    bad = [
+        f"{f.relative_to(ROOT)} imports {n}"
+        for f in sorted((PACKAGE / "launch").rglob("*.py"))
+        for n in imports(f)
+        if within(n, "met2net.train") or within(n, "met2net.training")
+        if not any(within(n, allowed) for allowed in LAUNCH_MAY)
+    ]
     assert bad == []
 
 
 def test_only_the_command_line_imports_the_command_line():
-    bad = [str(f.relative_to(ROOT)) for f in sorted(PACKAGE.rglob("*.py"))
-           if f.name != "cli.py" and any(within(n, "met2net.cli") for n in imports(f))]
+    bad = [
+        str(f.relative_to(ROOT))
+        for f in sorted(PACKAGE.rglob("*.py"))
+        if f.name != "cli.py" and any(within(n, "met2net.cli") for n in imports(f))
+    ]
     assert bad == []

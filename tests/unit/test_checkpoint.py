@@ -15,8 +15,9 @@ def save_weights(stage_dir, step, model, meta):
 
 
 def save(tmp_path, model, cfg, step=3, schedule="stage1"):
-    return save_weights(tmp_path / "checkpoints" / schedule, step, model,
-                                   {"schedule": schedule, "model": cfg.model.__dict__.copy()})
+    return save_weights(
+        tmp_path / "checkpoints" / schedule, step, model, {"schedule": schedule, "model": cfg.model.__dict__.copy()}
+    )
 
 
 def test_save_marks_complete_then_latest(tmp_path, small_cfg):
@@ -77,8 +78,9 @@ def test_init_from_a_stage_directory_follows_latest(tmp_path, small_cfg):
     model = Met2Net(small_cfg.model)
     save(tmp_path, model, small_cfg, step=2, schedule="stage2")
     save(tmp_path, model, small_cfg, step=5, schedule="stage2")
-    meta = checkpoint.init_from(Met2Net(small_cfg.model), tmp_path / "checkpoints/stage2", None,
-                                small_cfg.model.__dict__)
+    meta = checkpoint.init_from(
+        Met2Net(small_cfg.model), tmp_path / "checkpoints/stage2", None, small_cfg.model.__dict__
+    )
     assert meta["step"] == 5
 
 

@@ -19,8 +19,14 @@ from met2net.training.checkpoint import CheckpointError, newest_intact, verify
 from met2net.training.engine import Engine, LocalEngine
 from tests.e2e.test_train_cli import ROOT, TINY, records
 
-RUN = [*TINY, "training.schedule=implicit", "training.checkpoint_every=2", "training.keep_last=0", "training.progress=false",
-       "model.drop_path=0.1"]  # DropPath: the RNG state must come back too
+RUN = [
+    *TINY,
+    "training.schedule=implicit",
+    "training.checkpoint_every=2",
+    "training.keep_last=0",
+    "training.progress=false",
+    "model.drop_path=0.1",
+]  # DropPath: the RNG state must come back too
 
 
 @pytest.fixture(autouse=True)
@@ -65,9 +71,18 @@ def resumes(run: Path) -> list[dict]:
     return [r for r in records(run) if r["split"] == "resume"]
 
 
-@pytest.mark.parametrize("damage", ["pointer missing", "pointer empty", "pointer names a missing step",
-                                    "newest lost COMPLETE", "newest engine state altered", "newest model.pt truncated",
-                                    "newest meta.json altered"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "pointer missing",
+        "pointer empty",
+        "pointer names a missing step",
+        "newest lost COMPLETE",
+        "newest engine state altered",
+        "newest model.pt truncated",
+        "newest meta.json altered",
+    ],
+)
 def test_resume_takes_the_newest_intact_checkpoint_never_step_0(finished, tmp_path, damage):
     def apply(stage: Path) -> None:
         if damage == "pointer missing":
@@ -99,7 +114,7 @@ def test_resume_takes_the_newest_intact_checkpoint_never_step_0(finished, tmp_pa
         a, b = weights(finished / "checkpoints/implicit/step_6"), weights(run / "checkpoints/implicit/step_6")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert verify(run / "checkpoints/implicit/step_6") == []
-    trained = [r["step"] for r in records(run)[len(records(finished)):] if r["split"] == "train"]
+    trained = [r["step"] for r in records(run)[len(records(finished)) :] if r["split"] == "train"]
     assert trained == ([] if intact else [6])  # log_every=2: step 6 logged; nothing from step 1
 
 
@@ -111,16 +126,20 @@ def test_no_intact_checkpoint_is_an_error_naming_them(finished, tmp_path):
     run = damaged_copy(finished, tmp_path, apply)
     with pytest.raises(CheckpointError, match=r"no intact checkpoint.*step_6 \(engine.pt was altered.*step_2"):
         train(run)
-    assert [r for r in records(run) if r["split"] == "start"] == [r for r in records(finished)
-                                                                   if r["split"] == "start"]  # did not start
+    assert [r for r in records(run) if r["split"] == "start"] == [
+        r for r in records(finished) if r["split"] == "start"
+    ]  # did not start
 
 
 def test_stop_at_a_checkpoint_step_writes_one_checkpoint(tmp_path, monkeypatch):
     """A stop request that comes at a step the cadence already checkpointed reuses that checkpoint."""
     saves = []
     real = checkpoint.CheckpointManager.save
-    monkeypatch.setattr(checkpoint.CheckpointManager, "save",
-                        lambda self, step, *a, **k: saves.append(step) or real(self, step, *a, **k))
+    monkeypatch.setattr(
+        checkpoint.CheckpointManager,
+        "save",
+        lambda self, step, *a, **k: saves.append(step) or real(self, step, *a, **k),
+    )
     monkeypatch.setattr("met2net.training.preemption._early", ["SIGUSR1"])  # as if signalled during start-up
     result = train(tmp_path / "run", "training.checkpoint_every=1")
     assert (result.exit_code, result.step, result.stopped_by) == (75, 1, "SIGUSR1")
@@ -142,7 +161,11 @@ def test_save_removes_leftovers_of_killed_saves_and_prunes(tmp_path, small_cfg):
     assert sorted(p.name for p in stage.iterdir()) == ["latest", "step_2"]
     assert verify(stage / "step_2") == [] and newest_intact(stage) == stage / "step_2"
     assert json.loads((stage / "step_2/meta.json").read_text())["files"].keys() == {
-        "engine.pt", "model.pt", "rng_rank0.pt", "batchnorm_rank0.pt"}
+        "engine.pt",
+        "model.pt",
+        "rng_rank0.pt",
+        "batchnorm_rank0.pt",
+    }
 
 
 def test_the_local_engine_is_an_engine(small_cfg):

@@ -34,8 +34,15 @@ def test_a_version_outside_the_range_is_refused_with_the_fix(monkeypatch):
         compat.check_versions("deepspeed")
 
 
-PRIVATE = {"ds_tensor", "ds_numel", "GatheredParameters", "__compatible_ops__", "_usr_sig",
-           "_make_submission_file_text", "_submitit_command_str"}
+PRIVATE = {
+    "ds_tensor",
+    "ds_numel",
+    "GatheredParameters",
+    "__compatible_ops__",
+    "_usr_sig",
+    "_make_submission_file_text",
+    "_submitit_command_str",
+}
 
 
 def test_private_internals_are_used_only_in_the_compat_package():

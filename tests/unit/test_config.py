@@ -53,18 +53,21 @@ def test_override_types_are_checked():
         load_config(None, ["model=3"])
 
 
-@pytest.mark.parametrize("overrides, key, fix", [
-    (["model.grid=[30,64]", "model.num_spatial_layers=4"], "model.grid", "multiple of 4"),
-    (["model.out_frames=6"], "model.out_frames", "set model.out_frames=12"),
-    (["model.num_heads=3"], "model.hid_t", "not divisible by model.num_heads=3"),
-    (["model.hid_s=5"], "model.hid_s", "must be even"),
-    (["training.schedule=stage3"], "training.schedule", "must be one of"),
-    (["training.min_lr=1"], "training.min_lr", "must be in"),
-    (["momentum.translator=1.0"], "momentum.translator", r"must be in \[0, 1\)"),
-    (["data.val_years=[2015]"], "data.train_years/val_years/test_years", "overlap"),
-    (["training.epochs=0"], "training.max_steps", "set one of them"),
-    (["data.source=shards"], "data.path", "index.json"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, fix",
+    [
+        (["model.grid=[30,64]", "model.num_spatial_layers=4"], "model.grid", "multiple of 4"),
+        (["model.out_frames=6"], "model.out_frames", "set model.out_frames=12"),
+        (["model.num_heads=3"], "model.hid_t", "not divisible by model.num_heads=3"),
+        (["model.hid_s=5"], "model.hid_s", "must be even"),
+        (["training.schedule=stage3"], "training.schedule", "must be one of"),
+        (["training.min_lr=1"], "training.min_lr", "must be in"),
+        (["momentum.translator=1.0"], "momentum.translator", r"must be in \[0, 1\)"),
+        (["data.val_years=[2015]"], "data.train_years/val_years/test_years", "overlap"),
+        (["training.epochs=0"], "training.max_steps", "set one of them"),
+        (["data.source=shards"], "data.path", "index.json"),
+    ],
+)
 def test_impossible_values_name_key_and_fix(overrides, key, fix):
     with pytest.raises(ConfigError, match=rf"defaults \+ command line: '{key}' .*{fix}"):
         load_config(None, overrides)

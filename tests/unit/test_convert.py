@@ -23,8 +23,14 @@ VARS = ["u10", "t2m", "r"]
 
 
 def cfg(*overrides):
-    return small_config("model.variables=[u10,t2m,r]", "model.grid=[16,32]", "data.train_years=[2010]",
-                        "data.val_years=[2011]", "data.test_years=[]", *overrides)
+    return small_config(
+        "model.variables=[u10,t2m,r]",
+        "model.grid=[16,32]",
+        "data.train_years=[2010]",
+        "data.val_years=[2011]",
+        "data.test_years=[]",
+        *overrides,
+    )
 
 
 @pytest.fixture
@@ -60,8 +66,12 @@ def test_round_trip_equals_the_source(tree, tmp_path):
 def test_flipped_latitude_and_shifted_longitude_give_the_same_shards(tree, tmp_path):
     convert(tree, cfg(), tmp_path / "a", progress=False)
     for path in tree.rglob("*.nc"):
-        rewrite(path, lambda ds: ds.isel(lat=slice(None, None, -1)).assign_coords(
-            lon=(((ds.lon + 180) % 360) - 180)).sortby("lon"))
+        rewrite(
+            path,
+            lambda ds: (
+                ds.isel(lat=slice(None, None, -1)).assign_coords(lon=(((ds.lon + 180) % 360) - 180)).sortby("lon")
+            ),
+        )
     convert(tree, cfg(), tmp_path / "b", progress=False)
     for year in YEARS:
         np.testing.assert_array_equal(fields(tmp_path / "a", year), fields(tmp_path / "b", year))
@@ -127,8 +137,21 @@ def test_two_mpi_ranks_write_the_same_shards(tree, tmp_path):
     (tmp_path / "c.yaml").write_text(cfg().to_yaml())
     convert(tree, cfg(), tmp_path / "one", progress=False)
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "mpirun"), "-n", "2", sys.executable, "-m", "met2net.cli", "data",
-           "convert", str(tree), "-c", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "two")]
+    cmd = [
+        str(Path(sys.executable).parent / "mpirun"),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "met2net.cli",
+        "data",
+        "convert",
+        str(tree),
+        "-c",
+        str(tmp_path / "c.yaml"),
+        "-o",
+        str(tmp_path / "two"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "rank 0/2: wrote" in out.stderr and "rank 1/2: wrote" in out.stderr

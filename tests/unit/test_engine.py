@@ -9,8 +9,10 @@ from met2net.training.engine import deepspeed_config, micro_batch_size, write_de
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("world, accumulation", [(1, 1), (2, 1), (4, 2), (16, 1)])
 def test_batch_arithmetic_for_every_stage(stage, world, accumulation):
-    cfg = load_config(None, [f"deepspeed.zero_stage={stage}", f"deepspeed.gradient_accumulation={accumulation}",
-                             "training.batch_size=32"])
+    cfg = load_config(
+        None,
+        [f"deepspeed.zero_stage={stage}", f"deepspeed.gradient_accumulation={accumulation}", "training.batch_size=32"],
+    )
     conf = deepspeed_config(cfg, world)
     micro = conf["train_micro_batch_size_per_gpu"]
     assert conf["train_batch_size"] == 32 == micro * accumulation * world
@@ -30,8 +32,15 @@ def test_indivisible_batch_names_key_and_fix():
 
 
 def test_precision_and_clipping_flow_through(tmp_path):
-    cfg = load_config(None, ["training.precision=bf16", "training.grad_clip=0.5", "deepspeed.zero_stage=3",
-                             "deepspeed.stage3_param_persistence_threshold=0"])
+    cfg = load_config(
+        None,
+        [
+            "training.precision=bf16",
+            "training.grad_clip=0.5",
+            "deepspeed.zero_stage=3",
+            "deepspeed.stage3_param_persistence_threshold=0",
+        ],
+    )
     conf = deepspeed_config(cfg, 2)
     assert not conf["bf16"]["enabled"] and conf["gradient_clipping"] == 0.5  # bf16 = autocast, fp32 engine
     assert conf["zero_optimization"]["stage3_param_persistence_threshold"] == 0

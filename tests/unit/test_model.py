@@ -89,6 +89,7 @@ def test_end_to_end_model_has_no_copies(small_cfg):
 
 # --- importer: a reference state dict built from MODEL.md §5's naming scheme ------------------
 
+
 def reference_scheme(c: int, n_s: int, n_t: int, s: int = 32, d: int = 256, t: int = 12) -> dict[str, tuple]:
     keys: dict[str, tuple] = {}
     for copy in "qk":
@@ -107,8 +108,14 @@ def reference_scheme(c: int, n_s: int, n_t: int, s: int = 32, d: int = 256, t: i
             keys[f"dec_{copy}_list.{i}.readout.weight"] = (1, s, 1, 1)
             keys[f"dec_{copy}_list.{i}.readout.bias"] = (1,)
         h = f"hid_{copy}"
-        keys.update({f"{h}.conv1.weight": (d, t * s, 1, 1), f"{h}.conv1.bias": (d,),
-                     f"{h}.conv2.weight": (t * s, d, 1, 1), f"{h}.conv2.bias": (t * s,)})
+        keys.update(
+            {
+                f"{h}.conv1.weight": (d, t * s, 1, 1),
+                f"{h}.conv1.bias": (d,),
+                f"{h}.conv2.weight": (t * s, d, 1, 1),
+                f"{h}.conv2.bias": (t * s,),
+            }
+        )
         for layer in range(n_t):
             p = f"{h}.layers.{layer}"
             for n in ("norm_1", "norm_2"):

@@ -142,8 +142,12 @@ def test_normalise_grid_undoes_flip_and_roll(tree, tmp_path):
 
 
 def test_normalise_grid_in_memory(ref):
-    da = xr.DataArray(ref.fields["u10"], dims=("time", "lat", "lon"), name="u10",
-                      coords={"time": ref.time, "lat": ref.lat, "lon": ref.lon})
+    da = xr.DataArray(
+        ref.fields["u10"],
+        dims=("time", "lat", "lon"),
+        name="u10",
+        coords={"time": ref.time, "lat": ref.lat, "lon": ref.lon},
+    )
     odd = flipped_and_rolled(da.to_dataset())["u10"]
     xr.testing.assert_equal(normalise_grid(odd), da)
 
@@ -151,8 +155,12 @@ def test_normalise_grid_in_memory(ref):
 def test_irregular_or_missing_grid_is_an_error(ref):
     lat = ref.lat.copy()
     lat[3] += 1.0
-    da = xr.DataArray(ref.fields["t2m"][:2], dims=("time", "lat", "lon"), name="t2m",
-                      coords={"time": ref.time[:2], "lat": lat, "lon": ref.lon})
+    da = xr.DataArray(
+        ref.fields["t2m"][:2],
+        dims=("time", "lat", "lon"),
+        name="t2m",
+        coords={"time": ref.time[:2], "lat": lat, "lon": ref.lon},
+    )
     with pytest.raises(ValueError, match=r"'t2m'.*lat is not a regular grid"):
         normalise_grid(da)
     with pytest.raises(ValueError, match=r"'t2m'.*no lat/lon coordinate"):
@@ -164,7 +172,9 @@ def test_irregular_or_missing_grid_is_an_error(ref):
 def test_find_files(tree, tmp_path):
     root, _ = tree
     assert [p.name for p in find_files(root, "2m_temperature/*.nc")] == [
-        "2m_temperature_2011_11.25deg.nc", "2m_temperature_2012_11.25deg.nc"]
+        "2m_temperature_2011_11.25deg.nc",
+        "2m_temperature_2012_11.25deg.nc",
+    ]
     with pytest.raises(FileNotFoundError) as err:
         find_files(tmp_path, "geopotential/*.nc")
     assert str(tmp_path) in str(err.value) and "geopotential/*.nc" in str(err.value)
@@ -174,6 +184,7 @@ def failing_to_netcdf(original):
     def write_then_fail(self, path, *args, **kwargs):
         original(self, path, *args, **kwargs)
         raise RuntimeError("interrupted")
+
     return write_then_fail
 
 

@@ -19,8 +19,16 @@ def test_warmup_then_cosine_to_min():
 
 
 def test_scheduler_steps_per_optimizer_step():
-    cfg = load_config(None, ["training.lr=0.5", "training.min_lr=0.05", "training.warmup_steps=2",
-                             "training.optimizer=adamw", "training.weight_decay=0.1"])
+    cfg = load_config(
+        None,
+        [
+            "training.lr=0.5",
+            "training.min_lr=0.05",
+            "training.warmup_steps=2",
+            "training.optimizer=adamw",
+            "training.weight_decay=0.1",
+        ],
+    )
     p = torch.nn.Parameter(torch.zeros(3))
     opt = build_optimizer([p], cfg.training)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.1

@@ -66,16 +66,16 @@ def test_stage_one_train_mode_matches_reference(golden):
         x, y = entry["x"], entry["y"]
         torch.manual_seed(entry["seed"])
         with torch.no_grad():
-            rec = Met2Net.decode(model.decoders_q, model.translator_k(Met2Net.encode(model.encoders_q, x)),
-                                 x.shape[1])
+            rec = Met2Net.decode(model.decoders_q, model.translator_k(Met2Net.encode(model.encoders_q, x)), x.shape[1])
         loss_rec = F.mse_loss(rec, y)
         torch.testing.assert_close(loss_rec, entry["loss_rec"], atol=ATOL, rtol=RTOL, msg=name)
         # T_k's BatchNorm statistics change only in the reference's stage I: they must agree too
         after, _ = convert_reference_state_dict(entry["state_after_forward"])
         for key, value in model.translator_k.state_dict().items():
             if "running_" in key or "num_batches_tracked" in key:
-                torch.testing.assert_close(value, after[f"translator_k.{key}"], atol=ATOL, rtol=RTOL,
-                                           msg=f"{name}: {key}")
+                torch.testing.assert_close(
+                    value, after[f"translator_k.{key}"], atol=ATOL, rtol=RTOL, msg=f"{name}: {key}"
+                )
 
 
 @pytest.mark.parametrize("reference_backward", [True, False])
@@ -88,8 +88,9 @@ def test_full_implicit_step_matches_reference(golden, reference_backward):
 
     for name, entry in _entries(golden):
         model = _model(entry)
-        cfg = Config(model=ModelConfig(**entry["model_cfg"]),
-                     momentum=MomentumConfig(reference_backward=reference_backward))
+        cfg = Config(
+            model=ModelConfig(**entry["model_cfg"]), momentum=MomentumConfig(reference_backward=reference_backward)
+        )
         schedule = Implicit(cfg)
         schedule.configure(model)
         torch.manual_seed(entry["seed"])

@@ -26,23 +26,34 @@ def source(tmp_path_factory):
     """Three yearly shards of 40 hourly frames: 2010 runs into 2011 without a break, 2011 has a 5-hour gap,
     2012 is missing before 2013."""
     directory = tmp_path_factory.mktemp("shards")
-    meta = ShardMeta(channels=["u10", "t2m", "r"], units=["m s**-1", "K", "%"], long_names=["u", "t", "r"],
-                     levels=[-1, -1, 1000], lat=np.linspace(-60.0, 60.0, H), lon=72.0 * np.arange(W))
-    times = {"2010": hours("2010-12-30T08", 40),
-             "2011": np.concatenate([hours("2011-01-01T00", 20), hours(str(GAP[1]), 20)]),
-             "2013": hours("2013-01-01T00", 40)}
+    meta = ShardMeta(
+        channels=["u10", "t2m", "r"],
+        units=["m s**-1", "K", "%"],
+        long_names=["u", "t", "r"],
+        levels=[-1, -1, 1000],
+        lat=np.linspace(-60.0, 60.0, H),
+        lon=72.0 * np.arange(W),
+    )
+    times = {
+        "2010": hours("2010-12-30T08", 40),
+        "2011": np.concatenate([hours("2011-01-01T00", 20), hours(str(GAP[1]), 20)]),
+        "2013": hours("2013-01-01T00", 40),
+    }
     rng = np.random.default_rng(0)
     fields = {name: rng.standard_normal((len(t), C, H, W)).astype(np.float32) for name, t in times.items()}
-    entries = [shard_entry(directory / f"{n}.h5", t, write_shard(directory / f"{n}.h5", t, fields[n], meta))
-               for n, t in times.items()]
+    entries = [
+        shard_entry(directory / f"{n}.h5", t, write_shard(directory / f"{n}.h5", t, fields[n], meta))
+        for n, t in times.items()
+    ]
     write_index(directory, meta, 1, entries)
     return directory, np.concatenate(list(times.values())), np.concatenate(list(fields.values()))
 
 
 def dataset(directory, years=(2010, 2011, 2013), stride=1, step_hours=1, channels=None) -> ShardWindowDataset:
     pick = slice(None) if channels is None else channels
-    return ShardWindowDataset(directory, list(years), IN, OUT, stride, step_hours, mean=MEAN[pick], std=STD[pick],
-                              channels=channels)
+    return ShardWindowDataset(
+        directory, list(years), IN, OUT, stride, step_hours, mean=MEAN[pick], std=STD[pick], channels=channels
+    )
 
 
 def valid_starts(times: np.ndarray, years, step_hours: int) -> set:
@@ -96,7 +107,8 @@ def test_stride_counts_frames_of_the_subsampled_axis(source):
     every, strided = dataset(directory, [2013], step_hours=2), dataset(directory, [2013], stride=3, step_hours=2)
     np.testing.assert_array_equal(strided.starts, every.starts[::3])
     assert np.diff([strided.times(i)[0] for i in range(len(strided))]).tolist() == [np.timedelta64(6, "h")] * (
-        len(strided) - 1)
+        len(strided) - 1
+    )
 
 
 def test_channels_select_and_order_shard_channels(source):
@@ -104,8 +116,9 @@ def test_channels_select_and_order_shard_channels(source):
     ds = dataset(directory, channels=[2, 0])
     x, y = ds[5]
     assert x.shape == (IN, 2, H, W)
-    np.testing.assert_allclose(torch.cat([x, y]).numpy(), normalised(times, fields, ds.times(5), [2, 0]), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        torch.cat([x, y]).numpy(), normalised(times, fields, ds.times(5), [2, 0]), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_bad_channels_or_statistics_are_refused(source):

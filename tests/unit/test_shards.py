@@ -24,9 +24,14 @@ C, H, W = 3, 4, 8
 
 
 def make_meta() -> ShardMeta:
-    return ShardMeta(channels=["u10", "t2m", "r"], units=["m s**-1", "K", "%"],
-                     long_names=["10m_u_component_of_wind", "2m_temperature", "relative_humidity"],
-                     levels=[-1, -1, 1000], lat=np.linspace(-78.75, 78.75, H), lon=45.0 * np.arange(W))
+    return ShardMeta(
+        channels=["u10", "t2m", "r"],
+        units=["m s**-1", "K", "%"],
+        long_names=["10m_u_component_of_wind", "2m_temperature", "relative_humidity"],
+        levels=[-1, -1, 1000],
+        lat=np.linspace(-78.75, 78.75, H),
+        lon=45.0 * np.arange(W),
+    )
 
 
 def hours(start: str, n: int) -> np.ndarray:
@@ -46,8 +51,10 @@ def meta():
 def shard_dir(tmp_path, meta):
     """Two shards (written out of time order) and their index: 6 frames of 2010, 5 of 2011."""
     data = {"2011": (hours("2011-01-01T00", 5), frames(5, 1)), "2010": (hours("2010-12-31T18", 6), frames(6, 0))}
-    entries = [shard_entry(tmp_path / f"{name}.h5", t, write_shard(tmp_path / f"{name}.h5", t, x, meta))
-               for name, (t, x) in data.items()]
+    entries = [
+        shard_entry(tmp_path / f"{name}.h5", t, write_shard(tmp_path / f"{name}.h5", t, x, meta))
+        for name, (t, x) in data.items()
+    ]
     write_index(tmp_path, meta, 1, entries)
     return tmp_path, data
 
@@ -81,10 +88,20 @@ def test_index_content(shard_dir, meta):
     assert raw["long_names"] == meta.long_names and raw["levels"] == [-1, -1, 1000]
     assert raw["lat"] == meta.lat.tolist() and raw["lon"] == meta.lon.tolist()
     assert raw["shards"] == [
-        {"file": "2010.h5", "first_time": "2010-12-31T18:00", "last_time": "2010-12-31T23:00", "num_times": 6,
-         "sha256": sha256_file(directory / "2010.h5")},
-        {"file": "2011.h5", "first_time": "2011-01-01T00:00", "last_time": "2011-01-01T04:00", "num_times": 5,
-         "sha256": sha256_file(directory / "2011.h5")},
+        {
+            "file": "2010.h5",
+            "first_time": "2010-12-31T18:00",
+            "last_time": "2010-12-31T23:00",
+            "num_times": 6,
+            "sha256": sha256_file(directory / "2010.h5"),
+        },
+        {
+            "file": "2011.h5",
+            "first_time": "2011-01-01T00:00",
+            "last_time": "2011-01-01T04:00",
+            "num_times": 5,
+            "sha256": sha256_file(directory / "2011.h5"),
+        },
     ]
     assert not list(directory.glob("*.tmp"))
 
@@ -138,8 +155,13 @@ def test_reader_survives_pickling(shard_dir):
 def _read_in_child(reader, conn):
     inherited = dict(reader._handles)
     out = reader.read(2, 8)
-    conn.send((out, all(reader._handles[i] is not f for i, f in inherited.items() if i in reader._handles),
-               [f.id.valid for f in inherited.values()]))
+    conn.send(
+        (
+            out,
+            all(reader._handles[i] is not f for i, f in inherited.items() if i in reader._handles),
+            [f.id.valid for f in inherited.values()],
+        )
+    )
     conn.close()
 
 
@@ -237,14 +259,20 @@ def test_failed_rename_keeps_previous_shard(tmp_path, meta, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2010.h5"] and sha256_file(path) == sha
 
 
-@pytest.mark.parametrize("times, fields, match", [
-    (hours("2010-01-01T00", 3), np.zeros((3, C, H, W + 1), np.float32), r"fields: expected shape .*\(3, 3, 4, 8\)"),
-    (hours("2010-01-01T00", 3), np.zeros((3, C, H, W), np.int32), "fields: expected a float32"),
-    (np.arange(3), np.zeros((3, C, H, W), np.float32), "times: expected a non-empty 1-D datetime64"),
-    (hours("2010-01-01T00", 3)[::-1], np.zeros((3, C, H, W), np.float32), "times: expected strictly increasing"),
-    (np.datetime64("2010-01-01T00:30") + np.arange(3) * np.timedelta64(1, "h"), np.zeros((3, C, H, W), np.float32),
-     "times: expected whole hours"),
-])
+@pytest.mark.parametrize(
+    "times, fields, match",
+    [
+        (hours("2010-01-01T00", 3), np.zeros((3, C, H, W + 1), np.float32), r"fields: expected shape .*\(3, 3, 4, 8\)"),
+        (hours("2010-01-01T00", 3), np.zeros((3, C, H, W), np.int32), "fields: expected a float32"),
+        (np.arange(3), np.zeros((3, C, H, W), np.float32), "times: expected a non-empty 1-D datetime64"),
+        (hours("2010-01-01T00", 3)[::-1], np.zeros((3, C, H, W), np.float32), "times: expected strictly increasing"),
+        (
+            np.datetime64("2010-01-01T00:30") + np.arange(3) * np.timedelta64(1, "h"),
+            np.zeros((3, C, H, W), np.float32),
+            "times: expected whole hours",
+        ),
+    ],
+)
 def test_input_validation_names_argument(tmp_path, meta, times, fields, match):
     with pytest.raises(ValueError, match=match):
         write_shard(tmp_path / "x.h5", times, fields, meta)
@@ -269,8 +297,10 @@ def test_reader_refuses_missing_index(tmp_path):
 
 def test_compressed_shards_are_read_through_h5py(tmp_path, meta):
     data = {"2010": (hours("2010-12-31T18", 6), frames(6, 0)), "2011": (hours("2011-01-01T00", 5), frames(5, 1))}
-    entries = [shard_entry(tmp_path / f"{n}.h5", t, write_shard(tmp_path / f"{n}.h5", t, x, meta, compression="gzip"))
-               for n, (t, x) in data.items()]
+    entries = [
+        shard_entry(tmp_path / f"{n}.h5", t, write_shard(tmp_path / f"{n}.h5", t, x, meta, compression="gzip"))
+        for n, (t, x) in data.items()
+    ]
     write_index(tmp_path, meta, 1, entries)
     with h5py.File(tmp_path / "2010.h5") as f:
         assert f["fields"].chunks == (1, C, H, W) and f["fields"].compression == "gzip"

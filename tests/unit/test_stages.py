@@ -48,7 +48,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_change(name):
     schedule = make_schedule(cfg)
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
     before = params(model)
-    (_, grads), = run_steps(model, schedule, steps=1)
+    ((_, grads),) = run_steps(model, schedule, steps=1)
     trained = tuple(schedule.trains)
     for key, value in params(model).items():
         group = key.split(".")[0]
@@ -112,12 +112,15 @@ def test_codec_momentum_blends_instead_of_copying():
     assert any(not torch.equal(q[n], k[n]) for n in q)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.drop_path=0"],
-    ["model.drop_path=0.1"],
-    ["momentum.codec=0.3", "model.drop_path=0.1"],
-    ["training.pred_loss_weight=0.5", "model.drop_path=0"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.drop_path=0"],
+        ["model.drop_path=0.1"],
+        ["momentum.codec=0.3", "model.drop_path=0.1"],
+        ["training.pred_loss_weight=0.5", "model.drop_path=0"],
+    ],
+)
 def test_optimised_step_equals_literal_reference_order_step(overrides):
     cfg = small_config(*overrides)
     torch.manual_seed(3)

@@ -26,15 +26,25 @@ CHANNELS = ["u10", "t2m", "r"]
 OFFSET = np.array([2.0, 280.0, 60.0])[None, :, None, None]
 SCALE = np.array([3.0, 10.0, 20.0])[None, :, None, None]
 # name → (first hour, frames); "boundary" straddles New Year: 4 frames of 2011, 6 of 2012.
-SHARDS = {"2010": ("2010-06-01T00", 50), "2011": ("2011-06-01T00", 50),
-          "boundary": ("2011-12-31T20", 10), "2012": ("2012-06-01T00", 50)}
+SHARDS = {
+    "2010": ("2010-06-01T00", 50),
+    "2011": ("2011-06-01T00", 50),
+    "boundary": ("2011-12-31T20", 10),
+    "2012": ("2012-06-01T00", 50),
+}
 MPIRUN = Path(sys.executable).parent / "mpirun"
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def meta() -> ShardMeta:
-    return ShardMeta(channels=CHANNELS, units=["m s**-1", "K", "%"], long_names=CHANNELS, levels=[-1, -1, 1000],
-                     lat=np.linspace(-67.5, 67.5, H), lon=45.0 * np.arange(W))
+    return ShardMeta(
+        channels=CHANNELS,
+        units=["m s**-1", "K", "%"],
+        long_names=CHANNELS,
+        levels=[-1, -1, 1000],
+        lat=np.linspace(-67.5, 67.5, H),
+        lon=45.0 * np.arange(W),
+    )
 
 
 def hours(start: str, n: int) -> np.ndarray:
@@ -47,8 +57,12 @@ def frames(n: int, seed: int) -> np.ndarray:
 
 def reference(x: np.ndarray) -> dict:
     x = x.astype(np.float64)
-    return {"mean": x.mean(axis=(0, 2, 3)), "std": x.std(axis=(0, 2, 3)), "min": x.min(axis=(0, 2, 3)),
-            "max": x.max(axis=(0, 2, 3))}
+    return {
+        "mean": x.mean(axis=(0, 2, 3)),
+        "std": x.std(axis=(0, 2, 3)),
+        "min": x.min(axis=(0, 2, 3)),
+        "max": x.max(axis=(0, 2, 3)),
+    }
 
 
 def assert_matches(m: Moments, x: np.ndarray) -> None:
@@ -61,8 +75,10 @@ def assert_matches(m: Moments, x: np.ndarray) -> None:
 
 
 def reindex(directory: Path, data: dict) -> None:
-    entries = [shard_entry(directory / f"{name}.h5", t, write_shard(directory / f"{name}.h5", t, x, meta()))
-               for name, (t, x) in data.items()]
+    entries = [
+        shard_entry(directory / f"{name}.h5", t, write_shard(directory / f"{name}.h5", t, x, meta()))
+        for name, (t, x) in data.items()
+    ]
     write_index(directory, meta(), 1, entries)
 
 
@@ -86,8 +102,7 @@ def corrupt(directory: Path, name: str, frame: int, channel: int, value: float) 
         f["fields"][frame, channel, 1, 2] = value
     index = read_index(directory)
     t = hours(*SHARDS[name])
-    entries = [shard_entry(path, t, sha256_file(path))
-               if e["file"] == path.name else e for e in index["shards"]]
+    entries = [shard_entry(path, t, sha256_file(path)) if e["file"] == path.name else e for e in index["shards"]]
     write_index(directory, meta(), 1, entries)
 
 
@@ -245,9 +260,11 @@ def test_mpirun_failure_on_one_rank_stops_all(shard_dir):
 
 
 def test_mpirun_allreduce_moments():
-    script = ("import json, numpy as np; from mpi4py import MPI; from met2net.data.stats import Moments, "
-              "allreduce_moments; r = MPI.COMM_WORLD.Get_rank(); x = np.arange(24.0).reshape(2, 3, 4) * (r + 1); "
-              "print(json.dumps(allreduce_moments(Moments.of(x), MPI.COMM_WORLD).to_json()))")
+    script = (
+        "import json, numpy as np; from mpi4py import MPI; from met2net.data.stats import Moments, "
+        "allreduce_moments; r = MPI.COMM_WORLD.Get_rank(); x = np.arange(24.0).reshape(2, 3, 4) * (r + 1); "
+        "print(json.dumps(allreduce_moments(Moments.of(x), MPI.COMM_WORLD).to_json()))"
+    )
     run = mpirun("-c", script)
     assert run.returncode == 0, run.stderr
     a, b = (Moments.from_json(json.loads(line)) for line in run.stdout.splitlines())

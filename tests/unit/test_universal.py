@@ -15,27 +15,33 @@ def meta(engine: str, stage: int, world: int) -> dict:
     return {"engine": engine, "zero_stage": stage, "world_size": world}
 
 
-@pytest.mark.parametrize("saved, now, mode", [
-    (("deepspeed", 2, 2), ("deepspeed", 2, 2), "same"),
-    (("deepspeed", 2, 2), ("deepspeed", 2, 1), "universal"),
-    (("deepspeed", 3, 1), ("deepspeed", 3, 4), "universal"),
-    (("deepspeed", 1, 4), ("deepspeed", 1, 2), "universal"),
-    (("deepspeed", 0, 2), ("deepspeed", 0, 4), "same"),  # ZeRO-0: whole optimizer state, any world size
-    (("deepspeed", 3, 2), ("deepspeed", 2, 2), "universal"),  # per-parameter state fits any ZeRO 1/2/3
-    (("deepspeed", 1, 4), ("deepspeed", 3, 8), "universal"),
-    (("local", 0, 1), ("local", 0, 1), "same"),
-])
+@pytest.mark.parametrize(
+    "saved, now, mode",
+    [
+        (("deepspeed", 2, 2), ("deepspeed", 2, 2), "same"),
+        (("deepspeed", 2, 2), ("deepspeed", 2, 1), "universal"),
+        (("deepspeed", 3, 1), ("deepspeed", 3, 4), "universal"),
+        (("deepspeed", 1, 4), ("deepspeed", 1, 2), "universal"),
+        (("deepspeed", 0, 2), ("deepspeed", 0, 4), "same"),  # ZeRO-0: whole optimizer state, any world size
+        (("deepspeed", 3, 2), ("deepspeed", 2, 2), "universal"),  # per-parameter state fits any ZeRO 1/2/3
+        (("deepspeed", 1, 4), ("deepspeed", 3, 8), "universal"),
+        (("local", 0, 1), ("local", 0, 1), "same"),
+    ],
+)
 def test_resume_modes(tmp_path, saved, now, mode):
     assert resume_mode(tmp_path, meta(*saved), now[2], now[0], now[1]) == mode
 
 
-@pytest.mark.parametrize("saved, now, hint", [
-    (("local", 0, 1), ("deepspeed", 2, 2), "one process with deepspeed.zero_stage=0"),
-    (("deepspeed", 2, 2), ("local", 0, 1), "deepspeed.zero_stage=1, 2 or 3"),
-    (("deepspeed", 0, 2), ("local", 0, 1), "deepspeed.gradient_accumulation above 1"),
-    (("deepspeed", 3, 2), ("deepspeed", 0, 2), "deepspeed.zero_stage=1, 2 or 3"),
-    (("deepspeed", 0, 2), ("deepspeed", 2, 2), "deepspeed.zero_stage=0"),
-])
+@pytest.mark.parametrize(
+    "saved, now, hint",
+    [
+        (("local", 0, 1), ("deepspeed", 2, 2), "one process with deepspeed.zero_stage=0"),
+        (("deepspeed", 2, 2), ("local", 0, 1), "deepspeed.zero_stage=1, 2 or 3"),
+        (("deepspeed", 0, 2), ("local", 0, 1), "deepspeed.gradient_accumulation above 1"),
+        (("deepspeed", 3, 2), ("deepspeed", 0, 2), "deepspeed.zero_stage=1, 2 or 3"),
+        (("deepspeed", 0, 2), ("deepspeed", 2, 2), "deepspeed.zero_stage=0"),
+    ],
+)
 def test_engine_changes_are_refused_with_what_to_do(tmp_path, saved, now, hint):
     with pytest.raises(ValueError) as err:
         resume_mode(tmp_path, meta(*saved), now[2], now[0], now[1])
@@ -58,7 +64,7 @@ def test_remapped_position_neither_repeats_nor_skips(old, new):
     for s in before:
         s.set_epoch(1)
         s.advance(per_step // old * 2)  # two optimizer steps
-    consumed = {i for s in before for i in s.indices()[:s.position]}
+    consumed = {i for s in before for i in s.indices()[: s.position]}
     state = remap_state(before[0].state_dict(), new)
     after = [ShardedSampler(n, r, new, seed=seed) for r in range(new)]
     rest = []

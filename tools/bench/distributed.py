@@ -70,11 +70,25 @@ def _rank(rank: int, world: int, port: int, stage: int, batch: int, steps: int, 
     from met2net.distributed.setup import init_process_group, teardown
     from met2net.training.engine import build_deepspeed_engine
 
-    init_process_group(RankInfo(rank=rank, world_size=world, local_rank=rank, local_world_size=world, node_rank=0,
-                                num_nodes=1, master_addr="127.0.0.1", master_port=port, launcher="single"))
+    init_process_group(
+        RankInfo(
+            rank=rank,
+            world_size=world,
+            local_rank=rank,
+            local_world_size=world,
+            node_rank=0,
+            num_nodes=1,
+            master_addr="127.0.0.1",
+            master_port=port,
+            launcher="single",
+        )
+    )
     try:
-        overrides = [f"deepspeed.zero_stage={stage}", f"training.batch_size={batch * world}",
-                     "deepspeed.stage3_param_persistence_threshold=0"]
+        overrides = [
+            f"deepspeed.zero_stage={stage}",
+            f"training.batch_size={batch * world}",
+            "deepspeed.stage3_param_persistence_threshold=0",
+        ]
         cfg, model, schedule, optimizer, lr, x = _setup(batch, overrides)
         engine = build_deepspeed_engine(cfg, model, optimizer, lr, world)
         times = _time_steps(engine, model, schedule, x, steps)
@@ -86,6 +100,7 @@ def _rank(rank: int, world: int, port: int, stage: int, batch: int, steps: int, 
 
 def _state_bytes(engine, model) -> int:
     """Bytes this rank holds for parameters (both copies), gradients and optimizer state."""
+
     def size(t) -> int:
         return t.numel() * t.element_size() if torch.is_tensor(t) else 0
 
@@ -130,8 +145,10 @@ def main() -> None:
     print(f"| data-parallel efficiency, 2 ranks vs 1 | {efficiency:.2f} | ≥ 0.90 |")
     per_rank = max(r["bytes"] for r in z3)
     print(f"| ZeRO-0 state bytes, 1 rank | {z0['bytes'] / 2**20:.1f} MiB | |")
-    print(f"| ZeRO-3 state bytes per rank (2 ranks) ÷ (ZeRO-0 ÷ 2) | {per_rank / 2**20:.1f} MiB, "
-          f"{per_rank / (z0['bytes'] / 2):.3f} | ≤ 1.05 |")
+    print(
+        f"| ZeRO-3 state bytes per rank (2 ranks) ÷ (ZeRO-0 ÷ 2) | {per_rank / 2**20:.1f} MiB, "
+        f"{per_rank / (z0['bytes'] / 2):.3f} | ≤ 1.05 |"
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,14 @@ BATCH = 16
 def write_year(directory: Path, year: int = 2010) -> None:
     names = list(VARIABLES)
     f = generate([year], grid=(32, 64), variables=names)
-    meta = ShardMeta(channels=names, units=[VARIABLES[n]["units"] for n in names],
-                     long_names=[VARIABLES[n]["long_name"] for n in names],
-                     levels=[VARIABLES[n]["level"] or -1 for n in names], lat=f.lat, lon=f.lon)
+    meta = ShardMeta(
+        channels=names,
+        units=[VARIABLES[n]["units"] for n in names],
+        long_names=[VARIABLES[n]["long_name"] for n in names],
+        levels=[VARIABLES[n]["level"] or -1 for n in names],
+        lat=f.lat,
+        lon=f.lon,
+    )
     fields = np.stack([f.fields[n] for n in names], axis=1)
     path = directory / f"{year}.h5"
     write_index(directory, meta, 1, [shard_entry(path, f.time, write_shard(path, f.time, fields, meta))])

@@ -65,8 +65,10 @@ def main() -> None:
     cfg = load_config(args.config, ["model.drop_path=0"])  # deterministic, so the check is exact
     torch.manual_seed(0)
     base = Met2Net(cfg.model)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model.grid} grid, "
-          f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model.grid} grid, "
+        f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames"
+    )
     rows = []
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
@@ -80,8 +82,10 @@ def main() -> None:
             loss_rel = abs(parts["loss"].item() - lit_parts["loss"].item()) / lit_parts["loss"].item()
             grad_rel = rel_diff(grads, lit_grads)
             if precision == "fp32" and (loss_rel > 1e-5 or grad_rel > 1e-5):
-                raise SystemExit(f"fp32 optimised step disagrees with the literal one: loss {loss_rel:.2e}, "
-                                 f"gradients {grad_rel:.2e} (relative)")
+                raise SystemExit(
+                    f"fp32 optimised step disagrees with the literal one: loss {loss_rel:.2e}, "
+                    f"gradients {grad_rel:.2e} (relative)"
+                )
             times: dict[str, list[float]] = {"literal": [], "optimised": []}
             for _ in range(args.steps):
                 for name, runner in (("literal", literal), ("optimised", fast)):
@@ -90,15 +94,32 @@ def main() -> None:
                     times[name].append(time.perf_counter() - tic)
             lit_s, fast_s = statistics.median(times["literal"]), statistics.median(times["optimised"])
             rows.append((batch, precision, lit_s, fast_s, loss_rel, grad_rel))
-            print(f"batch {batch} {precision}: literal fp32 {lit_s:.3f} s/step ({batch / lit_s:.2f} samples/s), "
-                  f"optimised {fast_s:.3f} s/step ({batch / fast_s:.2f} samples/s), ratio {lit_s / fast_s:.2f}×; "
-                  f"first step vs literal: loss {loss_rel:.1e}, gradients {grad_rel:.1e} (relative)", flush=True)
-    header = ["batch", "precision", "literal fp32 s/step", "optimised s/step", "speed-up", "loss rel. diff",
-              "grad rel. diff"]
+            print(
+                f"batch {batch} {precision}: literal fp32 {lit_s:.3f} s/step ({batch / lit_s:.2f} samples/s), "
+                f"optimised {fast_s:.3f} s/step ({batch / fast_s:.2f} samples/s), ratio {lit_s / fast_s:.2f}×; "
+                f"first step vs literal: loss {loss_rel:.1e}, gradients {grad_rel:.1e} (relative)",
+                flush=True,
+            )
+    header = [
+        "batch",
+        "precision",
+        "literal fp32 s/step",
+        "optimised s/step",
+        "speed-up",
+        "loss rel. diff",
+        "grad rel. diff",
+    ]
     print("\n| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     for batch, precision, lit_s, fast_s, loss_rel, grad_rel in rows:
-        cells = [batch, precision, f"{lit_s:.3f}", f"{fast_s:.3f}", f"{lit_s / fast_s:.2f}×", f"{loss_rel:.1e}",
-                 f"{grad_rel:.1e}"]
+        cells = [
+            batch,
+            precision,
+            f"{lit_s:.3f}",
+            f"{fast_s:.3f}",
+            f"{lit_s / fast_s:.2f}×",
+            f"{loss_rel:.1e}",
+            f"{grad_rel:.1e}",
+        ]
         print("| " + " | ".join(map(str, cells)) + " |")
 
 
