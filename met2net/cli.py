@@ -28,24 +28,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from met2net.launch import plan
+    """``met2net.launch.submit_pipeline``'s two steps, with the run directory at hand for the last line."""
+    from met2net.launch import JobFailed, plan_pipeline
 
-    cfg = load_config(args.config, args.overrides)  # validated here, before anything is queued
-    run_dir = Path(cfg.run.dir).resolve()
-    res = plan.Resources(nodes=args.nodes, tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node,
-                         cpus_per_task=args.cpus_per_task, time_min=plan.parse_minutes(args.time),
-                         partition=args.partition, account=args.account, signal_delay_s=args.signal_delay,
-                         max_requeues=args.max_requeues)
-    jobs = plan.make_plan(run_dir, plan.parse_stages(args.stages), args.rounds, tuple(args.overrides))
-    config = str(Path(args.config).resolve()) if args.config else None
-    print(plan.format_plan(jobs, res, str(config), args.executor))
+    # validates the config and every option before anything is queued
+    pipeline = plan_pipeline(
+        args.config,
+        args.overrides,
+        executor=args.executor,
+        stages=args.stages,
+        rounds=args.rounds,
+        nodes=args.nodes,
+        tasks_per_node=args.tasks_per_node,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        signal_delay_s=args.signal_delay,
+        max_requeues=args.max_requeues,
+    )
+    print(pipeline.describe())
     if args.dry_run:
         print("dry run: nothing submitted")
         return 0
-    from met2net.launch.submit import submit
-
-    submit(jobs, config, res, args.executor, run_dir / "submitit", run_dir)
-    print(f"watch with: met2net status {run_dir}" + ("  (squeue --me; sacct)" if args.executor == "slurm" else ""))
+    try:
+        pipeline.submit(echo=print)
+    except JobFailed as error:  # a local job failed; the ones after it were not started
+        print(error)
+        return 1
+    print(
+        f"watch with: met2net status {pipeline.run_dir}"
+        + ("  (squeue --me; sacct)" if args.executor == "slurm" else "")
+    )
     return 0
 
 
@@ -113,8 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(submit)
     submit.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
     submit.add_argument("--rounds", type=int, default=1, help="repeat the stages; round r starts from round r-1")
-    submit.add_argument("--executor", choices=("slurm", "local"), default="slurm",
-                        help="local: run the jobs one after the other on this machine, without Slurm")
+    submit.add_argument(
+        "--executor",
+        choices=("slurm", "local"),
+        default="slurm",
+        help="local: run the jobs one after the other on this machine, without Slurm",
+    )
     submit.add_argument("--nodes", type=int, default=1)
     submit.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node: one per GPU")
     submit.add_argument("--gpus-per-node", type=int, default=0)
@@ -122,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--time", default="60", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS")
     submit.add_argument("--partition", default="")
     submit.add_argument("--account", default="")
-    submit.add_argument("--signal-delay", type=int, default=120,
-                        help="seconds before the time limit at which training checkpoints and requeues")
+    submit.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        help="seconds before the time limit at which training checkpoints and requeues",
+    )
     submit.add_argument("--max-requeues", type=int, default=3, help="time-outs to checkpoint and requeue after")
     submit.add_argument("--dry-run", action="store_true", help="print the job plan, submit nothing")
     submit.set_defaults(func=cmd_submit)
@@ -133,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     synthetic = data.add_parser("synthetic", help="write the built-in WeatherBench-style netCDF dataset")
     synthetic.add_argument("out", help="output directory (one folder per variable)")
-    synthetic.add_argument("--years", type=parse_years, default=parse_years("2010-2012"),
-                           help="e.g. 2010-2012 or 2010,2014")
+    synthetic.add_argument(
+        "--years", type=parse_years, default=parse_years("2010-2012"), help="e.g. 2010-2012 or 2010,2014"
+    )
     synthetic.add_argument("--grid", type=_grid, default=(32, 64), help="LATxLON, e.g. 32x64 (5.625°)")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(func=cmd_data_synthetic)

@@ -3,6 +3,7 @@ that run training in-process (submitit). Thin on purpose: build a Trainer, train
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,14 @@ class RunResult:
         return self.exit_code == 0
 
 
+def _ignore_late_stop_signals() -> None:
+    """The run is over: a time-limit warning that comes now has nothing to stop. Ignored, it cannot kill the process
+    either (at exit Python puts back the default action, termination, for signals it had a handler for — a job
+    that finished would end FAILED)."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run_train(cfg: Config) -> RunResult:
     """Train ``cfg``'s schedule to its end, or until a stop signal or the time limit (then a checkpoint is written
     and the result says requeue). The process group is torn down either way."""
@@ -53,6 +62,7 @@ def run_train(cfg: Config) -> RunResult:
         del trainer
     finally:
         teardown()
+        _ignore_late_stop_signals()
     if result.finished and result.rank == 0:
         print(
             f"{result.schedule}: {result.step} steps on {result.world_size} rank(s), validation "

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check met2net tests tools
+.venv/bin/ruff format --check met2net tests tools
 if [ "${MET2NET_SLURM:-1}" != 0 ]; then
   if [ "$(id -u)" = 0 ]; then AS_ROOT=(env); elif sudo -n true 2>/dev/null; then AS_ROOT=(sudo -n env)
   else AS_ROOT=(); echo "test: not root and no passwordless sudo: the Slurm tests (tests/slurm) will be skipped" >&2; fi

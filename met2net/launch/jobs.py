@@ -43,7 +43,8 @@ def read_records(run_dir: Path) -> list[JobRecord]:
     for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
         values = line.split("\t")
         if len(values) != len(COLUMNS):
-            raise ValueError(f"{path}:{n}: expected {len(COLUMNS)} tab-separated columns "
-                             f"({', '.join(COLUMNS)}), found {len(values)}")
+            raise ValueError(
+                f"{path}:{n}: expected {len(COLUMNS)} tab-separated columns ({', '.join(COLUMNS)}), found {len(values)}"
+            )
         records.append(JobRecord(*values[:4], int(values[4]), *values[5:]))
     return records

@@ -1,17 +1,20 @@
 """The job plan of a pipeline: which `met2net train` runs, in which directories, after which job.
 
-Pure functions (no Slurm, no submitit), shared by ``met2net submit`` and its tests. A pipeline is
-``rounds`` repetitions of ``stages``; with more than one round each round has its own directory
-``<run>/round_<r>`` and round r's first stage starts from round r-1's last stage (weights only), as
-``slurm/pipeline.sh`` does.
+Pure functions (no Slurm, no submitit, no torch), the one place the plan is computed: ``met2net submit`` and
+``met2net.launch.submit_pipeline`` use them in-process, ``slurm/pipeline.sh`` through
+``python -m met2net.launch.plan`` (``shell_lines``). A pipeline is ``rounds`` repetitions of ``stages``; with
+more than one round each round has its own directory ``<run>/round_<r>`` and round r's first stage starts from
+round r-1's last stage (weights only).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEDULES = ("stage1", "stage2", "implicit", "end_to_end")
+from met2net.config import SCHEDULES  # the one list of schedules (met2net.config imports no torch)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,10 @@ class Resources:
         if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
             raise ValueError("--gpus-per-node, --max-requeues and --signal-delay must not be negative")
         if self.signal_delay_s >= self.time_min * 60:
-            raise ValueError(f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
-                             f"{self.time_min} min, or the warning comes before the job starts working")
+            raise ValueError(
+                f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
+                f"{self.time_min} min, or the warning comes before the job starts working"
+            )
 
     @property
     def num_tasks(self) -> int:
@@ -69,14 +74,17 @@ def round_dir(run_dir: str | Path, round_: int, rounds: int) -> str:
     return str(run_dir) if rounds == 1 else str(Path(run_dir) / f"round_{round_}")
 
 
-def make_plan(run_dir: str | Path, stages: tuple[str, ...], rounds: int = 1,
-              overrides: tuple[str, ...] = ()) -> list[Job]:
+def make_plan(
+    run_dir: str | Path, stages: tuple[str, ...], rounds: int = 1, overrides: tuple[str, ...] = ()
+) -> list[Job]:
     """One job per (round, stage), each after the previous one."""
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
     if rounds > 1 and stages[0] not in ("stage1", "stage2"):
-        raise ValueError(f"--rounds {rounds}: rounds alternate stage one and stage two; "
-                         f"{stages[0]!r} trains everything at once (use --rounds 1)")
+        raise ValueError(
+            f"--rounds {rounds}: rounds alternate stage one and stage two; "
+            f"{stages[0]!r} trains everything at once (use --rounds 1)"
+        )
     jobs: list[Job] = []
     for r in range(1, rounds + 1):
         here = round_dir(run_dir, r, rounds)
@@ -95,14 +103,21 @@ def make_plan(run_dir: str | Path, stages: tuple[str, ...], rounds: int = 1,
 
 def format_plan(jobs: list[Job], res: Resources, config: str, executor: str) -> str:
     """What will be submitted, for the user to read before it is (and for ``--dry-run``)."""
-    where = "this machine, one job after the other" if executor == "local" else (
-        f"Slurm{f' partition {res.partition}' if res.partition else ''}"
-        f"{f', account {res.account}' if res.account else ''}")
+    where = (
+        "this machine, one job after the other"
+        if executor == "local"
+        else (
+            f"Slurm{f' partition {res.partition}' if res.partition else ''}"
+            f"{f', account {res.account}' if res.account else ''}"
+        )
+    )
     gpus = f", {res.gpus_per_node} GPU(s)/node" if res.gpus_per_node else ""
-    lines = [f"met2net job plan: {len(jobs)} job(s) on {where}; config {config}",
-             f"  each: {res.nodes} node(s) × {res.tasks_per_node} task(s) = {res.num_tasks} rank(s){gpus}, "
-             f"{res.cpus_per_task} CPU(s)/task, time limit {res.time_min} min, time-limit warning "
-             f"{res.signal_delay_s} s before, checkpoint-and-requeue at most {res.max_requeues} time-out(s)"]
+    lines = [
+        f"met2net job plan: {len(jobs)} job(s) on {where}; config {config}",
+        f"  each: {res.nodes} node(s) × {res.tasks_per_node} task(s) = {res.num_tasks} rank(s){gpus}, "
+        f"{res.cpus_per_task} CPU(s)/task, time limit {res.time_min} min, time-limit warning "
+        f"{res.signal_delay_s} s before, checkpoint-and-requeue at most {res.max_requeues} time-out(s)",
+    ]
     for i, job in enumerate(jobs):
         after = f"after job {job.after + 1} succeeds" if job.after is not None else "starts at once"
         lines.append(f"  {i + 1}. {job.name:<22} {job.schedule:<10} {after:<24} run dir {job.run_dir}")
@@ -123,3 +138,70 @@ def parse_minutes(text: str) -> int:
         return int(days) * 24 * 60 + minutes
     except ValueError:
         raise ValueError(f"--time {text!r}: expected minutes (90), H:MM:SS or D-HH:MM:SS") from None
+
+
+SHELL_COLUMNS = ("name", "schedule", "round", "run_dir", "after", "overrides")
+
+
+def shell_lines(jobs: list[Job], overrides: tuple[str, ...] = ()) -> list[str]:
+    """The plan as ``slurm/pipeline.sh`` reads it, so that the shell does not compute it a second time: one line
+    per job, the ``SHELL_COLUMNS`` separated by tabs. ``after`` is the 0-based index of the job that must succeed
+    first, ``-`` for none. ``overrides`` is the job's ``OVERRIDES`` for ``slurm/job.sh``: the user's words then the
+    plan's (``training.init_from=...``), separated by blanks, without ``training.schedule`` and ``run.dir``, which
+    the batch script sets from ``SCHEDULE`` and ``RUN_DIR``. What the shell could not carry intact is refused
+    rather than mangled: a tab or newline in a field, a blank inside an override word (the job splits on blanks)."""
+    lines = []
+    for job in jobs:
+        if job.overrides[: len(overrides)] != tuple(overrides):
+            raise ValueError(f"{job.name}: its overrides do not start with the pipeline's {list(overrides)}")
+        planned = [o for o in job.overrides[len(overrides) :] if not o.startswith(("training.schedule=", "run.dir="))]
+        for word in (*overrides, *planned):
+            if not word or any(c.isspace() for c in word):
+                raise ValueError(
+                    f"override {word!r}: OVERRIDES is split on blanks by slurm/job.sh, so a word cannot "
+                    "be empty or contain blanks (choose a run directory without blanks)"
+                )
+        fields = (
+            job.name,
+            job.schedule,
+            str(job.round),
+            job.run_dir,
+            "-" if job.after is None else str(job.after),
+            " ".join((*overrides, *planned)),
+        )
+        for column, value in zip(SHELL_COLUMNS, fields):
+            if (not value.strip() and column != "overrides") or any(c in value for c in "\t\n\r"):
+                raise ValueError(
+                    f"{job.name}: {column} {value!r} cannot be passed to the shell "
+                    "(empty, or holds a tab or line break)"
+                )
+        lines.append("\t".join(fields))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m met2net.launch.plan``: print ``shell_lines`` for ``slurm/pipeline.sh``; exit 2 with the reason
+    on stderr for a bad argument. Torch-free and quick, since the script runs it before every submission."""
+    parser = argparse.ArgumentParser(
+        prog="python -m met2net.launch.plan",
+        description="The job plan of a pipeline, one tab-separated line per job: "
+        + ", ".join(SHELL_COLUMNS)
+        + " (after: 0-based index of the job to wait for, - for none; overrides: the job's OVERRIDES).",
+    )
+    parser.add_argument("--run-dir", required=True, help="the run directory (RUN_DIR)")
+    parser.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the stages; round r starts from round r-1")
+    parser.add_argument("--overrides", default="", help="the user's key=value words, separated by blanks (OVERRIDES)")
+    args = parser.parse_args(argv)
+    overrides = tuple(args.overrides.split())
+    try:
+        lines = shell_lines(make_plan(args.run_dir, parse_stages(args.stages), args.rounds, overrides), overrides)
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

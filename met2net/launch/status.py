@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import subprocess
 from pathlib import Path
 
+from met2net.compat.submitit_internals import local_outcome
 from met2net.launch.jobs import JobRecord, read_records
-
-MARKER = "COMPLETE"  # met2net.training.checkpoint.MARKER (not imported: that pulls in torch)
+from met2net.training.layout import BEST, LATEST, META, complete_step_dirs  # torch-free
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
@@ -19,8 +18,12 @@ def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
         return {}
     if shutil.which("sacct") is None:
         raise RuntimeError("sacct is not on PATH (job states need Slurm accounting)")
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,ExitCode,Elapsed", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,ExitCode,Elapsed", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if out.returncode:
         raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
     states = {}
@@ -35,16 +38,16 @@ def stage_dirs(run_dir: Path) -> list[Path]:
 
 
 def describe_stage(stage_dir: Path, run_dir: Path) -> str:
-    steps = sorted((p for p in stage_dir.glob("step_*") if (p / MARKER).exists()), key=lambda p: int(p.name[5:]))
+    steps = complete_step_dirs(stage_dir)
     name = stage_dir.relative_to(run_dir)
     if not steps:
         return f"  {name}: no complete checkpoint yet"
-    latest = stage_dir / (stage_dir / "latest").read_text().strip() if (stage_dir / "latest").is_file() else steps[-1]
-    meta = json.loads((latest / "meta.json").read_text())
+    latest = stage_dir / (stage_dir / LATEST).read_text().strip() if (stage_dir / LATEST).is_file() else steps[-1]
+    meta = json.loads((latest / META).read_text())
     loss = meta.get("val", {}).get("loss")
     text = f"  {name}: latest {latest.name}" + (f" (validation loss {loss:.5f})" if loss is not None else "")
-    if (stage_dir / "best").is_file():
-        text += f", best {(stage_dir / 'best').read_text().strip()}"
+    if (stage_dir / BEST).is_file():
+        text += f", best {(stage_dir / BEST).read_text().strip()}"
     return text + f", {len(steps)} kept, {meta.get('world_size', 1)} rank(s)"
 
 
@@ -82,12 +85,9 @@ def status(run_dir: Path) -> str:
 
 
 def local_state(record: JobRecord) -> str:
-    """A local submitit job: rank 0's result file says how it ended; none yet means running (or killed)."""
-    result = Path(record.log).with_name(f"{record.job_id}_0_result.pkl")
-    if not result.exists():
-        return "RUNNING?"
-    with result.open("rb") as f:
-        return "COMPLETED" if pickle.load(f)[0] == "success" else "FAILED"
+    """A local submitit job: rank 0's result says how it ended; none yet means running (or killed)."""
+    outcome = local_outcome(record.log, record.job_id)
+    return "RUNNING?" if outcome is None else "COMPLETED" if outcome == "success" else "FAILED"
 
 
 def job_lines(records: list[JobRecord]) -> list[str]:

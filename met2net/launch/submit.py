@@ -11,13 +11,14 @@ The launcher knows the ``met2net train`` command, never the model.
 
 from __future__ import annotations
 
-import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
+from met2net.compat import check_versions, submitit_internals
 from met2net.launch.jobs import JobRecord, append_records
 from met2net.launch.plan import Job, Resources
 from met2net.training.preemption import REQUEUE_EXIT_CODE
@@ -35,15 +36,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if env.cluster == "local":  # Slurm tasks find their rank from SLURM_* (distributed/env.py)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        warning = env._usr_sig()  # submitit's time-limit signal; its handler checkpoints and requeues
-        requeue = signal.getsignal(warning)
+        requeue = submitit_internals.requeue_handler()  # before training installs its own signal handlers
         result = run_train(load_config(self.config, list(self.overrides)))
         code, stopped_by = result.exit_code, result.stopped_by
         if code == 0:
             return [o for o in self.overrides if o.startswith("run.dir=")][-1].partition("=")[2]  # the plan's, last
         if code == REQUEUE_EXIT_CODE:
-            if stopped_by != "SIGTERM" and env.global_rank == 0 and callable(requeue):
-                requeue(warning, None)  # pickles checkpoint()'s resubmission, requeues, exits
+            if stopped_by != "SIGTERM" and env.global_rank == 0 and requeue is not None:
+                requeue()  # pickles checkpoint()'s resubmission, requeues, exits
             sys.exit(code)
         raise RuntimeError(f"met2net train {self.config} {' '.join(self.overrides)} exited with code {code}")
 
@@ -53,20 +53,30 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 def make_executor(kind: str, folder: Path, res: Resources) -> submitit.Executor:
+    check_versions("submitit")  # its internals are used (met2net/compat/submitit_internals.py)
     if kind == "local":
         executor = submitit.LocalExecutor(folder, max_num_timeout=res.max_requeues)
-        executor.update_parameters(timeout_min=res.time_min, tasks_per_node=res.num_tasks,
-                                   gpus_per_node=res.gpus_per_node, signal_delay_s=res.signal_delay_s,
-                                   stderr_to_stdout=True)
+        executor.update_parameters(
+            timeout_min=res.time_min,
+            tasks_per_node=res.num_tasks,
+            gpus_per_node=res.gpus_per_node,
+            signal_delay_s=res.signal_delay_s,
+            stderr_to_stdout=True,
+        )
         return executor
     if kind != "slurm":
         raise ValueError(f"--executor {kind!r}: expected slurm or local")
     executor = submitit.SlurmExecutor(folder, max_num_timeout=res.max_requeues)
-    executor.update_parameters(nodes=res.nodes, ntasks_per_node=res.tasks_per_node, cpus_per_task=res.cpus_per_task,
-                               time=res.time_min, signal_delay_s=res.signal_delay_s, stderr_to_stdout=True,
-                               setup=[f"export OMP_NUM_THREADS={res.cpus_per_task}"])
-    for key, value in (("gpus_per_node", res.gpus_per_node), ("partition", res.partition),
-                       ("account", res.account)):
+    executor.update_parameters(
+        nodes=res.nodes,
+        ntasks_per_node=res.tasks_per_node,
+        cpus_per_task=res.cpus_per_task,
+        time=res.time_min,
+        signal_delay_s=res.signal_delay_s,
+        stderr_to_stdout=True,
+        setup=[f"export OMP_NUM_THREADS={res.cpus_per_task}"],
+    )
+    for key, value in (("gpus_per_node", res.gpus_per_node), ("partition", res.partition), ("account", res.account)):
         if value:
             executor.update_parameters(**{key: value})
     return executor
@@ -79,36 +89,55 @@ def slurm_parameters(job: Job, after_id: str | None) -> dict:
     return {"job_name": job.name, "additional_parameters": extra}
 
 
-def submit(jobs: list[Job], config: str | None, res: Resources, kind: str, folder: Path,
-           records_dir: Path, echo=print) -> list[JobRecord]:
-    """Submit the plan. Slurm chains the jobs with afterok dependencies and returns at once; the local
-    executor has no dependencies, so each job runs to its end before the next one starts."""
+class JobFailed(RuntimeError):
+    """A job of a local pipeline failed, so the jobs after it were not started. ``handles``: the jobs submitted,
+    the failed one last; the message names the job, its log and the job's own error."""
+
+    def __init__(self, message: str, handles: list[submitit.Job]) -> None:
+        super().__init__(message)
+        self.handles = handles
+
+
+def submit(
+    jobs: list[Job],
+    config: str | None,
+    res: Resources,
+    kind: str,
+    folder: Path,
+    records_dir: Path,
+    echo: Callable[[str], object] = print,
+) -> list[tuple[JobRecord, submitit.Job]]:
+    """Submit the plan; append each job to ``records_dir/jobs.tsv`` as soon as it is queued. Slurm chains the jobs
+    with afterok dependencies and returns at once; the local executor has no dependencies, so each job runs to its
+    end before the next one starts, and a failed one raises ``JobFailed`` instead of starting the rest."""
     executor = make_executor(kind, folder, res)
-    records: list[JobRecord] = []
+    submitted: list[tuple[JobRecord, submitit.Job]] = []
     for job in jobs:
         if kind == "slurm":
-            after = records[job.after].job_id if job.after is not None else None
+            after = submitted[job.after][0].job_id if job.after is not None else None
             executor.update_parameters(**slurm_parameters(job, after))
         handle = executor.submit(TrainJob(config, job.overrides))
-        record = JobRecord(handle.job_id, kind, job.name, job.schedule, job.round, job.run_dir,
-                           str(handle.paths.stdout).replace("%t", "0"))
-        records.append(record)
+        record = JobRecord(
+            handle.job_id, kind, job.name, job.schedule, job.round, job.run_dir, str(handle.task(0).paths.stdout)
+        )
+        submitted.append((record, handle))
         append_records(records_dir, [record])
         echo(f"submitted {job.name}: job {record.job_id}, log {record.log}")
         if kind == "local":
             try:
                 handle.results()
             except Exception as error:  # submitit re-raises the job's failure with its traceback
-                echo(f"{job.name} (job {record.job_id}) failed; the jobs after it were not started. "
-                     f"Log: {record.log}\n{error}")
-                raise SystemExit(1) from None
+                raise JobFailed(
+                    f"{job.name} (job {record.job_id}) failed; the jobs after it were not started. "
+                    f"Log: {record.log}\n{error}",
+                    [h for _, h in submitted],
+                ) from None
             echo(f"{job.name} finished")
-    return records
-
+    return submitted
 
 
 def render_sbatch(job: Job, res: Resources, folder: Path, after_id: str | None = None) -> str:
     """The batch script submitit writes for ``job`` on Slurm (what ``sbatch`` will get), for review and tests."""
     executor = make_executor("slurm", folder, res)
     executor.update_parameters(**slurm_parameters(job, after_id))
-    return executor._make_submission_file_text(executor._submitit_command_str, "<uid>")
+    return submitit_internals.sbatch_script(executor)

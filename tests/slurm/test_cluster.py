@@ -16,9 +16,20 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 def test_two_task_job_completes(tmp_path, job_env):
     out = tmp_path / "out.txt"
-    job = sbatch(["-n", "2", "-t", "1", "-o", str(out), "--wrap",
-                  "srun -n 2 bash -c 'echo rank=$SLURM_PROCID of=$SLURM_NTASKS python=$(command -v python)'"],
-                 env=job_env, cwd=tmp_path)
+    job = sbatch(
+        [
+            "-n",
+            "2",
+            "-t",
+            "1",
+            "-o",
+            str(out),
+            "--wrap",
+            "srun -n 2 bash -c 'echo rank=$SLURM_PROCID of=$SLURM_NTASKS python=$(command -v python)'",
+        ],
+        env=job_env,
+        cwd=tmp_path,
+    )
     assert wait_for_job(job, 30) == "COMPLETED", out.read_text() if out.exists() else ""
     assert job_field(job, "ExitCode") == "0:0"
     lines = sorted(out.read_text().split("\n")[:-1])
@@ -28,16 +39,28 @@ def test_two_task_job_completes(tmp_path, job_env):
 
 def test_afterok_dependent_runs_after_its_parent(tmp_path, job_env):
     parent = sbatch(["-t", "1", "-o", "/dev/null", "--wrap", f"sleep 2; touch {tmp_path}/parent.done"], env=job_env)
-    child = sbatch(["-t", "1", "-o", "/dev/null", f"--dependency=afterok:{parent}", "--wrap",
-                    f"test -e {tmp_path}/parent.done && touch {tmp_path}/child.done"], env=job_env)
+    child = sbatch(
+        [
+            "-t",
+            "1",
+            "-o",
+            "/dev/null",
+            f"--dependency=afterok:{parent}",
+            "--wrap",
+            f"test -e {tmp_path}/parent.done && touch {tmp_path}/child.done",
+        ],
+        env=job_env,
+    )
     assert wait_for_job(child, 40) == "COMPLETED"
     assert job_state(parent) == "COMPLETED" and (tmp_path / "child.done").exists()
 
 
 def test_dependent_of_failed_job_is_cancelled(tmp_path, job_env):
     parent = sbatch(["-t", "1", "-o", "/dev/null", "--wrap", "exit 3"], env=job_env)
-    child = sbatch(["-t", "1", "-o", "/dev/null", f"--dependency=afterok:{parent}", "--wrap",
-                    f"touch {tmp_path}/child.ran"], env=job_env)
+    child = sbatch(
+        ["-t", "1", "-o", "/dev/null", f"--dependency=afterok:{parent}", "--wrap", f"touch {tmp_path}/child.ran"],
+        env=job_env,
+    )
     assert wait_for_job(parent, 30) == "FAILED"
     assert job_field(parent, "ExitCode") == "3:0"
     # kill_invalid_depend: cancelled, not left PENDING with Reason=DependencyNeverSatisfied

@@ -1,5 +1,5 @@
-"""slurm/*.sbatch, slurm/pipeline.sh and `met2net submit` on the real local cluster: 2 tasks (srun) per job,
-DeepSpeed ZeRO-2 over gloo, checkpoints, requeue (scontrol requeue, time limit, submitit) and dependencies."""
+"""slurm/*.sbatch, slurm/pipeline.sh, `met2net submit` and its Python API on the real local cluster: 2 tasks (srun)
+per job, DeepSpeed ZeRO-2 over gloo, checkpoints, requeue (scontrol requeue, time limit, submitit) and dependencies."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from tests.slurm.cluster import REPO, job_field, job_state, sbatch, scontrol_sho
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 CONFIG = "configs/quickstart.yaml"
-SMALL = ("model.in_frames=2 model.out_frames=2 model.hid_s=4 model.hid_t=16 model.grid=[16,32] "
-         "model.num_translator_blocks=1 training.batch_size=4 training.val_batches=2 training.log_every=1 "
-         "data.train_years=[2010] data.val_years=[2011] data.test_years=[] data.step_hours=24 data.source=synthetic "
-         "training.progress=false deepspeed.zero_stage=2")
+SMALL = (
+    "model.in_frames=2 model.out_frames=2 model.hid_s=4 model.hid_t=16 model.grid=[16,32] "
+    "model.num_translator_blocks=1 training.batch_size=4 training.val_batches=2 training.log_every=1 "
+    "data.train_years=[2010] data.val_years=[2011] data.test_years=[] data.step_hours=24 data.source=synthetic "
+    "training.progress=false deepspeed.zero_stage=2"
+)
 TWO_TASKS = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
 
@@ -39,8 +41,18 @@ def weights(run: Path, stage: str, step: int) -> dict[str, torch.Tensor]:
 
 def submit_stage(stage: str, run: Path, env: dict, overrides: str, *flags: str) -> int:
     env = {**env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} {overrides}"}
-    return sbatch([*TWO_TASKS, "--time=5", "--signal=B:USR1@30", f"--output={run.parent}/{run.name}-%j.out", *flags,
-                   f"slurm/{stage}.sbatch"], env=env, cwd=REPO)
+    return sbatch(
+        [
+            *TWO_TASKS,
+            "--time=5",
+            "--signal=B:USR1@30",
+            f"--output={run.parent}/{run.name}-%j.out",
+            *flags,
+            f"slurm/{stage}.sbatch",
+        ],
+        env=env,
+        cwd=REPO,
+    )
 
 
 def log_of(run: Path, job: int) -> str:
@@ -93,8 +105,14 @@ def test_two_nodes_train_like_one(tmp_path, job_env):
 def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_env):
     run = tmp_path / "run"
     env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} training.max_steps=3"}
-    out = subprocess.run(["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     ids = [int(line.split("job ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("submitted")]
     assert len(ids) == 2 and "met2net status" in out.stdout
@@ -105,24 +123,33 @@ def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_
     coders = [k for k in one if k.startswith(("encoders", "decoders"))]
     assert coders and all(torch.equal(one[k], two[k]) for k in coders)  # loaded from stage one, then frozen
     assert any(not torch.equal(one[k], two[k]) for k in one if k.startswith("translator_q"))
-    status = subprocess.run([sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True,
-                            text=True, timeout=60, cwd=REPO).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True, text=True, timeout=60, cwd=REPO
+    ).stdout
     assert status.count("COMPLETED") == 2 and "checkpoints/stage2: latest step_3" in status
 
 
 def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
     run = tmp_path / "run"
     env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": "training.max_stpes=3"}
-    out = subprocess.run(["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     ids = [int(line.split("job ")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("submitted")]
     assert wait_for_job(ids[0], 120) == "FAILED"
     assert wait_for_job(ids[1], 60) == "CANCELLED"
     assert not (run / "checkpoints").exists()
     log = (run / "logs" / f"met2net-stage1-{ids[0]}.out").read_text()
     assert "training.max_stpes" in log and "max_steps" in log  # the bad key and the closest valid one
-    status = subprocess.run([sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True,
-                            text=True, timeout=60, cwd=REPO).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True, text=True, timeout=60, cwd=REPO
+    ).stdout
     assert "FAILED" in status and "CANCELLED" in status and f"met2net-stage1-{ids[0]}.out" in status
 
 
@@ -136,8 +163,6 @@ def uninterrupted(tmp_path_factory, slurm_cluster) -> Path:
     job = submit_stage("stage1", run, cluster.job_env(), LONG)
     assert wait_for_job(job, 300) == "COMPLETED", log_of(run, job)
     return run
-
-
 
 
 def test_scontrol_requeue_resumes_to_the_same_weights(tmp_path, job_env, uninterrupted):
@@ -162,10 +187,16 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes(tmp_path, job_env):
     On 2 nodes × 1 task where there are 2 nodes: srun carries the warning to the task on the other node."""
     run = tmp_path / "run"
     nodes = min(2, cluster.node_count())
-    job = submit_stage("stage1", run, {**job_env, "MAX_REQUEUES": "30"},  # each run may get only a few seconds
-                       "training.max_steps=1000 training.checkpoint_every=0 training.val_every=0 "
-                       "training.log_every=100", "--time=1", "--signal=B:USR1@55", f"--nodes={nodes}",
-                       f"--ntasks-per-node={2 // nodes}")
+    job = submit_stage(
+        "stage1",
+        run,
+        {**job_env, "MAX_REQUEUES": "30"},  # each run may get only a few seconds
+        "training.max_steps=1000 training.checkpoint_every=0 training.val_every=0 training.log_every=100",
+        "--time=1",
+        "--signal=B:USR1@55",
+        f"--nodes={nodes}",
+        f"--ntasks-per-node={2 // nodes}",
+    )
     assert wait_for_job(job, 420) == "COMPLETED", log_of(run, job)
     log = log_of(run, job)
     assert "time-limit warning" in log and "requeueing job" in log, log
@@ -185,9 +216,28 @@ def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
     run = tmp_path / "run"
     env = {**job_env, "PYTHONPATH": str(REPO)}
     nodes = min(2, cluster.node_count())
-    cmd = [sys.executable, "-m", "met2net.cli", "submit", CONFIG, *SMALL.split(), "training.max_steps=30",
-           "training.checkpoint_every=5", "training.val_every=0", f"run.dir={run}", "--nodes", str(nodes),
-           "--tasks-per-node", str(2 // nodes), "--time", "5", "--signal-delay", "30", "--partition", "debug"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "met2net.cli",
+        "submit",
+        CONFIG,
+        *SMALL.split(),
+        "training.max_steps=30",
+        "training.checkpoint_every=5",
+        "training.val_every=0",
+        f"run.dir={run}",
+        "--nodes",
+        str(nodes),
+        "--tasks-per-node",
+        str(2 // nodes),
+        "--time",
+        "5",
+        "--signal-delay",
+        "30",
+        "--partition",
+        "debug",
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "met2net job plan: 2 job(s)" in out.stdout and f"met2net status {run}" in out.stdout
@@ -202,3 +252,36 @@ def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
     assert {r["num_nodes"] for r in records(run) if r["split"] == "start"} == {nodes}
     assert [s for s, _ in losses(run) if s][-1] == 30
     assert (run / "checkpoints/stage2/step_30/COMPLETE").exists()
+
+
+def test_python_api_runs_stage_two_after_stage_one(tmp_path, monkeypatch):
+    """`met2net.launch.submit_pipeline` called in this process (as from a notebook): the returned jobs' `result()`
+    waits for them; stage two started after stage one ended and wrote its COMPLETE checkpoint."""
+    from met2net.launch import submit_pipeline
+
+    for key, value in cluster.job_env(PYTHONPATH=str(REPO)).items():  # what sbatch passes on to the jobs
+        monkeypatch.setenv(key, value)
+    run = tmp_path / "run"
+    lines: list[str] = []
+    jobs = submit_pipeline(
+        CONFIG,
+        [*SMALL.split(), "training.max_steps=3", "training.val_every=0", f"run.dir={run}"],
+        tasks_per_node=2,
+        time=5,
+        signal_delay_s=30,
+        echo=lines.append,
+    )
+    assert [job.name for job in jobs] == ["met2net-stage1", "met2net-stage2"] and "met2net job plan" in lines[0]
+    try:
+        results = [job.result() for job in jobs]
+    except Exception as error:  # submitit's error holds the failed task's traceback; the logs say the rest
+        pytest.fail(f"{error}\n" + "\n".join(f.read_text() for f in sorted((run / "submitit").glob("*.out"))))
+    assert results == [run, run]
+    ids = [int(job.job_id) for job in jobs]
+    for job_id in ids:
+        assert wait_for_job(job_id, 60) == "COMPLETED"
+    assert [job.state for job in jobs] == ["COMPLETED", "COMPLETED"]
+    assert job_field(ids[1], "Start") >= job_field(ids[0], "End")  # ISO timestamps sort as text
+    assert all((run / f"checkpoints/{stage}/step_3/COMPLETE").exists() for stage in ("stage1", "stage2"))
+    assert {r["schedule"]: r["world_size"] for r in records(run) if r["split"] == "start"} == {"stage1": 2, "stage2": 2}
+    assert [line.split("\t")[0] for line in (run / "jobs.tsv").read_text().splitlines()[1:]] == [str(i) for i in ids]
