@@ -17,6 +17,10 @@ from typing import Any
 import yaml
 
 SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
+# The loss terms each schedule's validation measures besides the forecast MSE of D_q T_q E_q (training/stages.py reads
+# them from here); their sum is the validation record's `loss` (end_to_end: the forecast MSE itself).
+VALIDATION_TERMS = {"implicit": ("rec", "latent"), "stage1": ("rec",), "stage2": ("latent",), "end_to_end": ()}
+BEST_BY = ("loss", "forecast_mse", "rec", "latent")  # and forecast_mse/<variable>
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("synthetic", "shards")
@@ -78,11 +82,13 @@ class TrainingConfig:
     channels_last: bool = True
     init_from: str = ""
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
-    keep_last: int = 2  # checkpoints kept per stage, besides the best by validation loss; 0: keep all
+    keep_last: int = 2  # checkpoints kept per stage, besides the best (training.best_by); 0: keep all
     resume: bool = True  # continue from the stage's latest COMPLETE checkpoint in run.dir, if any
     time_limit: float = 0.0  # seconds of wall clock for this process; checkpoint and stop before it; 0: none
     log_every: int = 10
     progress: bool = True
+    best_by: str = "forecast_mse"  # the validation key (lowest wins) that names the `best` checkpoint
+    tensorboard: bool = False  # also write the train/val records as TensorBoard events in <run>/tensorboard/
 
 
 @dataclass
@@ -160,6 +166,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(raw, source, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], source: str, overrides: list[str] = ()) -> Config:
+    """A config from a mapping of sections (e.g. a checkpoint's resolved config; ``source`` names it in errors)
+    + `a.b=value` overrides → validated Config."""
     cfg = Config()
     _apply(cfg, raw, source, prefix="")
     for item in overrides:
@@ -306,6 +318,20 @@ def validate(cfg: Config) -> None:
     _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
     _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
     _need(t.time_limit >= 0, "training.time_limit", f"must be ≥ 0 seconds, got {t.time_limit}")
+    per_variable = [f"forecast_mse/{v}" for v in m.variables]
+    _need(
+        t.best_by in BEST_BY or t.best_by in per_variable,
+        "training.best_by",
+        f"must be a key of the validation record: one of {', '.join(BEST_BY)} or forecast_mse/<variable> "
+        f"({', '.join(per_variable)}), got {t.best_by!r}",
+    )
+    validated = ("loss", "forecast_mse", *VALIDATION_TERMS[t.schedule])  # the schedule was checked above
+    _need(
+        t.best_by in validated or t.best_by in per_variable,
+        "training.best_by",
+        f"is {t.best_by!r}, which schedule {t.schedule} does not validate; choose one of {', '.join(validated)} "
+        "or forecast_mse/<variable>",
+    )
     _need(
         t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
         "training.weight_decay/grad_clip/pred_loss_weight",
