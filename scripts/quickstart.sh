@@ -4,7 +4,8 @@
 # (default 2) of stage one (encoders/decoders learn through the frozen Translator copy)
 # then stage two (the Translator learns in the frozen latent space, starting from stage
 # one's checkpoint). Round r+1's stage one starts from round r's stage two, so the decoders
-# learn to read the trained Translator. Extra arguments are config overrides (key=value).
+# learn to read the trained Translator. Then the last round's model is evaluated on the test
+# year against persistence and climatology. Extra arguments are config overrides (key=value).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,7 +13,8 @@ RUN_DIR=${RUN_DIR:-runs/quickstart}
 DATA_DIR=${DATA_DIR:-data/quickstart}
 ROUNDS=${ROUNDS:-2}
 rm -rf "$RUN_DIR"
-[ -d "$DATA_DIR/netcdf" ] || .venv/bin/met2net data synthetic "$DATA_DIR/netcdf" --years 2010-2011 --grid 32x64
+compgen -G "$DATA_DIR/netcdf/*/*2012*" > /dev/null ||  # 2010 trains, 2011 validates, 2012 tests
+  .venv/bin/met2net data synthetic "$DATA_DIR/netcdf" --years 2010-2012 --grid 32x64
 .venv/bin/met2net data convert "$DATA_DIR/netcdf" -c configs/quickstart.yaml -o "$DATA_DIR/shards" data.path="$DATA_DIR/shards"
 .venv/bin/met2net data stats "$DATA_DIR/shards" --train-years 2010
 for round in $(seq 1 "$ROUNDS"); do
@@ -23,4 +25,7 @@ for round in $(seq 1 "$ROUNDS"); do
   .venv/bin/met2net train configs/quickstart.yaml training.schedule=stage1 "${common[@]}" "${init[@]}" "$@"
   .venv/bin/met2net train configs/quickstart.yaml training.schedule=stage2 "${common[@]}" "$@"
 done
-echo "quickstart: done; metrics in $RUN_DIR/round_*/metrics.jsonl, checkpoints in $RUN_DIR/round_*/checkpoints/"
+# the last round's stage two against persistence and climatology on the test year, with plots
+.venv/bin/met2net evaluate "$RUN_DIR" -o "$RUN_DIR/evaluation" data.path="$DATA_DIR/shards"
+echo "quickstart: done; metrics in $RUN_DIR/round_*/metrics.jsonl, checkpoints in $RUN_DIR/round_*/checkpoints/,"
+echo "  evaluation in $RUN_DIR/evaluation/ (report.md, metrics.csv, plots/)"

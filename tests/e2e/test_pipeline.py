@@ -34,7 +34,8 @@ def met2net(*args: str) -> subprocess.CompletedProcess:
 def test_netcdf_to_shards_to_training(tmp_path):
     write_weatherbench_tree(tmp_path / "nc", [2010, 2011], grid=(16, 32), hours=24 * 10)
     shards, config = tmp_path / "shards", str(ROOT / "configs/quickstart.yaml")
-    data = [f"data.path={shards}", "data.train_years=[2010]", "data.val_years=[2011]", "data.step_hours=6"]
+    data = [f"data.path={shards}", "data.train_years=[2010]", "data.val_years=[2011]", "data.test_years=[]"]
+    data += ["data.step_hours=6"]
     met2net("data", "convert", str(tmp_path / "nc"), "-c", config, "-o", str(shards), *MODEL, *data)
     assert sorted(p.name for p in shards.iterdir()) == ["2010.h5", "2011.h5", "index.json"]
     out = met2net("data", "stats", str(shards), "--train-years", "2010")
