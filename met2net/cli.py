@@ -64,6 +64,44 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from met2net.evaluation.evaluate import evaluate
+    from met2net.evaluation.report import summary, write_outputs, write_plots
+
+    ev = evaluate(
+        args.source,
+        args.split,
+        args.overrides,
+        args.rollout,
+        args.batch_size,
+        progress=True,
+        window_days=args.climatology_window,
+    )
+    if ev.rank == 0:
+        files = write_outputs(ev, args.out)
+        if not args.no_plots:
+            files += write_plots(ev, Path(args.out))
+        print(f"evaluated {ev.source}")
+        print(summary(ev))
+        print(
+            f"wrote {', '.join(str(f) for f in files[:3])}"
+            + (f" and {len(files) - 3} plots under {Path(args.out) / 'plots'}" if len(files) > 3 else "")
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from met2net.evaluation.predict import predict, write_forecast
+
+    ds = predict(args.source, args.init, args.overrides, args.rollout)
+    path = write_forecast(ds, args.out)
+    print(
+        f"wrote {path}: {ds.sizes['forecast_reference_time']} forecast(s) × {ds.sizes['forecast_period']} leads of "
+        f"{', '.join(ds.data_vars)}"
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from met2net.launch.status import status
 
@@ -112,6 +150,22 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot_losses(args: argparse.Namespace) -> int:
+    from met2net.evaluation.plots import find_metrics, plot_losses
+
+    files = find_metrics(args.run_dirs)
+    print(f"wrote {plot_losses(files, args.out)} from {len(files)} metrics.jsonl file(s)")
+    return 0
+
+
+def cmd_plot_scores(args: argparse.Namespace) -> int:
+    from met2net.evaluation.plots import plot_scores
+
+    written = plot_scores(args.metrics_csv, args.out, tuple(args.metric or ("rmse_w", "acc")))
+    print(f"wrote {len(written)} plots to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     # the deepspeed launcher passes --local_rank before the command; LOCAL_RANK in the environment says the same
@@ -150,6 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-requeues", type=int, default=3, help="time-outs to checkpoint and requeue after")
     submit.add_argument("--dry-run", action="store_true", help="print the job plan, submit nothing")
     submit.set_defaults(func=cmd_submit)
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="forecast skill per variable and lead against persistence and "
+        "climatology (torchrun/srun/mpirun: ranks split the samples)",
+    )
+    evaluate.add_argument("source", help="run directory, checkpoint directory or consolidated file")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
+    evaluate.add_argument(
+        "-o", "--out", default="evaluation", help="output directory (metrics.csv, metrics.json, report.md, plots/)"
+    )
+    evaluate.add_argument("--rollout", type=int, default=1, help="autoregressive steps: leads up to K × out_frames")
+    evaluate.add_argument("--batch-size", type=int, default=0, help="windows per forward (default training.batch_size)")
+    evaluate.add_argument("--climatology-window", type=int, default=15, help="days either side smoothed (default 15)")
+    evaluate.add_argument("--no-plots", action="store_true")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=... data.test_years=[2018]")
+    evaluate.set_defaults(func=cmd_evaluate)
+    predict = sub.add_parser("predict", help="forecasts from chosen initial times → CF netCDF")
+    predict.add_argument("source", help="run directory, checkpoint directory or consolidated file")
+    predict.add_argument("--init", nargs="+", required=True, help="initial times (UTC), e.g. 2017-01-01T00")
+    predict.add_argument("-o", "--out", required=True, help="netCDF file to write, e.g. forecast.nc")
+    predict.add_argument("--rollout", type=int, default=1, help="autoregressive steps: leads up to K × out_frames")
+    predict.add_argument("overrides", nargs="*", metavar="key=value")
+    predict.set_defaults(func=cmd_predict)
     status = sub.add_parser("status", help="jobs (sacct), checkpoints and last metrics of a run directory")
     status.add_argument("run_dir", type=Path)
     status.set_defaults(func=cmd_status)
@@ -172,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("shards", type=Path, help="shard directory (holds index.json)")
     stats.add_argument("--train-years", type=parse_years, required=True, help="e.g. 2010-2015 or 2010,2012")
     stats.set_defaults(func=cmd_data_stats)
+    plot = sub.add_parser("plot", help="PNG plots of training runs and evaluations").add_subparsers(
+        dest="action", required=True
+    )
+    losses = plot.add_parser("losses", help="training and validation losses of runs (every round, every stage)")
+    losses.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directory or metrics.jsonl")
+    losses.add_argument("-o", "--out", type=Path, required=True, help="PNG file to write")
+    losses.set_defaults(func=cmd_plot_losses)
+    scores = plot.add_parser("scores", help="scores against lead time, with the baselines, from an evaluation CSV")
+    scores.add_argument("metrics_csv", type=Path, help="the evaluation's long-format CSV")
+    scores.add_argument("-o", "--out", type=Path, required=True, help="directory for <metric>_<variable>.png")
+    scores.add_argument("--metric", action="append", help="metric to plot, repeatable (default: rmse_w and acc)")
+    scores.set_defaults(func=cmd_plot_scores)
     return parser
 
 

@@ -66,7 +66,7 @@ def run_train(cfg: Config) -> RunResult:
     if result.finished and result.rank == 0:
         print(
             f"{result.schedule}: {result.step} steps on {result.world_size} rank(s), validation "
-            + ", ".join(f"{k} {v:.5f}" for k, v in result.val.items())
+            + ", ".join(f"{k} {v:.5f}" for k, v in result.val.items() if "/" not in k)  # not per variable
             + f"; run directory {result.run_dir}"
         )
     return result

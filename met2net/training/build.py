@@ -109,8 +109,9 @@ def build_trainer(cfg: Config) -> Trainer:
     run_dir = prepare_run_dir(cfg, info.rank)
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
+    t = cfg.training
     checkpoints = CheckpointManager(
-        layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, cfg.training.keep_last
+        layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, t.keep_last, t.best_by
     )
     resume_from = checkpoints.find_resumable() if cfg.training.resume else None
     device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -175,13 +175,16 @@ def latest(stage_dir: Path) -> Path | None:
     return newest_intact(Path(stage_dir))
 
 
-def prune(stage_dir: Path, keep_last: int) -> list[Path]:
+def prune(stage_dir: Path, keep_last: int, best_by: str = "forecast_mse") -> list[Path]:
     """Delete complete checkpoints beyond the newest ``keep_last``, never the one ``latest`` names nor the
-    best by validation loss (``meta.json`` → ``val.loss``), which is also pointed at by ``best``. A directory is
-    renamed away (hidden) before it is deleted, so a kill mid-delete never leaves a half checkpoint behind."""
+    best — the lowest ``meta.json`` → ``val[best_by]`` (``training.best_by``), also pointed at by ``best``.
+    Checkpoints written before their validation recorded ``best_by`` are scored by ``val.loss`` when none has it
+    (two measures are never compared). A directory is renamed away (hidden) before it is deleted, so a kill
+    mid-delete never leaves a half checkpoint behind."""
     done = complete_step_dirs(stage_dir)
-    scored = [(load_meta(p).get("val", {}).get("loss"), p) for p in done]
-    scored = [(v, p) for v, p in scored if v is not None]
+    vals = [(load_meta(p).get("val", {}), p) for p in done]
+    key = best_by if any(best_by in v for v, _ in vals) else "loss"
+    scored = [(v[key], p) for v, p in vals if v.get(key) is not None]
     keep = set(done[-keep_last:]) if keep_last else set(done)
     if scored:
         best = min(scored, key=lambda vp: (vp[0], -step_of(vp[1])))[1]
@@ -272,8 +275,11 @@ class CheckpointManager:
     """Save and resume one stage's checkpoints on every rank of a run; the Trainer calls it with its progress
     (``Trainer.state_dict()``) and knows nothing of files."""
 
-    def __init__(self, stage_dir: Path, rank: int = 0, world_size: int = 1, keep_last: int = 2):
+    def __init__(
+        self, stage_dir: Path, rank: int = 0, world_size: int = 1, keep_last: int = 2, best_by: str = "forecast_mse"
+    ):
         self.stage_dir, self.rank, self.world_size, self.keep_last = Path(stage_dir), rank, world_size, keep_last
+        self.best_by = best_by  # the validation key that names the best checkpoint (training.best_by)
         self._log: Callable[[dict[str, Any]], None] | None = None
         self._pending: list[dict[str, Any]] = []  # records from before the run's log existed
 
@@ -318,7 +324,7 @@ class CheckpointManager:
         barrier(self.world_size)
         if self.rank == 0:
             publish(self.stage_dir, step, {**meta, **client})
-            prune(self.stage_dir, self.keep_last)
+            prune(self.stage_dir, self.keep_last, self.best_by)
         barrier(self.world_size)
         return self.stage_dir / f"step_{step}"
 

@@ -8,7 +8,6 @@ trains and which loss: ``training/stages.py``) and a ``CheckpointManager`` (ever
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from met2net.training.engine import Engine, engine_kind
 from met2net.training.precision import autocast
 from met2net.training.preemption import Preempted, StopWatch
 from met2net.training.rng import derived_seed, rng_state, seed_everything, set_rng_state
+from met2net.training.run_log import RunLog
 from met2net.training.stages import Schedule
 
 
@@ -52,6 +52,8 @@ class Trainer:
         self.saved_step = -1  # the step of the newest checkpoint this run wrote
         self.stopwatch = StopWatch(self.cfg.training.time_limit)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        board = self.run_dir / "tensorboard" / self.schedule.name if self.cfg.training.tensorboard else None
+        self.run_log = RunLog(self.metrics_path, board)
         self.checkpoints.attach_log(self.log)
         micro = self.micro_batch or self.cfg.training.batch_size
         self.train_sampler = ShardedSampler(
@@ -227,6 +229,4 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        record = {"step": self.step, "schedule": self.schedule.name, "time": time.time(), **record}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run_log.write({"step": self.step, "schedule": self.schedule.name, "time": time.time(), **record})

@@ -52,6 +52,7 @@ class Schedule:
         self.translator_momentum = cfg.momentum.translator
         self.pred_weight = cfg.training.pred_loss_weight
         self.reference_backward = cfg.momentum.reference_backward
+        self.variables = list(cfg.model.variables)  # names of the per-variable validation errors, in channel order
 
     def configure(self, model: Met2Net) -> None:
         """requires_grad on exactly the trained modules; every module in train mode."""
@@ -66,17 +67,23 @@ class Schedule:
     def after_backward(self, model: Met2Net) -> None:
         """Momentum updates that need the pre-step q weights."""
 
-    val_terms: tuple[str, ...] = ("rec", "latent")
+    val_terms: tuple[str, ...] = ()  # the loss terms validation measures: config.VALIDATION_TERMS[name]
 
     def validation_losses(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """In eval mode and without side effects (no momentum update, no BatchNorm
-        statistics): the forecast MSE of D_q T_q E_q, the schedule's own loss terms, and
-        their sum as ``loss`` (what "best" checkpoints are chosen by)."""
+        statistics): the forecast MSE of D_q T_q E_q — the evaluation's measure, in normalised
+        units, over all variables (``forecast_mse``, what the ``best`` checkpoint is chosen by
+        unless ``training.best_by`` says otherwise) and per variable (``forecast_mse/<variable>``,
+        whose mean is ``forecast_mse``) — the schedule's own loss terms, and their sum as
+        ``loss``. The same keys in the same order on every rank: the loop sums them over ranks."""
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                parts = {"forecast_mse": F.mse_loss(model.forecast(x), y)}
+                forecast = model.forecast(x)
+                parts = {"forecast_mse": F.mse_loss(forecast, y)}
+                per_variable = (forecast.float() - y.float()).square().mean(dim=(0, 1, 3, 4))  # (B, T, C, H, W)
+                parts.update({f"forecast_mse/{v}": e for v, e in zip(self.variables, per_variable, strict=True)})
                 if "rec" in self.val_terms:
                     z_x = model.encode(model.encoders_q, x)
                     rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
@@ -137,7 +144,6 @@ class StageOne(Schedule):
     """Encoders/decoders learn through the frozen Translator copy T_k."""
 
     trains = CODEC_Q
-    val_terms = ("rec",)
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)), x.shape[1])
@@ -151,7 +157,6 @@ class StageTwo(Schedule):
     """The Translator learns in the frozen encoders' latent space."""
 
     trains = TRANSLATOR_Q
-    val_terms = ("latent",)
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         with torch.no_grad():
@@ -168,7 +173,6 @@ class EndToEnd(Schedule):
 
     trains = CODEC_Q + TRANSLATOR_Q
     needs_copies = False
-    val_terms = ()
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         return self._total({"forecast_mse": F.mse_loss(model.forecast(x), y)})
@@ -181,6 +185,7 @@ SCHEDULES: dict[str, type[Schedule]] = dict(
 )
 for _name, _cls in SCHEDULES.items():
     _cls.name = _name
+    _cls.val_terms = config.VALIDATION_TERMS[_name]
 
 
 def make_schedule(cfg: Config) -> Schedule:

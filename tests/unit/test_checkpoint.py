@@ -94,3 +94,18 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path, small_cfg):
     assert sorted(p.name for p in stage.glob("step_*")) == ["step_2", "step_4", "step_5"]
     assert (stage / "best").read_text() == "step_2" and (stage / "latest").read_text() == "step_5"
     assert checkpoint.prune(stage, keep_last=0) == []
+
+
+def test_prune_picks_best_by_the_configured_validation_key(tmp_path, small_cfg):
+    model = Met2Net(small_cfg.model)
+    stage = tmp_path / "checkpoints" / "implicit"
+    # older checkpoints recorded only `loss`; the forecast error and the loss disagree on the best
+    vals = {1: {"loss": 0.1}, 2: {"loss": 0.5, "forecast_mse": 0.3}, 3: {"loss": 0.2, "forecast_mse": 0.4}}
+    for step, val in vals.items():
+        save_weights(stage, step, model, {"schedule": "implicit", "val": val})
+    checkpoint.prune(stage, keep_last=0)  # default: forecast_mse, among the checkpoints that have it
+    assert (stage / "best").read_text() == "step_2"
+    checkpoint.prune(stage, keep_last=0, best_by="loss")
+    assert (stage / "best").read_text() == "step_1"
+    removed = checkpoint.prune(stage, keep_last=1, best_by="forecast_mse")
+    assert [p.name for p in removed] == ["step_1"] and (stage / "best").read_text() == "step_2"

@@ -94,3 +94,15 @@ def test_config_show_round_trips(tmp_path, capsys):
 def test_cli_reports_config_errors(capsys):
     assert main(["config", "show", "/nonexistent.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_best_by_is_a_key_of_the_schedules_validation():
+    assert load_config(None).training.best_by == "forecast_mse"
+    assert load_config(None, ["training.best_by=forecast_mse/t2m"]).training.best_by == "forecast_mse/t2m"
+    assert load_config(None, ["training.schedule=stage2", "training.best_by=latent"]).training.best_by == "latent"
+    with pytest.raises(ConfigError, match=r"'training.best_by' must be .*one of loss, forecast_mse, rec, latent"):
+        load_config(None, ["training.best_by=val_loss"])
+    with pytest.raises(ConfigError, match=r"forecast_mse/u10, forecast_mse/v10.*got 'forecast_mse/z500'"):
+        load_config(None, ["training.best_by=forecast_mse/z500"])
+    with pytest.raises(ConfigError, match=r"stage2 does not validate; choose one of loss, forecast_mse, latent "):
+        load_config(None, ["training.schedule=stage2", "training.best_by=rec"])

@@ -192,3 +192,24 @@ def test_activation_checkpointing_changes_no_number():
         assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
     sa, sb = plain.state_dict(), recomputed.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:3]
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_validation_reports_the_forecast_error_per_variable(name):
+    cfg = small_config(f"training.schedule={name}")
+    schedule = make_schedule(cfg)
+    model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
+    x, y = batch(5)
+    parts = schedule.validation_losses(model, x, y)
+    per_variable = [f"forecast_mse/{v}" for v in cfg.model.variables]
+    assert list(parts) == ["forecast_mse", *per_variable, *schedule.val_terms, "loss"]
+    model.eval()
+    with torch.no_grad():
+        forecast = model.forecast(x)
+    model.train()
+    error = (forecast - y).square()
+    assert torch.equal(parts["forecast_mse"], torch.nn.functional.mse_loss(forecast, y))  # as before the new keys
+    for c, key in enumerate(per_variable):
+        torch.testing.assert_close(parts[key], error[:, :, c].mean(), rtol=1e-6, atol=0)
+    mean = torch.stack([parts[k] for k in per_variable]).mean()
+    torch.testing.assert_close(mean, parts["forecast_mse"], rtol=1e-6, atol=0)
