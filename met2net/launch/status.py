@@ -60,7 +60,8 @@ def last_metrics(metrics: Path) -> list[str]:
     for split in ("train", "val", "preempted", "resume"):
         if split in last:
             r = last[split]
-            shown = {k: v for k, v in r.items() if k not in ("split", "time", "schedule", "step")}
+            skip = ("split", "time", "schedule", "step")  # and the per-variable errors: metrics.jsonl has them
+            shown = {k: v for k, v in r.items() if k not in skip and "/" not in k}
             values = ", ".join(f"{k} {v:.5g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
             where = f"{metrics.parent.name}/{metrics.name}"
             lines.append(f"  {where} last {split}: {r['schedule']} step {r['step']}: {values}")
