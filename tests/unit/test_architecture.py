@@ -36,7 +36,27 @@ NEVER = {
     "met2net/training": ("met2net.launch", "met2net.cli", "met2net.train", "submitit"),
     "met2net/train.py": ("met2net.launch", "met2net.cli", "submitit"),
     "met2net/launch": ("met2net.cli", "met2net.model", "met2net.data", "met2net.distributed", "deepspeed"),
+    "met2net/evaluation": (
+        "met2net.launch",
+        "met2net.cli",
+        "met2net.train",
+        "met2net.training.loop",
+        "met2net.training.build",
+        "met2net.training.engine",
+        "submitit",
+    ),
     "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
+    # consolidation reads a checkpoint's files alone: no trainer, no launcher, and not DeepSpeed itself
+    "met2net/consolidate": (
+        "met2net.training.loop",
+        "met2net.training.build",
+        "met2net.training.stages",
+        "met2net.launch",
+        "met2net.cli",
+        "met2net.train",
+        "deepspeed",
+        "submitit",
+    ),
 }
 # the launchers may reach training only through its entry point, the requeue exit code and the (torch-free) names
 # of checkpoint files
