@@ -102,6 +102,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from met2net.consolidate import consolidate, read_meta, verify_consolidated
+
+    if args.verify:
+        problems = verify_consolidated(args.verify)
+        for problem in problems:
+            print(f"{args.verify}: {problem}")
+        if not problems:
+            meta = read_meta(args.verify)
+            print(f"{args.verify}: intact ({meta['weights']} weights, {meta['parameters']:,} parameters, "
+                  f"{len(meta['tensors'])} tensors, {meta['schedule']} step {meta['step']})")
+        return 1 if problems else 0
+    if not args.ckpt or not args.out:
+        raise ValueError("consolidate: give CKPT and -o OUT, or --verify OUT")
+    out = consolidate(args.ckpt, args.out, args.weights, args.schedule)
+    meta = read_meta(out)
+    src = meta["source"]
+    print(f"wrote {out}/model.safetensors ({meta['weights']} weights, {meta['parameters']:,} parameters) and "
+          f"met2net.json from {src['path']} ({meta['schedule']} step {meta['step']}, {src['engine']} "
+          f"ZeRO-{src['zero_stage']} on {src['world_size']} rank(s))")
+    return 0
+
+
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from met2net.consolidate import import_reference
+
+    explicit = {o.partition("=")[0].strip() for o in args.overrides}
+    config = None
+    if args.config or args.overrides:
+        config = load_config(args.config, args.overrides)
+        if args.config:
+            explicit |= {f"model.{k}" for k in config.model.__dict__}
+    report = import_reference(args.file, args.out, config, explicit, args.weights, args.trust_pickle, args.stats)
+    print(report.describe())
+    print(f"wrote {report.out}/model.safetensors and met2net.json; fine-tune with training.init_from={report.out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from met2net.launch.status import status
 
@@ -227,6 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--rollout", type=int, default=1, help="autoregressive steps: leads up to K × out_frames")
     predict.add_argument("overrides", nargs="*", metavar="key=value")
     predict.set_defaults(func=cmd_predict)
+    consolidate = sub.add_parser(
+        "consolidate", help="a sharded checkpoint (any ZeRO stage, any world size) → model.safetensors + met2net.json"
+    )
+    consolidate.add_argument("ckpt", nargs="?", help="checkpoint (step_<n>), stage or run directory")
+    consolidate.add_argument("-o", "--out", help="output directory")
+    consolidate.add_argument(
+        "--weights",
+        choices=("inference", "all"),
+        default="inference",
+        help="inference: E_q, D_q, T_q and buffers; all: with the momentum copies (to restart training from)",
+    )
+    consolidate.add_argument("--schedule", help="which stage of a run directory (stage1, stage2, implicit, ...)")
+    consolidate.add_argument("--verify", metavar="OUT", help="re-check a consolidated directory against met2net.json")
+    consolidate.set_defaults(func=cmd_consolidate)
+    imp = sub.add_parser("import-reference", help="the authors' reference checkpoint (.ckpt/.pth) → consolidated")
+    imp.add_argument("file", help="reference checkpoint: a state dict, or a Lightning checkpoint (state_dict key)")
+    imp.add_argument("-o", "--out", required=True, help="output directory")
+    imp.add_argument("-c", "--config", help="YAML config: grid, heads, variable names (and model values to check)")
+    imp.add_argument("--weights", choices=("inference", "all"), default="all", help="default all (with the copies)")
+    imp.add_argument("--stats", help="stats.json (or its shard directory) of the normalisation the weights expect")
+    imp.add_argument("--trust-pickle", action="store_true", help="allow a file that needs arbitrary unpickling")
+    imp.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.grid=[64,128]")
+    imp.set_defaults(func=cmd_import_reference)
     status = sub.add_parser("status", help="jobs (sacct), checkpoints and last metrics of a run directory")
     status.add_argument("run_dir", type=Path)
     status.set_defaults(func=cmd_status)

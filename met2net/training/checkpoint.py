@@ -219,8 +219,9 @@ def resolve(path: str | Path, schedule: str | None) -> Path:
     if p.is_file():
         raise FileNotFoundError(
             f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
-            f"directory (checkpoints/<schedule>) or a run directory. The authors' .ckpt weights "
-            f"map onto met2net's with met2net.model.reference_keys"
+            f"directory (checkpoints/<schedule>), a run directory or consolidated weights (the directory "
+            f"`met2net consolidate` writes, or its model.safetensors). For the authors' .ckpt/.pth weights run "
+            f"`met2net import-reference {p} -o OUT` and use OUT"
         )
     if (p / "latest").is_file():  # a stage directory, e.g. <run>/checkpoints/stage2
         p = p / (p / "latest").read_text().strip()
@@ -256,17 +257,30 @@ def init_from(
     model: torch.nn.Module, path: str | Path, schedule: str | None, model_cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Weights only (fresh optimizer) from a COMPLETE checkpoint (of ``schedule``, if given)
-    of the same model configuration — how stage two starts from stage one."""
-    ckpt = resolve(path, schedule)
-    meta = load_meta(ckpt)
-    if schedule is not None and meta.get("schedule") != schedule:
-        raise ValueError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
+    of the same model configuration — how stage two starts from stage one. ``path`` may also be consolidated
+    weights (``met2net consolidate``, ``met2net import-reference``: safetensors + JSON, nothing unpickled), of any
+    schedule since they are named explicitly; an inference file's momentum copies start equal to the trained
+    copies, as in a new model."""
+    from met2net.consolidate.load import fit_to_model, is_consolidated, load_consolidated
+
+    if is_consolidated(path):
+        state, meta = load_consolidated(path)
+        ckpt = Path(path)
+    else:
+        ckpt = resolve(path, schedule)
+        meta = load_meta(ckpt)
+        if schedule is not None and meta.get("schedule") != schedule:
+            raise ValueError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
+        state = None
     theirs = meta.get("model", {})
     diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
     if diff:
         details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
         raise ValueError(f"{ckpt}: was trained with another model configuration ({details})")
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    if state is not None:
+        model.load_state_dict(fit_to_model(state, model.state_dict().keys()))
+    else:
+        model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
     return meta
 
 

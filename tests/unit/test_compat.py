@@ -58,3 +58,28 @@ def test_private_internals_are_used_only_in_the_compat_package():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("deepspeed.", "submitit.")):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module}")
     assert offenders == []
+
+
+DEEPSPEED_FILE_LAYOUT = (
+    "_optim_states",
+    "_model_states",
+    "single_partition_of_fp32_groups",
+    "fp32_flat_groups",
+    "frozen_param_",
+    "param_shapes",
+    "param_slice_mappings",
+    "base_optimizer_state",
+)
+
+
+def test_deepspeed_checkpoint_files_are_read_only_in_the_compat_package():
+    """DeepSpeed's checkpoint file names and keys (what consolidation reads) are named in met2net/compat only."""
+    offenders = []
+    for path in (ROOT / "met2net").rglob("*.py"):
+        if "compat" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if any(key in node.value for key in DEEPSPEED_FILE_LAYOUT):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}")
+    assert offenders == []
