@@ -111,17 +111,21 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
             print(f"{args.verify}: {problem}")
         if not problems:
             meta = read_meta(args.verify)
-            print(f"{args.verify}: intact ({meta['weights']} weights, {meta['parameters']:,} parameters, "
-                  f"{len(meta['tensors'])} tensors, {meta['schedule']} step {meta['step']})")
+            print(
+                f"{args.verify}: intact ({meta['weights']} weights, {meta['parameters']:,} parameters, "
+                f"{len(meta['tensors'])} tensors, {meta['schedule']} step {meta['step']})"
+            )
         return 1 if problems else 0
     if not args.ckpt or not args.out:
         raise ValueError("consolidate: give CKPT and -o OUT, or --verify OUT")
     out = consolidate(args.ckpt, args.out, args.weights, args.schedule)
     meta = read_meta(out)
     src = meta["source"]
-    print(f"wrote {out}/model.safetensors ({meta['weights']} weights, {meta['parameters']:,} parameters) and "
-          f"met2net.json from {src['path']} ({meta['schedule']} step {meta['step']}, {src['engine']} "
-          f"ZeRO-{src['zero_stage']} on {src['world_size']} rank(s))")
+    print(
+        f"wrote {out}/model.safetensors ({meta['weights']} weights, {meta['parameters']:,} parameters) and "
+        f"met2net.json from {src['path']} ({meta['schedule']} step {meta['step']}, {src['engine']} "
+        f"ZeRO-{src['zero_stage']} on {src['world_size']} rank(s))"
+    )
     return 0
 
 
