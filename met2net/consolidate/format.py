@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from met2net.config import ModelConfig
+from met2net.training.layout import CheckpointError
 
 WEIGHTS = "model.safetensors"
 META = "met2net.json"
@@ -31,7 +32,7 @@ COPIES = ("encoders_k", "decoders_k", "translator_k")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-class ConsolidateError(ValueError):
+class ConsolidateError(CheckpointError):
     """A checkpoint that cannot be consolidated, or a consolidated file that cannot be used; the message names the
     file and what to do."""
 

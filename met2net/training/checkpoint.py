@@ -37,13 +37,20 @@ from met2net.distributed.collectives import barrier, on_rank0
 from met2net.training import universal
 from met2net.training.buffers import average_batchnorm_statistics, batchnorm_statistics, set_batchnorm_statistics
 from met2net.training.engine import Engine
-from met2net.training.layout import MARKER, META, complete_step_dirs, step_dirs, step_of
+from met2net.training.layout import (
+    MARKER,
+    META,
+    CheckpointError,
+    complete_step_dirs,
+    load_meta,
+    resolve,
+    sha256,
+    step_dirs,
+    step_of,
+    verify,
+)
 
 FORMAT = 2  # 2: checksums in meta.json and COMPLETE; 1: none (still loaded)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names it and says what to do."""
 
 
 # -- files --------------------------------------------------------------------------------------------------------
@@ -55,14 +62,6 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -122,30 +121,6 @@ def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
     _write_durable(stage_dir / "latest", final.name)
     shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def verify(ckpt: Path) -> list[str]:
-    """What is wrong with checkpoint ``ckpt`` (empty: intact): no ``COMPLETE``, a ``meta.json`` that is not the
-    one ``COMPLETE`` vouches for, a file missing or not the one ``meta.json`` vouches for."""
-    ckpt = Path(ckpt)
-    if not (ckpt / MARKER).is_file():
-        return [f"no {MARKER} marker: the run that wrote it stopped mid-write"]
-    try:
-        text = (ckpt / META).read_text()
-        meta = json.loads(text)
-    except (OSError, ValueError) as e:
-        return [f"{META} is unreadable ({e})"]
-    expected = (ckpt / MARKER).read_text().strip()
-    if expected and expected != hashlib.sha256(text.encode()).hexdigest():
-        return [f"{META} was altered or truncated (its sha256 is not the one {MARKER} holds)"]
-    problems = []
-    for name, digest in meta.get("files", {}).items():
-        path = ckpt / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256(path) != digest:
-            problems.append(f"{name} was altered or truncated (sha256 differs from {META})")
-    return problems
 
 
 def newest_intact(stage_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
@@ -210,49 +185,6 @@ def remove_leftovers(stage_dir: Path) -> list[Path]:
 
 
 # -- loading weights ----------------------------------------------------------------------------------------------
-def resolve(path: str | Path, schedule: str | None) -> Path:
-    """A checkpoint directory, a stage directory (its ``latest``), or a run directory whose ``latest``
-    checkpoint of ``schedule`` is meant; errors say what is missing."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
-    if p.is_file():
-        raise FileNotFoundError(
-            f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
-            f"directory (checkpoints/<schedule>), a run directory or consolidated weights (the directory "
-            f"`met2net consolidate` writes, or its model.safetensors). For the authors' .ckpt/.pth weights run "
-            f"`met2net import-reference {p} -o OUT` and use OUT"
-        )
-    if (p / "latest").is_file():  # a stage directory, e.g. <run>/checkpoints/stage2
-        p = p / (p / "latest").read_text().strip()
-    elif not (p / META).exists() and not (p / MARKER).exists():
-        where = f"with a {schedule} checkpoint" if schedule else "nor a stage directory (no latest)"
-        latest_ = p / "checkpoints" / str(schedule) / "latest"
-        if schedule is None or not latest_.exists():
-            raise FileNotFoundError(
-                f"{p}: neither a checkpoint (no {META}) nor a run directory {where}"
-                + (f" ({latest_} is missing)" if schedule else "")
-            )
-        p = latest_.parent / latest_.read_text().strip()
-    if not (p / MARKER).exists():
-        raise FileNotFoundError(
-            f"{p}: checkpoint is incomplete (no {MARKER} marker): the run that "
-            f"wrote it stopped mid-write; use an earlier step"
-        )
-    problems = verify(p)
-    if problems:
-        raise CheckpointError(f"{p}: damaged checkpoint: {'; '.join(problems)}; use an earlier step")
-    return p
-
-
-def load_meta(ckpt: Path) -> dict[str, Any]:
-    path = Path(ckpt) / META
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged, use an earlier step") from e
-
-
 def init_from(
     model: torch.nn.Module, path: str | Path, schedule: str | None, model_cfg: dict[str, Any]
 ) -> dict[str, Any]:

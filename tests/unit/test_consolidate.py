@@ -203,8 +203,9 @@ def test_replacing_a_consolidated_directory_is_atomic(local_ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_consolidation_restates_the_checkpoint_protocol_and_model_names_faithfully(local_ckpt, tmp_path, small_cfg):
-    """Consolidation runs without torch, so it restates a few facts of the training side; they must not drift."""
+def test_consolidation_restates_the_model_names_faithfully_and_sees_damage(local_ckpt, tmp_path, small_cfg):
+    """Consolidation runs without torch, so it restates the model's part names; they must not drift. It checks a
+    checkpoint with the torch-free protocol of training/layout.py, which finds every kind of damage."""
     from met2net.consolidate import format, source
     from met2net.model import met2net
 
@@ -221,7 +222,6 @@ def test_consolidation_restates_the_checkpoint_protocol_and_model_names_faithful
     }.items():
         damaged[name] = Path(shutil.copytree(local_ckpt, tmp_path / name / "step_2"))
         damage(damaged[name])
-        assert source.verify(damaged[name]) == checkpoint.verify(damaged[name]), name
     assert source.verify(damaged["intact"]) == [] and all(source.verify(c) for n, c in damaged.items() if n != "intact")
     for where in (local_ckpt, local_ckpt.parent, local_ckpt.parents[2]):
         assert source.locate(where, "stage1") == checkpoint.resolve(where, "stage1")
