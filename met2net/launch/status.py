@@ -57,7 +57,7 @@ def last_metrics(metrics: Path) -> list[str]:
         record = json.loads(line)
         last[record["split"]] = record
     lines = []
-    for split in ("train", "val", "preempted", "resume"):
+    for split in ("train", "val", "regression", "preempted", "resume"):
         if split in last:
             r = last[split]
             skip = ("split", "time", "schedule", "step")  # and the per-variable errors: metrics.jsonl has them

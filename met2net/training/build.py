@@ -56,13 +56,18 @@ def prepare_run_dir(cfg: Config, rank: int) -> Path:
     return run_dir
 
 
+def init_source(cfg: Config, schedule: Schedule, run_dir: Path) -> str:
+    """Where the stage's weights come from: ``training.init_from``, for stage two by default this run's stage one."""
+    return cfg.training.init_from or (str(run_dir) if schedule.name == "stage2" else "")
+
+
 def build_model(
     cfg: Config, schedule: Schedule, run_dir: Path, resuming: bool, deepspeed: bool, device: torch.device
 ) -> Met2Net:
-    """The model with what the schedule trains unfrozen; weights from ``training.init_from`` (stage two: this run's
-    stage one by default) unless the run resumes, which loads its own."""
+    """The model with what the schedule trains unfrozen; weights from ``init_source`` unless the run resumes, which
+    loads its own."""
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
-    source = cfg.training.init_from or (str(run_dir) if schedule.name == "stage2" else "")
+    source = init_source(cfg, schedule, run_dir)
     if source and not resuming:
         wanted = "stage1" if schedule.name == "stage2" else None
         checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
@@ -127,7 +132,19 @@ def build_trainer(cfg: Config) -> Trainer:
     micro = micro_batch_size(cfg, info.world_size) if deepspeed else cfg.training.batch_size
     engine = build_engine(cfg, model, total, info, deepspeed, run_dir, resume_mode == "universal")
     trainer = Trainer(
-        cfg, run_dir, model, schedule, engine, splits, total, checkpoints, info.rank, info.world_size, micro, device
+        cfg,
+        run_dir,
+        model,
+        schedule,
+        engine,
+        splits,
+        total,
+        checkpoints,
+        info.rank,
+        info.world_size,
+        micro,
+        device,
+        started_from=init_source(cfg, schedule, run_dir),
     )
     if resume_from is not None:
         trainer.resume(resume_from, resume_mode)

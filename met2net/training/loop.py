@@ -8,6 +8,7 @@ trains and which loss: ``training/stages.py``) and a ``CheckpointManager`` (ever
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,12 @@ class Trainer:
     world_size: int = 1
     micro_batch: int = 0  # per rank and micro-step; 0: training.batch_size (one process)
     device: torch.device = torch.device("cpu")
+    started_from: str = ""  # the checkpoint whose weights this stage started from (training.init_from), if any
 
     def __post_init__(self) -> None:
         self.step, self.epoch = 0, 0
         self.saved_step = -1  # the step of the newest checkpoint this run wrote
+        self.start_val: dict[str, float] = {}  # validation of the weights this stage started from
         self.stopwatch = StopWatch(self.cfg.training.time_limit)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         board = self.run_dir / "tensorboard" / self.schedule.name if self.cfg.training.tensorboard else None
@@ -82,6 +85,8 @@ class Trainer:
             mininterval=1.0,
         )
         last_val: dict[str, float] = {}
+        if self.started_from and self.step == 0:  # the yardstick this stage must not end worse than
+            self.start_val = self.validate(split="val_start")
         while self.step < self.total_steps:
             self.train_sampler.set_epoch(self.epoch)
             for x, y in self.train_loader:
@@ -118,6 +123,7 @@ class Trainer:
                     last_val = self.validate()
         bar.close()
         self.save(last_val)
+        self.report_regression(last_val)
         return last_val
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -130,8 +136,9 @@ class Trainer:
         self.engine.step()
         return {k: float(v) for k, v in out.parts.items()}
 
-    def validate(self) -> dict[str, float]:
-        """Validation losses over every rank's share of the validation windows, in float64 sums."""
+    def validate(self, split: str = "val") -> dict[str, float]:
+        """Validation losses over every rank's share of the validation windows, in float64 sums, logged as ``split``
+        (``val_start``: the weights a stage started from)."""
         t = self.cfg.training
         self.sync_batchnorm()  # every rank validates the same model
         totals: dict[str, float] = {}
@@ -149,7 +156,7 @@ class Trainer:
             torch.distributed.all_reduce(sums)
             totals, count = dict(zip(totals, sums[:-1].tolist())), int(sums[-1])
         result = {k: v / max(count, 1) for k, v in totals.items()}
-        self.log({"split": "val", "samples": count, **result})
+        self.log({"split": split, "samples": count, **result})
         return result
 
     def save(self, val: dict[str, float]) -> Path:
@@ -170,6 +177,25 @@ class Trainer:
             self.log({"split": "preempted", "reason": reason, "checkpoint": str(path)})
             raise Preempted(f"{reason}: checkpoint {path} written at step {self.step}")
 
+    def report_regression(self, val: dict[str, float]) -> dict[str, list[float]]:
+        """Say loudly (stderr and a ``regression`` record) when the stage ended with a larger validation forecast
+        error, overall or for a variable, than the weights it started from; returns {key: [start, end]}."""
+        worse = {
+            k: [self.start_val[k], v]
+            for k, v in val.items()
+            if k.startswith("forecast_mse") and k in self.start_val and v > self.start_val[k]
+        }
+        if worse:
+            self.log({"split": "regression", "started_from": self.started_from, "worse": worse})
+            if self.rank == 0:
+                details = ", ".join(f"{k} {a:.5g} → {b:.5g}" for k, (a, b) in worse.items())
+                print(
+                    f"met2net: warning: {self.schedule.name} ended with a worse validation forecast than the weights "
+                    f"it started from ({self.started_from}): {details}",
+                    file=sys.stderr,
+                )
+        return worse
+
     def resume(self, ckpt: Path, mode: str) -> None:
         """Weights, optimizer, LR schedule, step, epoch, position in the epoch and RNG states: at the same world
         size the run goes on exactly as if it had not stopped. At another world size (DeepSpeed ZeRO 1/2/3 both
@@ -182,11 +208,13 @@ class Trainer:
     # -- progress as state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """This rank's progress: step, epoch, sampler position (the same on every rank) and RNG state (its own)."""
-        return {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict(), "rng": rng_state()}
+        state = {"step": self.step, "epoch": self.epoch, "sampler": self.train_sampler.state_dict()}
+        return {**state, "start_val": self.start_val, "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """``state["rng"]`` None: saved by another number of ranks; fresh RNG states from (seed, step, rank)."""
         self.step, self.epoch = state["step"], state["epoch"]
+        self.start_val = state.get("start_val", {})
         self.train_sampler.load_state_dict(remap_state(state["sampler"], self.world_size))
         if state.get("rng") is not None:
             set_rng_state(state["rng"])
