@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import Sampler, SequentialSampler
 from tqdm import tqdm
 
 from met2net.config import Config
@@ -29,7 +29,7 @@ from met2net.training.engine import Engine, engine_kind
 from met2net.training.precision import autocast
 from met2net.training.preemption import Preempted, StopWatch
 from met2net.training.rng import derived_seed, rng_state, seed_everything, set_rng_state
-from met2net.training.run_log import RunLog
+from met2net.training.run_log import RunLog, regression_warning, regressions
 from met2net.training.stages import Schedule
 
 
@@ -64,12 +64,9 @@ class Trainer:
         )
         workers = self.cfg.data.num_workers
         self.train_loader = batch_loader(self.splits.train, self.train_sampler, micro, True, workers)
-        val_sampler = (
-            SequentialSampler(self.splits.val)
-            if self.world_size == 1
-            # ranks split validation
-            else ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False)
-        )
+        val_sampler: Sampler = SequentialSampler(self.splits.val)
+        if self.world_size > 1:  # ranks split validation
+            val_sampler = ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False)
         self.val_loader = batch_loader(self.splits.val, val_sampler, micro, False, workers)
 
     # -- the run -------------------------------------------------------------------------------------------------
@@ -180,20 +177,11 @@ class Trainer:
     def report_regression(self, val: dict[str, float]) -> dict[str, list[float]]:
         """Say loudly (stderr and a ``regression`` record) when the stage ended with a larger validation forecast
         error, overall or for a variable, than the weights it started from; returns {key: [start, end]}."""
-        worse = {
-            k: [self.start_val[k], v]
-            for k, v in val.items()
-            if k.startswith("forecast_mse") and k in self.start_val and v > self.start_val[k]
-        }
+        worse = regressions(self.start_val, val)
         if worse:
             self.log({"split": "regression", "started_from": self.started_from, "worse": worse})
             if self.rank == 0:
-                details = ", ".join(f"{k} {a:.5g} → {b:.5g}" for k, (a, b) in worse.items())
-                print(
-                    f"met2net: warning: {self.schedule.name} ended with a worse validation forecast than the weights "
-                    f"it started from ({self.started_from}): {details}",
-                    file=sys.stderr,
-                )
+                print(regression_warning(self.schedule.name, self.started_from, worse), file=sys.stderr)
         return worse
 
     def resume(self, ckpt: Path, mode: str) -> None:

@@ -60,3 +60,17 @@ class RunLog:
                 continue
             self._writer.add_scalar(f"{record['split']}/{key}", value, step, walltime=record.get("time"))
         self._writer.flush()
+
+
+def regressions(start: dict[str, float], end: dict[str, float]) -> dict[str, list[float]]:
+    """The validation forecast errors (``forecast_mse``, overall and per variable) that ``end`` has larger than
+    ``start``: {key: [start, end]}."""
+    return {k: [start[k], v] for k, v in end.items() if k.startswith("forecast_mse") and k in start and v > start[k]}
+
+
+def regression_warning(schedule: str, started_from: str, worse: dict[str, list[float]]) -> str:
+    details = ", ".join(f"{k} {a:.5g} → {b:.5g}" for k, (a, b) in worse.items())
+    return (
+        f"met2net: warning: {schedule} ended with a worse validation forecast than the weights it started from "
+        f"({started_from}): {details}"
+    )
