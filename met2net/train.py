@@ -3,13 +3,12 @@ that run training in-process (submitit). Thin on purpose: build a Trainer, train
 
 from __future__ import annotations
 
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from met2net.config import Config
-from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted, catch_signals_early
+from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted, catch_signals_early, ignore_late_stop_signals
 
 
 @dataclass(frozen=True)
@@ -30,14 +29,6 @@ class RunResult:
     @property
     def finished(self) -> bool:
         return self.exit_code == 0
-
-
-def _ignore_late_stop_signals() -> None:
-    """The run is over: a time-limit warning that comes now has nothing to stop. Ignored, it cannot kill the process
-    either (at exit Python puts back the default action, termination, for signals it had a handler for — a job
-    that finished would end FAILED)."""
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_train(cfg: Config) -> RunResult:
@@ -62,7 +53,7 @@ def run_train(cfg: Config) -> RunResult:
         del trainer
     finally:
         teardown()
-        _ignore_late_stop_signals()
+        ignore_late_stop_signals()
     if result.finished and result.rank == 0:
         print(
             f"{result.schedule}: {result.step} steps on {result.world_size} rank(s), validation "

@@ -8,10 +8,8 @@ shipped ``model.safetensors`` alone still says what it is (``docs/checkpoints.md
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from met2net.config import ModelConfig
@@ -35,16 +33,6 @@ BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 class ConsolidateError(CheckpointError):
     """A checkpoint that cannot be consolidated, or a consolidated file that cannot be used; the message names the
     file and what to do."""
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256, read through one 1 MiB buffer (it runs beside consolidation: memory stays flat)."""
-    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def model_config(config: dict[str, Any]) -> ModelConfig:

@@ -28,9 +28,9 @@ from met2net.consolidate.format import (
     infer_model,
     is_buffer,
     is_copy,
-    sha256,
 )
 from met2net.consolidate.write import SafetensorsWriter, publish, start, write_json
+from met2net.data.atomic import sha256_file
 from met2net.training.layout import MARKER
 
 
@@ -70,7 +70,7 @@ def _write(source: zero.Source, out: Path, weights: str) -> Path:
             writer.abort()
             raise
         writer.close()
-        doc["output"] = {WEIGHTS: sha256(tmp / WEIGHTS)}
+        doc["output"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / META, doc)
         source.check()  # every file read was the one meta.json vouches for: only now does OUT change
         return publish(tmp, out)

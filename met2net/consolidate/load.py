@@ -21,9 +21,9 @@ from met2net.consolidate.format import (
     ConsolidateError,
     is_copy,
     model_config,
-    sha256,
     trained_twin,
 )
+from met2net.data.atomic import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,7 @@ def load_consolidated(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     weights, meta_path = _files(path)
     meta = read_meta(path)
     expected = meta.get("output", {}).get(WEIGHTS)
-    if meta_path is not None and expected and sha256(weights) != expected:
+    if meta_path is not None and expected and sha256_file(weights) != expected:
         raise ConsolidateError(
             f"{weights}: altered or truncated (its sha256 is not the one {meta_path} holds); consolidate again"
         )
@@ -127,7 +127,7 @@ def verify_consolidated(out: str | Path) -> list[str]:
         return [f"{META} is not valid JSON ({e})"]
     problems = []
     digest = meta.get("output", {}).get(WEIGHTS)
-    if digest != sha256(weights):
+    if digest != sha256_file(weights):
         problems.append(f"{WEIGHTS} was altered or truncated (sha256 differs from {META})")
     try:
         with safe_open(weights, framework="numpy") as f:

@@ -34,10 +34,10 @@ from met2net.consolidate.format import (
     ConsolidateError,
     infer_model,
     is_copy,
-    sha256,
 )
 from met2net.consolidate.layout import expected_tensors, num_parameters
 from met2net.consolidate.write import SafetensorsWriter, publish, start, write_json
+from met2net.data.atomic import sha256_file
 from met2net.model.reference_keys import reference_key_to_ours
 
 
@@ -234,7 +234,7 @@ def import_reference(
             "mapped": len(ours),
             "dropped": dropped,
             "lightning": rest.get("pytorch-lightning_version"),
-            "files": {path.name: sha256(path)},
+            "files": {path.name: sha256_file(path)},
         },
         "written_by": describe.versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -255,7 +255,7 @@ def import_reference(
             writer.abort()
             raise
         writer.close()
-        doc["output"] = {WEIGHTS: sha256(tmp / WEIGHTS)}
+        doc["output"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         write_json(tmp / META, doc)
         publish(tmp, out)
     finally:

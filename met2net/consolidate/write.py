@@ -25,6 +25,7 @@ import numpy as np
 
 from met2net.compat.torch_files import to_float32
 from met2net.consolidate.format import META, WEIGHTS, ConsolidateError
+from met2net.data.atomic import fsync
 
 DTYPES = {  # numpy → safetensors
     np.dtype("<f4"): "F32",
@@ -132,14 +133,14 @@ def publish(tmp: Path, out: Path) -> Path:
     """Rename the finished ``tmp`` into ``out`` (every file and the directories fsynced); an existing ``out`` is
     moved aside first and deleted only once the new one has its name."""
     for name in (WEIGHTS, META):
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync(tmp / name)
+    fsync(tmp)
     old = out.parent / f".{out.name}.replaced"
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)
     os.replace(tmp, out)
-    _fsync(out.parent)
+    fsync(out.parent)
     shutil.rmtree(old, ignore_errors=True)
     return out
 
@@ -149,11 +150,3 @@ def write_json(path: Path, doc: dict) -> None:
         f.write(json.dumps(doc, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

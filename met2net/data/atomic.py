@@ -1,7 +1,9 @@
-"""Atomic file writes: readers see the previous file or the complete new one, never a partial one."""
+"""Atomic file writes (readers see the previous file or the complete new one, never a partial one), and file
+checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
@@ -33,3 +35,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         raise
     fsync(path.parent)
     return path
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read through one 1 MiB buffer (memory stays flat beside large reads)."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()

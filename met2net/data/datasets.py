@@ -69,21 +69,25 @@ def _shard_splits(cfg: Config) -> Splits:
     )
 
 
-def _synthetic_splits(cfg: Config) -> Splits:
-    d, m = cfg.data, cfg.model
+def synthetic_series(cfg: Config, years: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in data of ``years`` for the config's variables and grid: times (datetime64[h]) and physical
+    fields (N, C, H, W)."""
     from met2net.data import synthetic
 
+    d, m = cfg.data, cfg.model
     unknown = [v for v in m.variables if v not in synthetic.VARIABLES]
     if unknown:
         raise ConfigError(
             f"'model.variables' {unknown} are not in the built-in dataset (it has {list(synthetic.VARIABLES)})"
         )
+    f = synthetic.generate(years, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours, variables=m.variables)
+    return f.time, np.stack([f.fields[v] for v in m.variables], axis=1)
 
-    def load(years: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        f = synthetic.generate(years, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours, variables=m.variables)
-        return f.time, np.stack([f.fields[v] for v in m.variables], axis=1)
 
-    t_train, train = load(d.train_years)
+def _synthetic_splits(cfg: Config) -> Splits:
+    d, m = cfg.data, cfg.model
+
+    t_train, train = synthetic_series(cfg, d.train_years)
     moments = Moments.of(train, channel_axis=1)
     mean, std = moments.mean, np.where(moments.std > 0, moments.std, 1.0)
 
@@ -92,5 +96,5 @@ def _synthetic_splits(cfg: Config) -> Splits:
         starts = window_starts(times, m.in_frames + m.out_frames, d.stride, np.timedelta64(d.step_hours, "h"))
         return WindowDataset(series, starts, m.in_frames, m.out_frames)
 
-    test = dataset(*load(d.test_years)) if d.test_years else None
-    return Splits(dataset(t_train, train), dataset(*load(d.val_years)), test, mean, std)
+    test = dataset(*synthetic_series(cfg, d.test_years)) if d.test_years else None
+    return Splits(dataset(t_train, train), dataset(*synthetic_series(cfg, d.val_years)), test, mean, std)

@@ -37,7 +37,6 @@ index only after the shards it lists, so a crash never leaves a file that looks 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from met2net.data.atomic import atomic_write
+from met2net.data.atomic import atomic_write, sha256_file
 
 FORMAT = 1
 INDEX_NAME = "index.json"
@@ -213,14 +212,6 @@ def write_shard(
 
     atomic_write(path, write)
     return sha256_file(path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 23):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- index ----------------------------------------------------------------------------------------------------------

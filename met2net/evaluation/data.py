@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from met2net.config import Config, ConfigError
 from met2net.data import synthetic
+from met2net.data.datasets import synthetic_series
 from met2net.data.shards import ShardReader
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
 from met2net.evaluation.climatology import Climatology
@@ -111,11 +112,7 @@ def _from_synthetic(
 ) -> EvalData:
     d, m = cfg.data, cfg.model
 
-    def load(years_: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        f = synthetic.generate(years_, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours, variables=m.variables)
-        return f.time.astype("datetime64[h]"), np.stack([f.fields[v] for v in m.variables], axis=1)
-
-    times, series = load(years)
+    times, series = synthetic_series(cfg, years)
     normalised = ((series - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
     starts = window_starts(times, m.in_frames + leads, d.stride, np.timedelta64(d.step_hours, "h"))
     windows = WindowDataset(normalised, starts, m.in_frames, leads)
@@ -124,7 +121,7 @@ def _from_synthetic(
     def inputs_at(init: np.datetime64) -> np.ndarray:
         wanted = init - step * np.arange(m.in_frames - 1, -1, -1)
         their_years = sorted({int(str(t)[:4]) for t in wanted})
-        t_all, s_all = load(their_years)  # the built-in data exists for any year
+        t_all, s_all = synthetic_series(cfg, their_years)  # the built-in data exists for any year
         by_time = {t: i for i, t in enumerate(t_all)}
         absent = [str(t) for t in wanted if t not in by_time]
         if absent:
@@ -142,7 +139,7 @@ def _from_synthetic(
         [info[v]["long_name"] for v in m.variables],
         d.step_hours,
         m.in_frames,
-        lambda: Climatology([load(d.train_years)], d.step_hours, window_days),
+        lambda: Climatology([synthetic_series(cfg, d.train_years)], d.step_hours, window_days),
         inputs_at,
     )
 

@@ -8,11 +8,11 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from met2net.data.atomic import atomic_write
 from met2net.evaluation.evaluate import MODELS, Evaluation
 
 COLUMNS = ("variable", "lead_hours", "metric", "model", "value")
@@ -43,9 +43,7 @@ def lead_means(ev: Evaluation) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_outputs(ev: Evaluation, out: str | Path) -> list[Path]:

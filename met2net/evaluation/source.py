@@ -82,9 +82,9 @@ def load_source(source: str | Path, overrides: list[str] = ()) -> Loaded:
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """(state dict, metadata, what was read) of a checkpoint or a consolidated file."""
-    if path.is_file() and path.suffix == ".safetensors" or (path / "met2net.json").is_file():
-        from met2net.consolidate import load_consolidated
+    from met2net.consolidate import is_consolidated, load_consolidated
 
+    if is_consolidated(path):
         state, meta = load_consolidated(path)
         return state, meta, path
     ckpt = find_checkpoint(path)

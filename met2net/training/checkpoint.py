@@ -33,6 +33,7 @@ import torch
 
 import met2net
 from met2net.compat.deepspeed_internals import gathered
+from met2net.data.atomic import atomic_write, fsync, sha256_file
 from met2net.distributed.collectives import barrier, on_rank0
 from met2net.training import universal
 from met2net.training.buffers import average_batchnorm_statistics, batchnorm_statistics, set_batchnorm_statistics
@@ -44,7 +45,6 @@ from met2net.training.layout import (
     complete_step_dirs,
     load_meta,
     resolve,
-    sha256,
     step_dirs,
     step_of,
     verify,
@@ -64,23 +64,9 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(path: Path, text: str) -> None:
     """``text`` into ``path`` atomically (a temporary file renamed over it), on disk before this returns."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _files(directory: Path) -> list[Path]:
@@ -99,7 +85,7 @@ def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
     fsynced) its files. A step directory that already exists is moved aside, not deleted, until the new one
     has its name."""
     tmp, final = partial_dir(stage_dir, step), stage_dir / f"step_{step}"
-    files = {str(p.relative_to(tmp)): sha256(p) for p in _files(tmp) if p.name not in (META, MARKER)}
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in _files(tmp) if p.name not in (META, MARKER)}
     meta = {
         "format": FORMAT,
         "step": step,
@@ -117,7 +103,7 @@ def publish(stage_dir: Path, step: int, meta: dict[str, Any]) -> Path:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(stage_dir)
+    fsync(stage_dir)
     _write_durable(stage_dir / "latest", final.name)
     shutil.rmtree(old, ignore_errors=True)
     return final
@@ -143,11 +129,6 @@ def newest_intact(stage_dir: Path, warn: Callable[[str], None] | None = None) ->
             "run from an intact checkpoint's weights (training.init_from=..., another run.dir)"
         )
     return None
-
-
-def latest(stage_dir: Path) -> Path | None:
-    """The newest intact checkpoint of a stage directory, or None (nothing to resume)."""
-    return newest_intact(Path(stage_dir))
 
 
 def prune(stage_dir: Path, keep_last: int, best_by: str = "forecast_mse") -> list[Path]:
@@ -266,7 +247,7 @@ class CheckpointManager:
         set_batchnorm_statistics(model, live)
         barrier(self.world_size)
         for path in _files(tmp):  # each rank: what its node wrote is on disk before COMPLETE names it
-            _fsync(path)
+            fsync(path)
         barrier(self.world_size)
         if self.rank == 0:
             publish(self.stage_dir, step, {**meta, **client})

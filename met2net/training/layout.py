@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from met2net.data.atomic import sha256_file
+
 MARKER = "COMPLETE"  # written last; holds the sha256 of META
 META = "meta.json"  # step, loader state, config, statistics, versions, sha256 of every other file
 LATEST, BEST = "latest", "best"  # pointers: a step directory's name
@@ -36,14 +38,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names it and says what to do."""
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(ckpt: Path) -> list[str]:
     """What is wrong with checkpoint ``ckpt`` (empty: intact): no ``COMPLETE``, a ``meta.json`` that is not the
     one ``COMPLETE`` vouches for, a file missing or not the one ``meta.json`` vouches for."""
@@ -63,7 +57,7 @@ def verify(ckpt: Path) -> list[str]:
         path = ckpt / name
         if not path.is_file():
             problems.append(f"{name} is missing")
-        elif sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{name} was altered or truncated (sha256 differs from {META})")
     return problems
 

@@ -26,6 +26,14 @@ def catch_signals_early() -> None:
         signal.signal(sig, lambda signum, frame: _early.append(signal.Signals(signum).name))
 
 
+def ignore_late_stop_signals() -> None:
+    """The run is over: a time-limit warning that comes now has nothing to stop. Ignored, it cannot kill the process
+    either (at exit Python puts back the default action, termination, for signals it had a handler for — a job
+    that finished would end FAILED). SIGTERM keeps its meaning: end now."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Preempted(Exception):
     """Raised by the loop after the checkpoint is written; the command turns it into the exit code."""
 
