@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -16,7 +17,8 @@ READY = ("idle", "mixed", "allocated", "completing")
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
     """The node's state once `sinfo` shows it ready (waits up to 15 s for a node that is not ready yet);
-    skips at once when no controller answers (sinfo itself retries for ~9 s before it gives up)."""
+    skips at once when no controller answers (sinfo itself
+    retries for ~9 s before it gives up); fails instead under scripts/test.sh, which started it."""
     deadline = time.monotonic() + 15
     states = "sinfo not found on PATH"
     while shutil.which("sinfo"):
@@ -33,7 +35,10 @@ def slurm_cluster() -> str:
         if time.monotonic() > deadline:
             break
         time.sleep(1)
-    pytest.skip(f"no Slurm cluster is running ({states}): start one with `sudo bash tools/local_slurm/start.sh`")
+    message = f"no Slurm cluster is running ({states}): start one with `sudo bash tools/local_slurm/start.sh`"
+    if os.environ.get("MET2NET_SLURM_REQUIRED") == "1":  # scripts/test.sh started it: losing it is a failure
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture

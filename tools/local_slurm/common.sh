@@ -29,14 +29,16 @@ pid_of() {
   [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && echo "$pid"
 }
 
-# wait_for SECONDS WHAT LOGFILE CMD...: poll CMD every 0.2 s; on timeout show LOGFILE's tail and die
-wait_for() {
+# try_for SECONDS WHAT LOGFILE CMD...: poll CMD every 0.2 s; on timeout show LOGFILE's tail and return 1
+try_for() {
   local t=$1 what=$2 logf=$3 i; shift 3
   for ((i = 0; i < t * 5; i++)); do "$@" && return 0; sleep 0.2; done
   log "timed out after ${t}s waiting for $what; last lines of $logf:"
   tail -n 25 "$logf" >&2 2>/dev/null || true
-  die "$what did not come up"
+  return 1
 }
+# wait_for SECONDS WHAT LOGFILE CMD...: the same, but die on timeout
+wait_for() { try_for "$@" || die "$2 did not come up"; }
 
 # stop_pids NAME:PID...: SIGTERM all, wait up to 15 s, then SIGKILL what is left
 stop_pids() {

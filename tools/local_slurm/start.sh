@@ -121,10 +121,13 @@ if [ $same_conf = 0 ]; then
   rm -rf "${BASE:?}/ctld" "${SPOOL:?}" "${DB:?}"
   if [ -f "$CONF" ] && ! ours "$CONF" && [ ! -e "$CONF.orig" ]; then cp -p "$CONF" "$CONF.orig"; fi
 fi
-mkdir -p "$RUN" "$LOG" "$BASE/ctld" "${NODE_NAMES[@]/#/$SPOOL/}" "$DB/data" /etc/slurm
-chmod 755 "$BASE" "$RUN"
-chown slurm:slurm "$BASE/ctld" "$LOG"
-chown -R slurm:slurm "$DB" && chmod 700 "$DB"
+make_dirs() {
+  mkdir -p "$RUN" "$LOG" "$BASE/ctld" "${NODE_NAMES[@]/#/$SPOOL/}" "$DB/data" /etc/slurm
+  chmod 755 "$BASE" "$RUN"
+  chown slurm:slurm "$BASE/ctld" "$LOG"
+  chown -R slurm:slurm "$DB" && chmod 700 "$DB"
+}
+make_dirs
 printf '%s\n' "$NEWCONF" > "$CONF.tmp" && chmod 644 "$CONF.tmp" && mv -f "$CONF.tmp" "$CONF"
 printf '%s\n' "$NEWDBD" > "$DBDCONF.tmp" && chown slurm:slurm "$DBDCONF.tmp" && chmod 600 "$DBDCONF.tmp" \
   && mv -f "$DBDCONF.tmp" "$DBDCONF"
@@ -144,13 +147,28 @@ if ! munge_ok; then
   wait_for "$WAIT_S" munged /var/log/munge/munged.log munge_ok
 fi
 
-if ! pid_of "$DB/mysqld.pid" mariadbd >/dev/null; then
+# private, throwaway DB: unix socket only, no grant tables. Returns 1 when mariadbd exits or times out.
+start_db() {
+  local pid
   rm -f "$DB/mysqld.sock"
-  # private, throwaway DB: unix socket only, no grant tables
   setsid /usr/sbin/mariadbd --no-defaults --user=slurm --datadir="$DB/data" --socket="$DB/mysqld.sock" \
     --pid-file="$DB/mysqld.pid" --skip-networking --skip-grant-tables --log-error="$LOG/mariadb.err" \
     --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 9>&- &
-  wait_for "$WAIT_S" mariadbd "$LOG/mariadb.err" test -S "$DB/mysqld.sock"
+  pid=$!
+  db_up() { [ -S "$DB/mysqld.sock" ] || { kill -0 "$pid" 2>/dev/null || return 2; return 1; }; }
+  try_for "$WAIT_S" mariadbd "$LOG/mariadb.err" db_up_or_dead && [ -S "$DB/mysqld.sock" ] && return 0
+  stop_pids "mariadbd:$(kill -0 "$pid" 2>/dev/null && echo "$pid")"
+  return 1
+}
+# stop polling as soon as mariadbd has exited (e.g. it refused a damaged data directory)
+db_up_or_dead() { db_up; [ $? != 1 ]; }
+if ! pid_of "$DB/mysqld.pid" mariadbd >/dev/null && ! start_db; then
+  # e.g. a machine image taken while mariadbd ran leaves a damaged InnoDB file. The DB holds only this test
+  # cluster's job history, so start over: DB, controller state and spool together (job ids restart at 1).
+  log "mariadbd did not start on $DB/data: wiping the accounting DB and the controller state, retrying once"
+  rm -rf "${BASE:?}/ctld" "${SPOOL:?}" "${DB:?}"
+  make_dirs
+  start_db || die "mariadbd did not come up on a new, empty data directory either (log: $LOG/mariadb.err)"
 fi
 if ! pid_of "$RUN/slurmdbd.pid" slurmdbd >/dev/null; then
   MYSQL_UNIX_PORT=$DB/mysqld.sock /usr/sbin/slurmdbd 9>&- || { tail -n 25 "$LOG/slurmdbd.log" >&2; die "slurmdbd failed"; }
