@@ -7,6 +7,7 @@
 - ``deepspeed.ops.__compatible_ops__``: the table of ops DeepSpeed builds at start-up.
 - The universal checkpoint: ``deepspeed.checkpoint.ds_to_universal.main`` (a command-line entry, called with an
   argparse namespace) and the file layout it writes, which ``fit_universal_to_every_stage`` completes.
+- ``LOCAL_RANK`` as the CUDA device ordinal (``point_local_rank_at``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import contextlib
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 
 import torch
@@ -63,6 +64,19 @@ def disable_shm_comm_op() -> None:
     compatible = dict(deepspeed.ops.__compatible_ops__)
     compatible["deepspeed_shm_comm"] = False
     deepspeed.ops.__compatible_ops__ = compatible
+
+
+def point_local_rank_at(ordinal: int, env: MutableMapping[str, str]) -> None:
+    """Make DeepSpeed use CUDA device ``ordinal``: it reads ``LOCAL_RANK`` as the device ordinal, not as a rank
+    (``deepspeed.comm.get_local_rank``: "local rank (= GPU device ID)"; the engine's ``set_device``, the process
+    group's ``device_id``, ZeRO-3's ``zero.Init`` and ``zero/utils.py`` all build ``cuda:<LOCAL_RANK>``). With one
+    GPU per task that is 0 on every task, so ``LOCAL_RANK`` is set to the ordinal here; the engine then asserts
+    ``LOCAL_RANK == OMPI_COMM_WORLD_LOCAL_RANK`` under Open MPI, so that one follows. No-op when they agree
+    already (every GPU of the node visible: ordinal = local rank). Nothing else in a training process reads these
+    after rank discovery; met2net keeps the true local rank in ``RankInfo``."""
+    env["LOCAL_RANK"] = str(ordinal)
+    if "OMPI_COMM_WORLD_LOCAL_RANK" in env:
+        env["OMPI_COMM_WORLD_LOCAL_RANK"] = str(ordinal)
 
 
 def ds_to_universal(ckpt: Path, out: Path) -> None:

@@ -33,3 +33,12 @@ def on_rank0(fn: Callable[..., T], rank: int, world_size: int, *args: Any) -> T 
     if error is not None:
         raise error
     return result
+
+
+def gather_to_all(obj: T, world_size: int) -> list[T]:
+    """Every rank's ``obj`` (it must pickle), in rank order, on every rank; ``[obj]`` on one process."""
+    if world_size == 1:
+        return [obj]
+    everyone: list[T | None] = [None] * world_size
+    dist.all_gather_object(everyone, obj)
+    return everyone  # type: ignore[return-value]

@@ -7,15 +7,18 @@ Each builder does one thing, in the order ``build_trainer`` calls them; the deci
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from met2net.compat import check_versions
 from met2net.config import Config, ConfigError
 from met2net.data.datasets import Splits, build_splits
+from met2net.distributed.collectives import gather_to_all
 from met2net.distributed.env import RankInfo, discover, free_port
-from met2net.distributed.setup import init_process_group
+from met2net.distributed.setup import bind_device, init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint, layout, universal
 from met2net.training.checkpoint import CheckpointManager
@@ -32,20 +35,37 @@ from met2net.training.loop import Trainer
 from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.rng import seed_everything
 from met2net.training.stages import Schedule, make_schedule
+from met2net.training.startup import check_placement, format_report, rank_record, startup_report
 
 
-def setup_ranks(cfg: Config) -> tuple[RankInfo, bool]:
-    """Where this process sits, and whether it runs on DeepSpeed (then the process group is started here)."""
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits (``info``), whether it runs on DeepSpeed, its device, and every rank's
+    ``startup.rank_record`` in rank order."""
+
+    info: RankInfo
+    deepspeed: bool
+    device: torch.device
+    placement: list[dict[str, Any]]
+
+
+def setup_ranks(cfg: Config) -> Ranks:
+    """Where this process sits and on which device, and whether it runs on DeepSpeed (then the process group is
+    started here). The device is bound and checked before the group forms; the ranks' records are then gathered
+    (the run's first collective) and checked for two ranks on one GPU."""
     info = discover(os.environ, default_port=free_port())
     deepspeed = uses_deepspeed(cfg, info.world_size)
     if deepspeed and cfg.momentum.reference_backward:
         raise ConfigError(
             "'momentum.reference_backward' relies on single-process autograd behaviour; set it to false under DeepSpeed"
         )
+    choice = bind_device(info)
     if deepspeed:
         check_versions("deepspeed")
-        init_process_group(info)
-    return info, deepspeed
+        init_process_group(info, choice)
+    placement = gather_to_all(rank_record(info, choice), info.world_size)
+    check_placement(placement)
+    return Ranks(info, deepspeed, torch.device(choice.name), placement)
 
 
 def prepare_run_dir(cfg: Config, rank: int) -> Path:
@@ -109,7 +129,8 @@ def build_engine(
 def build_trainer(cfg: Config) -> Trainer:
     """Ranks, seed, data, model (optionally initialised from an earlier stage), schedule, engine, and the resume
     from the stage's newest intact checkpoint."""
-    info, deepspeed = setup_ranks(cfg)
+    ranks = setup_ranks(cfg)
+    info, deepspeed, device = ranks.info, ranks.deepspeed, ranks.device
     seed_everything(cfg.run.seed)
     run_dir = prepare_run_dir(cfg, info.rank)
     splits = build_splits(cfg)
@@ -119,7 +140,6 @@ def build_trainer(cfg: Config) -> Trainer:
         layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, t.keep_last, t.best_by
     )
     resume_from = checkpoints.find_resumable() if cfg.training.resume else None
-    device = torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     model = build_model(cfg, schedule, run_dir, resume_from is not None, deepspeed, device)
     total = count_steps(cfg, splits)
     resume_mode = resume_from and universal.resume_mode(
@@ -148,6 +168,13 @@ def build_trainer(cfg: Config) -> Trainer:
     )
     if resume_from is not None:
         trainer.resume(resume_from, resume_mode)
+    report = startup_report(
+        ranks.placement,
+        cfg.training.precision,
+        deepspeed_config(cfg, info.world_size, resume_mode == "universal") if deepspeed else None,
+    )
+    if info.rank == 0:
+        print(format_report(report), flush=True)
     trainer.log(
         {
             "split": "start",
@@ -161,6 +188,7 @@ def build_trainer(cfg: Config) -> Trainer:
             "launcher": info.launcher,
             "master_addr": info.master_addr,
             "engine": "deepspeed" if deepspeed else "local",
+            "startup": report,
         }
     )
     return trainer

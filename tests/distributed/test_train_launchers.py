@@ -64,6 +64,10 @@ def test_two_rank_zero_training_then_stage_two(tmp_path, launcher):
     ds = json.loads((run / "deepspeed.json").read_text())
     assert ds["train_batch_size"] == 4 and ds["train_micro_batch_size_per_gpu"] == 2
     assert ds["zero_optimization"]["stage"] == 3
+    report = start["startup"]  # the rank → host → device map, gathered from both ranks before training
+    assert [(r["rank"], r["local_rank"], r["device"]) for r in report["ranks"]] == [(0, 0, "cpu"), (1, 1, "cpu")]
+    assert report["deepspeed_config"] == ds and report["versions"]["deepspeed"]
+    assert "met2net: 2 rank(s), precision fp32" in out.stdout
     weights = torch.load(run / "checkpoints/stage1/step_6/model.pt", weights_only=True)
     assert weights["translator_q.conv_in.weight"].shape == (16, 8, 1, 1)  # gathered, not a ZeRO-3 partition
     launch(cmd, run, "training.schedule=stage2", "deepspeed.zero_stage=1")

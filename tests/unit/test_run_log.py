@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import socket
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from met2net.config import load_config
@@ -57,6 +60,27 @@ def test_validation_records_the_forecast_error_per_variable(run):
     assert (stage / "best").read_text() == f"step_{best}"
     meta = json.loads((stage / f"step_{best}" / "meta.json").read_text())
     assert meta["val"]["forecast_mse"] == min(r["forecast_mse"] for r in vals)
+
+
+def test_the_start_record_holds_the_startup_report(run):
+    """Where the run ran and with what: rank → host → device, versions, precision; a CPU run picks the CPU and
+    runs without DeepSpeed (one process), which the report says."""
+    run, cfg = run
+    start = next(r for r in records(run) if r["split"] == "start")
+    report = start["startup"]
+    assert report["ranks"] == [
+        {
+            "rank": 0,
+            "host": socket.gethostname(),
+            "local_rank": 0,
+            "device": "cpu",
+            "layout": "cpu",
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "all"),
+        }
+    ]
+    assert report["precision"] == cfg.training.precision and report["deepspeed_config"] is None
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["versions"]["cuda"] is None and report["versions"]["nccl"] is None
 
 
 def test_tensorboard_reads_back_the_logged_scalars(run):
