@@ -186,7 +186,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     comm = world_comm()
-    index = convert(args.src, cfg, args.out, comm=comm)
+    index = convert(args.src, cfg, args.out, comm=comm, force=args.force)
     if comm is None or comm.Get_rank() == 0:
         print(f"shards and {index.name} in {args.out}")
     return 0
@@ -308,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src", help="root of the netCDF files")
     convert.add_argument("-c", "--config", required=True, help="YAML config (model.variables, data.*)")
     convert.add_argument("-o", "--out", required=True, help="shard directory to write")
+    convert.add_argument(
+        "--force",
+        action="store_true",
+        help="replace shards converted from other sources or settings (built beside them, swapped in when complete)",
+    )
     convert.add_argument("overrides", nargs="*", metavar="key=value")
     convert.set_defaults(func=cmd_data_convert)
     stats = data.add_parser("stats", help="per-channel statistics of the training years → stats.json (mpirun/srun)")

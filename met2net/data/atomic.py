@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+# The temporary names `atomic_write` gives (``.<name>.<pid>-<8 hex>.tmp``): a run killed mid-write (SIGKILL, a node
+# lost) leaves one behind, and the next run recognises it by this pattern alone.
+TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
 
 
 def fsync(path: Path) -> None:
@@ -25,7 +30,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     so the result gets the usual umask permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     try:
         write(tmp)
         fsync(tmp)
@@ -35,6 +40,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         raise
     fsync(path.parent)
     return path
+
+
+def unique_suffix() -> str:
+    """``<pid>-<8 hex>``: unique per call, so concurrent writers never share a temporary name."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def sha256_file(path: Path) -> str:

@@ -5,13 +5,16 @@ variable is read through ``data.variables`` (name, file_glob, var, level) or, wh
 listed there, from the WeatherBench layout (``2m_temperature/*.nc``, variable ``t2m``, ...).
 All variables must share one time axis and one grid; a gap in time is an error unless
 ``data.allow_gaps`` (windows never cross a gap). Under ``mpirun``/``srun`` rank r writes the
-years i with i mod N = r and rank 0 writes ``index.json`` after all of them; a re-run keeps
-every shard whose checksum still matches the index.
+years i with i mod N = r and rank 0 writes ``index.json`` after all of them. ``index.json`` records the sources
+and settings; a re-run with the same ones keeps every shard whose checksum still matches the index, one with
+others is refused unless ``--force`` (met2net/data/reconvert.py).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +24,9 @@ import xarray as xr
 from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
-from met2net.data import shards
+from met2net.data import reconvert, shards
 from met2net.data.netcdf import find_files, open_variable
+from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 
 if TYPE_CHECKING:
@@ -134,12 +138,23 @@ def _check_gaps(times: np.ndarray, paths: list[Path], allow_gaps: bool) -> None:
         )
 
 
-def convert(src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = None, progress: bool = True) -> Path:
-    """Write one shard per configured year under ``out`` and then ``index.json``."""
-    src, out = Path(src), Path(out)
-    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    years = sorted(set(cfg.data.train_years) | set(cfg.data.val_years) | set(cfg.data.test_years))
-    sources = variable_sources(cfg)
+CONVERTER = 1  # bump when a change here alters the shards written from the same files and settings
+
+
+def settings(cfg: Config, sources: list[VariableSource], years: list[int]) -> dict:
+    """What decides the shards' content besides the source files: index.json's ``conversion.settings``."""
+    return {
+        "converter": CONVERTER,
+        "channels": [
+            f"{s.name}={s.var} from {s.file_glob}" + (f" level {s.level}" if s.level >= 0 else "") for s in sources
+        ],
+        "years": years,
+        "data.subsample": cfg.data.subsample,
+        "data.allow_gaps": cfg.data.allow_gaps,
+    }
+
+
+def _files_by_year(src: Path, sources: list[VariableSource]) -> dict[str, dict[int, list[Path]]]:
     files: dict[str, dict[int, list[Path]]] = {}
     for s in sources:
         by_year: dict[int, list[Path]] = {}
@@ -147,19 +162,116 @@ def convert(src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = N
             for y in file_years(path):
                 by_year.setdefault(y, []).append(path)
         files[s.name] = by_year
-    out.mkdir(parents=True, exist_ok=True)
-    reusable = _reusable_entries(out, [s.name for s in sources])
-    mine = [y for i, y in enumerate(years) if i % size == rank]
+    return files
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Rank 0's decision, shared by every rank: where to write (``out``, or a rebuild beside it), the old index
+    entries a re-run may keep, lines for the user, and whether the kept index still lacks the conversion record."""
+
+    target: Path
+    previous: list[dict]
+    notes: list[str]
+    add_record: bool = False
+
+
+def _plan(out: Path, job: Inputs, force: bool) -> Plan:
+    """Raises ConversionChanged when ``out`` holds shards of another conversion and ``force`` is off."""
+    notes = reconvert.clean_stale(out)
+    if not (out / shards.INDEX_NAME).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        dropped = reconvert.drop_stats(out, STATS_NAME)  # computed from shards nobody can vouch for
+        return Plan(out, [], notes + ([dropped] if dropped else []))
+    try:
+        index = shards.read_index(out)
+    except shards.ShardError as err:
+        lines = [f"its index.json cannot be read ({err})"]
+    else:
+        if "conversion" not in index and reconvert.adoptable(index, [s.name for s in job.sources], job.years):
+            note = f"{out}/index.json has no record of its sources (older met2net): keeping its valid shards as "
+            note += "before and recording the current sources; use --force if the shards came from other files"
+            return Plan(out, index["shards"], [*notes, note], add_record=True)
+        lines = reconvert.changes(index.get("conversion"), job.record)
+        if not lines:
+            return Plan(out, index["shards"], notes)
+    if not force:
+        raise reconvert.refusal(out, lines)
+    target = reconvert.rebuild_dir(out)
+    return Plan(target, [], [*notes, f"--force: building the new set in {target}, replacing {out} when complete"])
+
+
+def _agreed(comm: Comm | None, decide: Callable[[], Plan]) -> Plan:
+    """``decide()`` on rank 0, its result (or its error, raised) on every rank."""
+    if comm is None:
+        return decide()
+    result = None
+    if comm.Get_rank() == 0:
+        try:
+            result = decide()
+        except Exception as err:
+            result = err
+    result = comm.bcast(result, root=0)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one conversion reads: the source root, the years, each channel's source and files by year, and the
+    record of them all that index.json keeps."""
+
+    src: Path
+    years: list[int]
+    sources: list[VariableSource]
+    files: dict[str, dict[int, list[Path]]]
+    record: dict
+
+
+def inputs(src: Path, cfg: Config) -> Inputs:
+    years = sorted(set(cfg.data.train_years) | set(cfg.data.val_years) | set(cfg.data.test_years))
+    sources = variable_sources(cfg)
+    files = _files_by_year(src, sources)
+    used = [p for s in sources for y in years for p in files[s.name].get(y, [])]
+    return Inputs(src, years, sources, files, reconvert.record(settings(cfg, sources, years), src, used))
+
+
+def convert(
+    src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = None, progress: bool = True, force: bool = False
+) -> Path:
+    """Write one shard per configured year under ``out`` and then ``index.json``; with ``force``, replace a set
+    converted from other sources or settings (see met2net/data/reconvert.py)."""
+    out = Path(out)
+    job = inputs(Path(src), cfg)
+    plan = _agreed(comm, lambda: _plan(out, job, force))
+    for note in plan.notes:
+        print(f"met2net data convert: {note}", file=sys.stderr, flush=True)
+    try:
+        return _write(job, cfg, plan, out, comm, progress)
+    except BaseException:
+        if plan.target != out and comm is None:  # under MPI other ranks may still write there: the next run removes it
+            shutil.rmtree(plan.target, ignore_errors=True)
+        raise
+
+
+def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, progress: bool) -> Path:
+    """This rank's years into the plan's target, then (rank 0) the index and, for a rebuild, the swap into ``out``."""
+    target = plan.target
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    mine = [y for i, y in enumerate(job.years) if i % size == rank]
+    names = {f"{y}.h5" for y in mine}
+    reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
     for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
         name = f"{year}.h5"
         if name in reusable:
             entries.append(reusable[name])
             continue
-        data = read_year(year, sources, files, cfg.data.subsample, cfg.data.allow_gaps)
-        sha = shards.write_shard(out / name, data.times, data.fields, data.meta)
-        entries.append(shards.shard_entry(out / name, data.times, sha))
-        print(f"rank {rank}/{size}: wrote {out / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
+        data = read_year(year, job.sources, job.files, cfg.data.subsample, cfg.data.allow_gaps)
+        sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
+        entries.append(shards.shard_entry(target / name, data.times, sha))
+        print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
         steps.update(np.diff(data.times).astype(int).tolist()[:1])
         meta = data.meta
     if comm is not None:
@@ -170,23 +282,19 @@ def convert(src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = N
         entries = [e for part in gathered for e in part[0]]
         steps = set().union(*(part[1] for part in gathered))
         meta = next((part[2] for part in gathered if part[2] is not None), None)
-    if meta is None:  # every shard was reused: keep the index as it is
-        path = out / shards.INDEX_NAME
-    else:
+    if meta is None and plan.add_record:  # every shard was kept: the index gains the record, nothing else
+        index = shards.read_index(out)
+        shards.write_index(out, shards.ShardMeta.from_json(index), index["time_step_hours"], entries, job.record)
+    if meta is not None:  # else every shard was reused: keep the index as it is
         if len(steps) > 1:
-            raise ValueError(f"{src}: years have different time steps {sorted(steps)} h; use one time step")
-        step = steps.pop() if steps else shards.read_index(out)["time_step_hours"]
-        path = shards.write_index(out, meta, step, entries)
+            raise ValueError(f"{job.src}: years have different time steps {sorted(steps)} h; use one time step")
+        step = steps.pop() if steps else shards.read_index(target)["time_step_hours"]
+        shards.write_index(target, meta, step, entries, job.record)
+        if target != out:
+            had_stats = (out / STATS_NAME).exists()
+            reconvert.swap_in(target, out)
+            gone = f"; its {STATS_NAME} went with the old shards, re-run met2net data stats" if had_stats else ""
+            print(f"met2net data convert: replaced the shards in {out}{gone}", file=sys.stderr, flush=True)
     if comm is not None:
         comm.barrier()
-    return path
-
-
-def _reusable_entries(out: Path, channels: list[str]) -> dict[str, dict]:
-    """Index entries of shards that a re-run can keep: same channels, checksum still matching."""
-    if not (out / shards.INDEX_NAME).exists():
-        return {}
-    index = shards.read_index(out)
-    if index.get("channels") != channels:
-        return {}
-    return {e["file"]: e for e in index["shards"] if shards.shard_is_valid(out, e)}
+    return out / shards.INDEX_NAME

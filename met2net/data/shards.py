@@ -27,9 +27,14 @@ No value in ``fields`` is NaN or infinite: the writer refuses such data.
     {"format": 1, "channels": [...], "units": [...], "long_names": [...], "levels": [...],
      "lat": [...], "lon": [...], "time_step_hours": int,
      "shards": [{"file": "2010.h5", "first_time": "2010-01-01T00:00", "last_time": "2010-12-31T23:00",
-                 "num_times": 8760, "sha256": "<hex>"}, ...]}
+                 "num_times": 8760, "sha256": "<hex>"}, ...],
+     "conversion": {"settings": {...}, "root": "/data/era5", "sources": [{"path": "...", "size": int,
+                                                                          "mtime_ns": int}, ...]}}
 
 ``shards`` is sorted by ``first_time``; shard time ranges do not overlap. Times are ISO 8601 to the minute.
+``conversion`` (written by ``met2net data convert``, absent from hand-made directories) is what the shards were
+converted from: the settings that decide their content and every source file's path (relative to ``root``), size
+and modification time; a re-run compares it with its own and refuses a difference unless ``--force``.
 
 Every file is written atomically (a hidden temporary file in the same directory, flushed, then renamed), and the
 index only after the shards it lists, so a crash never leaves a file that looks complete but is not.
@@ -237,8 +242,11 @@ def _sorted_entries(directory: Path, entries: list[dict]) -> list[dict]:
     return out
 
 
-def write_index(directory: Path, meta: ShardMeta, time_step_hours: int, entries: list[dict]) -> Path:
-    """Write ``index.json`` atomically; call after every listed shard is written."""
+def write_index(
+    directory: Path, meta: ShardMeta, time_step_hours: int, entries: list[dict], conversion: dict | None = None
+) -> Path:
+    """Write ``index.json`` atomically; call after every listed shard is written. ``conversion``: what the shards
+    were converted from (see met2net/data/reconvert.py), so a later run can tell whether they are still current."""
     directory = Path(directory)
     if int(time_step_hours) <= 0:
         raise ValueError(f"time_step_hours: expected a positive integer, got {time_step_hours}")
@@ -248,6 +256,8 @@ def write_index(directory: Path, meta: ShardMeta, time_step_hours: int, entries:
         "time_step_hours": int(time_step_hours),
         "shards": _sorted_entries(directory, entries),
     }
+    if conversion is not None:
+        index["conversion"] = conversion
     path = directory / INDEX_NAME
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n"))
     return path

@@ -161,3 +161,128 @@ def test_two_mpi_ranks_write_the_same_shards(tree, tmp_path):
     for year in YEARS:
         np.testing.assert_array_equal(fields(tmp_path / "one", year), fields(tmp_path / "two", year))
     assert one["channels"] == two["channels"] and one["lat"] == two["lat"]
+
+
+# -- re-converting into an existing directory ------------------------------------------------------------------------
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_index_records_the_sources_and_settings(tree, tmp_path):
+    convert(tree, cfg(), tmp_path / "out", progress=False)
+    record = read_index(tmp_path / "out")["conversion"]
+    assert record["settings"]["years"] == YEARS and record["settings"]["data.subsample"] == 1
+    assert [c.split("=")[0] for c in record["settings"]["channels"]] == VARS
+    path = next(tree.rglob("2m_temperature_2010_*.nc"))
+    entry = next(s for s in record["sources"] if s["path"] == str(path.relative_to(tree)))
+    assert entry["size"] == path.stat().st_size and entry["mtime_ns"] == path.stat().st_mtime_ns
+
+
+def test_unchanged_rerun_is_a_noop(tree, tmp_path):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    (out / "stats.json").write_text("{}")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    convert(tree, cfg(), out, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_changed_settings_are_refused_naming_the_change_and_force(tree, tmp_path):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"(?s)data\.subsample: 1 → 2.*--force"):
+        convert(tree, cfg("data.subsample=2", "model.grid=[8,16]"), out, progress=False)
+    with pytest.raises(ValueError, match=r"(?s)channels: .*r=r from relative_humidity/\*\.nc level 1000.* → "):
+        convert(tree, cfg("model.variables=[u10,t2m]"), out, progress=False)
+    assert snapshot(out) == before
+
+
+def test_changed_source_file_is_named(tree, tmp_path):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    path = next(tree.rglob("2m_temperature_2011_*.nc"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"(?s)1 source file changed.*2m_temperature/2m_temperature_2011.*--force"):
+        convert(tree, cfg(), out, progress=False)
+
+
+def test_cli_refuses_with_nonzero_exit(tree, tmp_path, capsys):
+    from met2net.cli import main
+
+    (tmp_path / "a.yaml").write_text(cfg().to_yaml())
+    (tmp_path / "b.yaml").write_text(cfg("model.variables=[u10,t2m]").to_yaml())
+    args = ["data", "convert", str(tree), "-o", str(tmp_path / "out"), "-c"]
+    assert main([*args, str(tmp_path / "a.yaml")]) == 0
+    assert main([*args, str(tmp_path / "b.yaml")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "b.yaml"), "--force"]) == 0
+    assert read_index(tmp_path / "out")["channels"] == ["u10", "t2m"]
+
+
+def test_force_rebuilds_beside_the_old_set_and_drops_the_statistics(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    (out / "stats.json").write_text("{}")
+    convert(tree, cfg("model.variables=[u10,t2m]"), out, progress=False, force=True)
+    assert read_index(out)["channels"] == ["u10", "t2m"] and fields(out, 2010).shape[1] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["2010.h5", "2011.h5", "index.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nc", "out"]
+    assert "stats.json" in capsys.readouterr().err
+    verify_shards(out)
+
+
+def test_failed_forced_reconvert_leaves_the_old_shards_byte_identical(tree, tmp_path):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    (out / "stats.json").write_text("{}")
+    before = snapshot(out)
+    path = next((tree / "2m_temperature").glob("*2011*"))
+    rewrite(path, lambda ds: ds.assign(t2m=ds.t2m.where(ds.time != np.datetime64("2011-01-01T03"))))
+    with pytest.raises(ShardError, match="2011.h5: channel 't2m' has NaN"):
+        convert(tree, cfg("model.variables=[u10,t2m]"), out, progress=False, force=True)
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nc", "out"]
+
+
+def test_stale_temporaries_are_removed_and_reported(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    (out / ".2010.h5.4242-0123abcd.tmp").write_bytes(b"partial")
+    (tmp_path / ".out.rebuild-4242-0123abcd").mkdir()
+    (tmp_path / ".out.rebuild-4242-0123abcd" / "2010.h5").write_bytes(b"partial")
+    (out / "notes.tmp").write_text("not ours")
+    capsys.readouterr()
+    convert(tree, cfg(), out, progress=False)
+    err = capsys.readouterr().err
+    assert ".2010.h5.4242-0123abcd.tmp" in err and ".out.rebuild-4242-0123abcd" in err
+    assert sorted(p.name for p in out.iterdir()) == ["2010.h5", "2011.h5", "index.json", "notes.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nc", "out"]
+
+
+def test_a_run_stopped_mid_swap_restores_the_old_set(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    before = snapshot(out)
+    out.rename(tmp_path / ".out.replaced-4242-0123abcd")
+    convert(tree, cfg(), out, progress=False)
+    assert "restored" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_index_of_an_older_converter_is_kept_when_its_channels_match_else_needs_force(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    convert(tree, cfg(), out, progress=False)
+    record = read_index(out)["conversion"]
+    index = json.loads((out / "index.json").read_text())
+    del index["conversion"]
+    (out / "index.json").write_text(json.dumps(index))
+    shards_before = {p.name: p.read_bytes() for p in out.glob("*.h5")}
+    with pytest.raises(ValueError, match=r"(?s)no record of its sources.*--force"):
+        convert(tree, cfg("model.variables=[u10,t2m]"), out, progress=False)
+    convert(tree, cfg(), out, progress=False)
+    assert "no record of its sources (older met2net)" in capsys.readouterr().err
+    assert read_index(out)["conversion"] == record
+    assert {p.name: p.read_bytes() for p in out.glob("*.h5")} == shards_before

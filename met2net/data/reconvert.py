@@ -1,0 +1,133 @@
+"""Converting into a directory that already holds shards: what they were built from, what changed, and replacing
+a set only once its successor is complete.
+
+``index.json`` records the conversion (``conversion``): the settings that decide the shards' content and every
+source file's path, size and modification time. A re-run with the same record keeps the valid shards (an
+unchanged re-run writes nothing); a different record is refused unless ``--force``, because reusing shards built
+from other files or settings would silently mix two datasets. With ``--force`` the new set is built in a hidden
+sibling directory (``.<out>.rebuild-<pid>-<hex>``) and swapped in only once its index is written, so a failed or
+killed run never costs the old, valid shards, and the old ``stats.json`` goes with the old shards.
+
+A run killed outright (SIGKILL, a lost node) can leave our temporaries behind: `clean_stale` removes them at the
+start of the next run into the same directory and says what it removed (one conversion per directory at a time).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+
+from met2net.data.atomic import TEMPORARY, fsync, unique_suffix
+
+_SHOWN = 3  # changed files named in a refusal; the rest are counted
+
+
+class ConversionChanged(ValueError):
+    """The shard directory was converted from other sources or settings; the message says what differs."""
+
+
+def record(settings: dict, root: Path, paths: list[Path]) -> dict:
+    """The ``conversion`` entry of index.json for ``settings`` and the source files ``paths`` under ``root``."""
+    sources = []
+    for path in sorted(set(paths)):
+        st = path.stat()
+        rel = path.relative_to(root) if path.is_relative_to(root) else path
+        sources.append({"path": str(rel), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {"settings": settings, "root": str(root.resolve()), "sources": sources}
+
+
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def changes(old: dict | None, new: dict) -> list[str]:
+    """What differs between two conversion records, one line per setting and per kind of file change; empty if
+    the shards are current. The source root is informational: a moved tree with the same files is the same data."""
+    if old is None:
+        return ["index.json has no record of its sources and settings (written by an older met2net or by hand)"]
+    lines = []
+    for key in sorted(set(old["settings"]) | set(new["settings"])):
+        a, b = old["settings"].get(key), new["settings"].get(key)
+        if a != b:
+            lines.append(f"{key}: {a} → {b}")
+    before = {s["path"]: s for s in old["sources"]}
+    after = {s["path"]: s for s in new["sources"]}
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = [
+        f"{p} ({before[p]['size']} → {after[p]['size']} bytes)"
+        if before[p]["size"] != after[p]["size"]
+        else f"{p} (modified)"
+        for p in sorted(set(before) & set(after))
+        if (before[p]["size"], before[p]["mtime_ns"]) != (after[p]["size"], after[p]["mtime_ns"])
+    ]
+    for items, what in ((changed, "changed"), (added, "added"), (removed, "removed")):
+        if items:
+            lines.append(f"{len(items)} source file{'s' if len(items) > 1 else ''} {what}: {_listed(items)}")
+    return lines
+
+
+def adoptable(index: dict, channels: list[str], years: list[int]) -> bool:
+    """An index written before conversions were recorded is kept, as that version did, when it has the same
+    channels and one shard per year: refusing it would make every existing directory need ``--force``."""
+    return index.get("channels") == channels and {e["file"] for e in index["shards"]} == {f"{y}.h5" for y in years}
+
+
+def refusal(out: Path, lines: list[str]) -> ConversionChanged:
+    """The error for a re-run whose conversion differs from the one that wrote ``out``."""
+    return ConversionChanged(
+        f"{out} holds shards converted from other sources or settings:\n  "
+        + "\n  ".join(lines)
+        + "\nre-run with --force to replace them (the new set is built beside the old one and swapped in only "
+        "when complete; stats.json is removed with the old shards), or write to another directory with -o"
+    )
+
+
+def rebuild_dir(out: Path) -> Path:
+    """A fresh hidden sibling of ``out`` to build a replacement set in."""
+    path = out.parent / f".{out.name}.rebuild-{unique_suffix()}"
+    path.mkdir(parents=True)
+    return path
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Replace ``out`` by the complete set in ``new``: two renames, then the old set is deleted. A run stopped
+    between the renames leaves ``.<out>.replaced-*`` and no ``out``; `clean_stale` restores it."""
+    old = out.parent / f".{out.name}.replaced-{unique_suffix()}"
+    os.rename(out, old)
+    os.rename(new, out)
+    fsync(out.parent)
+    shutil.rmtree(old)
+
+
+def clean_stale(out: Path) -> list[str]:
+    """Remove what killed runs into ``out`` left behind (our own names only) and return one line per item."""
+    notes = []
+    prefix = f".{glob.escape(out.name)}"
+    for old in sorted(out.parent.glob(f"{prefix}.replaced-*")):
+        if out.exists():
+            shutil.rmtree(old)
+            notes.append(f"removed {old}, an old shard set a stopped run had already replaced")
+        else:
+            os.rename(old, out)
+            notes.append(f"restored {out} from {old.name} (a run was stopped while swapping in a rebuilt set)")
+    for partial in sorted(out.parent.glob(f"{prefix}.rebuild-*")):
+        shutil.rmtree(partial)
+        notes.append(f"removed {partial}, the unfinished rebuild of a stopped run")
+    if out.is_dir():
+        for tmp in sorted(p for p in out.iterdir() if TEMPORARY.match(p.name) and p.is_file()):
+            tmp.unlink()
+            notes.append(f"removed {tmp}, a temporary file a stopped run left")
+    return notes
+
+
+def drop_stats(directory: Path, stats_name: str) -> str | None:
+    """Remove ``stats.json`` once shards it was computed from were rewritten; a line saying so, or None."""
+    path = directory / stats_name
+    if not path.exists():
+        return None
+    path.unlink()
+    return f"removed {path}: the shards changed, re-run met2net data stats"
