@@ -6,6 +6,7 @@ Each rank's return value is saved with torch.save and handed back in rank order.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -31,11 +32,26 @@ def local_rank_info(rank: int, world_size: int, port: int) -> RankInfo:
     )
 
 
-def run_ranks(fn, world_size: int, out_dir: Path, *args) -> list:
+# No test's ranks run this long even on a loaded 2-core machine; a deadlock (a rank waiting in a collective that
+# another rank never enters) then fails the test instead of hanging the whole suite.
+TIMEOUT_S = float(os.environ.get("MET2NET_TEST_RANKS_TIMEOUT", "900"))
+
+
+def run_ranks(fn, world_size: int, out_dir: Path, *args, timeout_s: float = TIMEOUT_S) -> list:
+    """``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; their results in rank order. A rank that
+    fails ends the others (torch's spawn context); ranks still running after ``timeout_s`` are killed and the
+    call raises TimeoutError."""
     port = free_port()
-    mp.start_processes(
-        _entry, args=(fn, world_size, port, str(out_dir), args), nprocs=world_size, join=True, start_method="spawn"
+    context = mp.start_processes(
+        _entry, args=(fn, world_size, port, str(out_dir), args), nprocs=world_size, join=False, start_method="spawn"
     )
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            alive = [r for r, p in enumerate(context.processes) if p.is_alive()]
+            for p in context.processes:
+                p.kill()
+            raise TimeoutError(f"ranks {alive} of {world_size} still running after {timeout_s:.0f} s: killed")
     return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
