@@ -47,6 +47,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         account=args.account,
         signal_delay_s=args.signal_delay,
         max_requeues=args.max_requeues,
+        gpu_layout=args.gpu_layout,
     )
     print(pipeline.describe())
     if args.dry_run:
@@ -233,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--nodes", type=int, default=1)
     submit.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node: one per GPU")
     submit.add_argument("--gpus-per-node", type=int, default=0)
+    submit.add_argument(
+        "--gpu-layout",
+        choices=("node", "task"),
+        default="node",
+        help="node: every task sees its node's GPUs (cuda:<local rank>); task: srun --gpu-bind=single:1 gives each "
+        "task one GPU (cuda:0)",
+    )
     submit.add_argument("--cpus-per-task", type=int, default=1)
     submit.add_argument("--time", default="60", help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS")
     submit.add_argument("--partition", default="")

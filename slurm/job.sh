@@ -11,6 +11,12 @@ CONFIG=${CONFIG:-configs/mv5_5.625.yaml}
 RUN_DIR=${RUN_DIR:-runs/met2net}
 OVERRIDES=${OVERRIDES:-}
 MAX_REQUEUES=${MAX_REQUEUES:-10}
+GPU_LAYOUT=${GPU_LAYOUT:-node}  # node: every task sees its node's GPUs; task: srun binds one GPU to each task
+case "$GPU_LAYOUT" in          # the same mapping as met2net/launch/plan.py's GPU_BIND (docs/cluster.md, GPU layouts)
+  node) gpu_bind=() ;;
+  task) gpu_bind=(--gpu-bind=single:1) ;;
+  *) echo "met2net: GPU_LAYOUT=$GPU_LAYOUT: expected node or task" >&2; exit 2 ;;
+esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 # --- site settings (uncomment and adapt; docs/cluster.md) ---------------------------------------
@@ -21,7 +27,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 # ------------------------------------------------------------------------------------------------
 
 read -rd '' -a overrides <<< "$OVERRIDES" || true  # key=value words split on blanks, never globbed ([16,32])
-srun --wait=60 met2net train "$CONFIG" training.schedule="$SCHEDULE" run.dir="$RUN_DIR" "${overrides[@]}" &
+srun --wait=60 "${gpu_bind[@]}" met2net train "$CONFIG" training.schedule="$SCHEDULE" run.dir="$RUN_DIR" "${overrides[@]}" &
 step=$!
 trap 'echo "met2net: time-limit warning; asking the tasks to checkpoint"; kill -USR1 "$step" 2>/dev/null' USR1
 wait "$step"; rc=$?

@@ -3,6 +3,7 @@
 # round r > 1 starts from round r-1's stage two, each round in RUN_DIR/round_<r>).
 #   CONFIG=configs/mv5_5.625.yaml RUN_DIR=runs/mv5 ROUNDS=1 bash slurm/pipeline.sh [sbatch flags...]
 #   DRY_RUN=1 ... prints the sbatch commands instead of running them.
+#   GPU_LAYOUT=task ... has srun bind one GPU to each task (slurm/job.sh; default node: each task sees its node's).
 # Extra arguments go to every sbatch (e.g. --partition=gpu --nodes=4); OVERRIDES to every `met2net train`.
 # The job plan (names, run directories, dependencies, each job's OVERRIDES) comes from met2net itself
 # (`python -m met2net.launch.plan`, the plan `met2net submit` uses), run with ${MET2NET_PYTHON:-python3}: the
@@ -14,8 +15,10 @@ RUN_DIR=${RUN_DIR:-runs/met2net}
 ROUNDS=${ROUNDS:-1}
 OVERRIDES=${OVERRIDES:-}
 DRY_RUN=${DRY_RUN:-0}
+GPU_LAYOUT=${GPU_LAYOUT:-}
 PYTHON=${MET2NET_PYTHON:-python3}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "pipeline.sh: ROUNDS=$ROUNDS must be a positive integer" >&2; exit 2; }
+[[ "$GPU_LAYOUT" =~ ^(|node|task)$ ]] || { echo "pipeline.sh: GPU_LAYOUT=$GPU_LAYOUT: expected node or task" >&2; exit 2; }
 [ -f "$CONFIG" ] || { echo "pipeline.sh: CONFIG=$CONFIG does not exist (run from the repository root?)" >&2; exit 2; }
 # the plan module of this checkout (next to this script), whatever met2net the Python has installed
 status=0
@@ -33,7 +36,8 @@ for line in "${jobs[@]}"; do
   IFS=$'\t' read -r name schedule round dir after overrides <<< "$line"
   previous=""  # expanded unquoted below: no word at all when the job waits for none
   [ "$after" = - ] || previous=${ids[$after]}
-  cmd=(env CONFIG="$CONFIG" RUN_DIR="$dir" OVERRIDES="$overrides" MET2NET_SLURM_DIR="$HERE"
+  cmd=(env CONFIG="$CONFIG" RUN_DIR="$dir" OVERRIDES="$overrides" ${GPU_LAYOUT:+GPU_LAYOUT=$GPU_LAYOUT}
+       MET2NET_SLURM_DIR="$HERE"
        sbatch --parsable --job-name="$name" --output="$RUN_DIR/logs/%x-%j.out"
        ${previous:+--dependency=afterok:$previous} "$@" "$HERE/$schedule.sbatch")
   if [ "$DRY_RUN" = 1 ]; then

@@ -137,6 +137,7 @@ def plan_pipeline(
     account: str = "",
     signal_delay_s: int = 120,
     max_requeues: int = 3,
+    gpu_layout: Literal["node", "task"] = "node",
     folder: str | Path | None = None,
 ) -> Pipeline:
     """Check everything ``submit_pipeline`` would submit and return the plan, queueing nothing: so that a mistake
@@ -158,7 +159,13 @@ def plan_pipeline(
         account=account,
         signal_delay_s=signal_delay_s,
         max_requeues=max_requeues,
+        gpu_layout=gpu_layout,
     )
+    if executor == "local" and res.gpu_layout == "task":
+        raise ValueError(
+            "--gpu-layout task needs Slurm to bind the GPUs; the local executor gives every task the same "
+            "CUDA_VISIBLE_DEVICES (use --gpu-layout node)"
+        )
     run_dir = Path(cfg.run.dir).resolve()
     stage_list = plan.parse_stages(stages if isinstance(stages, str) else ",".join(stages))
     jobs = plan.make_plan(run_dir, stage_list, rounds, overrides)
@@ -188,6 +195,7 @@ def submit_pipeline(
     account: str = "",
     signal_delay_s: int = 120,
     max_requeues: int = 3,
+    gpu_layout: Literal["node", "task"] = "node",
     folder: str | Path | None = None,
     dry_run: bool = False,
     echo: Callable[[str], object] | None = print,
@@ -204,7 +212,9 @@ def submit_pipeline(
 
     Resources are per job: ``nodes`` × ``tasks_per_node`` ranks (one per GPU on GPU nodes), ``time`` in minutes
     or as ``H:MM:SS`` / ``D-HH:MM:SS``; ``signal_delay_s`` before the limit the job checkpoints and is requeued,
-    at most ``max_requeues`` times after time-outs (preemptions always requeue). ``folder`` holds submitit's
+    at most ``max_requeues`` times after time-outs (preemptions always requeue). ``gpu_layout``: ``"node"``, every
+    task sees its node's GPUs; ``"task"``, ``srun --gpu-bind=single:1`` binds one GPU to each (Slurm only;
+    docs/cluster.md, GPU layouts). ``folder`` holds submitit's
     pickles and logs (default ``<run dir>/submitit``). Every job is appended to ``<run dir>/jobs.tsv`` for
     ``met2net status``. ``dry_run``: check and print the plan, submit nothing, return ``[]``. ``echo`` gets the
     plan and one line per job (None: silent).
@@ -224,6 +234,7 @@ def submit_pipeline(
         account=account,
         signal_delay_s=signal_delay_s,
         max_requeues=max_requeues,
+        gpu_layout=gpu_layout,
         folder=folder,
     )
     echo = echo or _quiet

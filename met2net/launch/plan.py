@@ -16,10 +16,17 @@ from pathlib import Path
 
 from met2net.config import SCHEDULES  # the one list of schedules (met2net.config imports no torch)
 
+GPU_BIND = {"node": (), "task": ("--gpu-bind=single:1",)}
+"""What each GPU layout adds to ``srun`` (``slurm/job.sh`` maps ``GPU_LAYOUT`` the same way): ``node``, every task
+sees its node's GPUs and trains on ``cuda:<local rank>``; ``task``, Slurm binds one GPU to each task, which sees it
+as ``cuda:0``. met2net follows whatever each task sees (``met2net/distributed/devices.py``), so a site that binds
+GPUs itself works with either."""
+
 
 @dataclass(frozen=True)
 class Resources:
-    """What every job of the pipeline asks the scheduler for (one task per GPU on GPU nodes)."""
+    """What every job of the pipeline asks the scheduler for (one task per GPU on GPU nodes, laid out as
+    ``gpu_layout`` says: a key of ``GPU_BIND``)."""
 
     nodes: int = 1
     tasks_per_node: int = 1
@@ -30,6 +37,7 @@ class Resources:
     account: str = ""
     signal_delay_s: int = 120  # the time-limit warning (SIGUSR2) comes this long before the limit
     max_requeues: int = 3  # time-outs a job may checkpoint and requeue after; preemptions always requeue
+    gpu_layout: str = "node"
 
     def __post_init__(self) -> None:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
@@ -42,10 +50,35 @@ class Resources:
                 f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
                 f"{self.time_min} min, or the warning comes before the job starts working"
             )
+        if self.gpu_layout not in GPU_BIND:
+            raise ValueError(f"--gpu-layout {self.gpu_layout!r}: expected one of {', '.join(GPU_BIND)}")
+        if self.gpu_layout == "task" and not self.gpus_per_node:
+            raise ValueError("--gpu-layout task binds one GPU to each task, but --gpus-per-node is 0")
+        if self.gpus_per_node and self.tasks_per_node > 1 and self.gpus_per_node != self.tasks_per_node:
+            raise ValueError(
+                f"--gpus-per-node {self.gpus_per_node} with --tasks-per-node {self.tasks_per_node}: each rank "
+                "trains on one GPU, so ask for as many tasks as GPUs per node (or one task per node)"
+            )
 
     @property
     def num_tasks(self) -> int:
         return self.nodes * self.tasks_per_node
+
+    @property
+    def srun_args(self) -> tuple[str, ...]:
+        return GPU_BIND[self.gpu_layout] if self.gpus_per_node else ()
+
+    def describe_gpus(self) -> str:
+        """The GPU layout as the plan states it, '' without GPUs."""
+        n = self.gpus_per_node
+        if not n:
+            return ""
+        if self.gpu_layout == "task":
+            return (
+                f"GPU layout task: srun {' '.join(self.srun_args)} gives each task one of its node's {n} GPU(s), "
+                "seen as cuda:0"
+            )
+        return f"GPU layout node: every task sees its node's {n} GPU(s) and trains on cuda:<local rank>"
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,8 @@ def format_plan(jobs: list[Job], res: Resources, config: str, executor: str) -> 
         f"{res.cpus_per_task} CPU(s)/task, time limit {res.time_min} min, time-limit warning "
         f"{res.signal_delay_s} s before, checkpoint-and-requeue at most {res.max_requeues} time-out(s)",
     ]
+    if res.gpus_per_node:
+        lines.append(f"  {res.describe_gpus()}")
     for i, job in enumerate(jobs):
         after = f"after job {job.after + 1} succeeds" if job.after is not None else "starts at once"
         lines.append(f"  {i + 1}. {job.name:<22} {job.schedule:<10} {after:<24} run dir {job.run_dir}")

@@ -76,6 +76,8 @@ def make_executor(kind: str, folder: Path, res: Resources) -> submitit.Executor:
         stderr_to_stdout=True,
         setup=[f"export OMP_NUM_THREADS={res.cpus_per_task}"],
     )
+    if res.srun_args:
+        executor.update_parameters(srun_args=list(res.srun_args))
     for key, value in (("gpus_per_node", res.gpus_per_node), ("partition", res.partition), ("account", res.account)):
         if value:
             executor.update_parameters(**{key: value})

@@ -87,28 +87,68 @@ def test_parse_minutes_names_bad_value():
         plan.parse_minutes("soon")
 
 
-def test_plan_text_golden():
+GOLDEN_SUFFIX = {"node": "", "task": "_task"}  # the node layout's files predate the task layout
+
+
+@pytest.mark.parametrize("layout", ["node", "task"])
+def test_plan_text_golden(layout):
+    """The plan states the GPU layout it will request (docs/cluster.md, GPU layouts)."""
     jobs = plan.make_plan("/scratch/mv5", ("stage1", "stage2"), rounds=2, overrides=("training.lr=1e-3",))
     res = plan.Resources(
-        nodes=4, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8, time_min=720, partition="gpu", account="weather"
+        nodes=4,
+        tasks_per_node=4,
+        gpus_per_node=4,
+        cpus_per_task=8,
+        time_min=720,
+        partition="gpu",
+        account="weather",
+        gpu_layout=layout,
     )
-    check_golden("plan_4x4.txt", plan.format_plan(jobs, res, "configs/mv5_5.625.yaml", "slurm") + "\n")
+    text = plan.format_plan(jobs, res, "configs/mv5_5.625.yaml", "slurm") + "\n"
+    check_golden(f"plan_4x4{GOLDEN_SUFFIX[layout]}.txt", text)
 
 
-def test_submitit_sbatch_golden(tmp_path):
-    """What submitit hands to sbatch for stage two of a 4 nodes × 4 GPUs plan: dependency, requeue, signal."""
+@pytest.mark.parametrize("layout", ["node", "task"])
+def test_submitit_sbatch_golden(tmp_path, layout):
+    """What submitit hands to sbatch for stage two of a 4 nodes × 4 GPUs plan: dependency, requeue, signal; in the
+    task layout srun binds one GPU to each task."""
     jobs = plan.make_plan("/scratch/mv5", ("stage1", "stage2"))
     res = plan.Resources(
-        nodes=4, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8, time_min=720, partition="gpu", account="weather"
+        nodes=4,
+        tasks_per_node=4,
+        gpus_per_node=4,
+        cpus_per_task=8,
+        time_min=720,
+        partition="gpu",
+        account="weather",
+        gpu_layout=layout,
     )
     text = render_sbatch(jobs[1], res, Path("/scratch/mv5/submitit"), after_id="1234")
-    check_golden("submitit_stage2.sbatch", text.replace(sys.executable, "<python>"))
+    check_golden(f"submitit_stage2{GOLDEN_SUFFIX[layout]}.sbatch", text.replace(sys.executable, "<python>"))
+    srun = next(line for line in text.splitlines() if line.startswith("srun "))
+    assert ("--gpu-bind=single:1" in srun) == (layout == "task")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(gpu_layout="socket"), "--gpu-layout 'socket': expected one of node, task"),
+        (dict(gpu_layout="task", gpus_per_node=0), "--gpu-layout task binds one GPU to each task"),
+        (dict(gpus_per_node=8), "--gpus-per-node 8 with --tasks-per-node 4"),
+    ],
+)
+def test_gpu_resources_that_cannot_work_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        plan.Resources(**{"tasks_per_node": 4, "gpus_per_node": 4, **change})
+    plan.Resources(tasks_per_node=1, gpus_per_node=8)  # a lone rank per node may see several (it uses cuda:0)
 
 
 PIPELINE_ENV = {**os.environ, "MET2NET_PYTHON": sys.executable}  # pipeline.sh runs the plan with this Python
 
 
-def test_pipeline_dry_run_golden():
+@pytest.mark.parametrize("layout", ["", "task"])
+def test_pipeline_dry_run_golden(layout):
+    """GPU_LAYOUT, when set, is passed to the jobs (slurm/job.sh reads it) and shown in the dry run."""
     env = {
         **PIPELINE_ENV,
         "DRY_RUN": "1",
@@ -116,6 +156,7 @@ def test_pipeline_dry_run_golden():
         "RUN_DIR": "runs/mv5",
         "CONFIG": "configs/mv5_5.625.yaml",
         "OVERRIDES": "training.lr=1e-3",
+        "GPU_LAYOUT": layout,
     }
     out = subprocess.run(
         ["bash", "slurm/pipeline.sh", "--partition=gpu", "--nodes=4"],
@@ -125,7 +166,7 @@ def test_pipeline_dry_run_golden():
         text=True,
         check=True,
     ).stdout
-    check_golden("pipeline_dry_run.txt", out.replace(str(ROOT), "<repo>"))
+    check_golden(f"pipeline_dry_run{'_task' if layout else ''}.txt", out.replace(str(ROOT), "<repo>"))
     assert not (ROOT / "runs/mv5/jobs.tsv").exists()  # a dry run writes nothing
 
 
@@ -133,6 +174,7 @@ def test_pipeline_refuses_bad_input():
     for env, message in (
         ({"ROUNDS": "0"}, "ROUNDS=0 must be a positive integer"),
         ({"CONFIG": "nope.yaml"}, "CONFIG=nope.yaml does not exist"),
+        ({"GPU_LAYOUT": "socket"}, "GPU_LAYOUT=socket: expected node or task"),
     ):
         out = subprocess.run(
             ["bash", "slurm/pipeline.sh"],
@@ -199,6 +241,35 @@ def test_job_body_passes_overrides_as_words_without_expanding_them(tmp_path):
         "c='d'",
     ]
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("layout, bind", [("", []), ("node", []), ("task", ["--gpu-bind=single:1"])])
+def test_job_body_binds_gpus_as_the_layout_says(tmp_path, layout, bind):
+    """GPU_LAYOUT=task makes srun bind one GPU to each task, with the flag plan.GPU_BIND names for submitit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "ARGS_OUT": str(tmp_path / "args"),
+        "SCHEDULE": "stage1",
+        "GPU_LAYOUT": layout,
+    }
+    out = subprocess.run(["bash", str(ROOT / "slurm/job.sh")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    expected = ["--wait=60", *bind, "met2net", "train"]
+    assert (tmp_path / "args").read_text().splitlines()[: len(expected)] == expected
+    assert bind == list(plan.GPU_BIND[layout or "node"])
+    bad = subprocess.run(
+        ["bash", str(ROOT / "slurm/job.sh")],
+        cwd=tmp_path,
+        env={**env, "GPU_LAYOUT": "socket"},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "GPU_LAYOUT=socket: expected node or task" in bad.stderr
 
 
 def test_records_round_trip_and_status(tmp_path):
@@ -350,6 +421,34 @@ def test_submit_pipeline_dry_run_golden():
     assert not Path("/scratch/mv5").exists()
 
 
+def test_submit_dry_run_shows_the_gpu_layout_it_requests():
+    """`met2net submit --gpu-layout task --dry-run`: the plan says srun binds one GPU per task, and the batch script
+    submitit would get has that srun (the golden file of test_submitit_sbatch_golden[task])."""
+    args = ["configs/mv5_5.625.yaml", "run.dir=/scratch/mv5", "--nodes", "4", "--tasks-per-node", "4"]
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "met2net.cli",
+            "submit",
+            *args,
+            "--gpus-per-node",
+            "4",
+            "--gpu-layout",
+            "task",
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "  GPU layout task: srun --gpu-bind=single:1 gives each task one of its node's 4 GPU(s)" in cli.stdout
+    pipeline = plan_pipeline("configs/mv5_5.625.yaml", ["run.dir=/scratch/mv5"], **API_ARGS, gpu_layout="task")
+    script = pipeline.sbatch_script(1, after_id="1234").replace(sys.executable, "<python>")
+    assert script.replace("met2net-stage2-r1", "met2net-stage2") == (GOLDEN / "submitit_stage2_task.sbatch").read_text()
+
+
 def test_plan_pipeline_batch_script_is_submitits():
     """What the API will hand to sbatch is what submitit renders for the same job (the golden file of
     test_submitit_sbatch_golden); without a job id the dependency names the job waited for."""
@@ -375,6 +474,7 @@ def test_plan_pipeline_batch_script_is_submitits():
         (dict(time=5, signal_delay_s=600), "--signal-delay 600 s must be shorter than --time 5 min"),
         (dict(overrides="training.lr=1e-3"), "not one string"),
         (dict(overrides=["training.max_stpes=3"]), "max_steps"),
+        (dict(gpus_per_node=1, gpu_layout="task"), "--gpu-layout task needs Slurm"),
     ],
 )
 def test_api_refuses_bad_arguments_before_submitting(tmp_path, change, message):
