@@ -24,6 +24,7 @@ BEST_BY = ("loss", "forecast_mse", "rec", "latent")  # and forecast_mse/<variabl
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("synthetic", "shards")
+COORD_AXES = ("time", "lat", "lon", "level")  # the axes data.coords may name (met2net/data/netcdf.py)
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,9 @@ class DataConfig:
     # Source of each model variable for `met2net data convert`; a variable not listed here is
     # read from the WeatherBench layout (see met2net/data/convert.py).
     variables: list[VariableSource] = field(default_factory=list)
+    # The source files' names of our axes where no common name fits, e.g. {time: timestep, lat: FNOCY, lon: FNOCX};
+    # an axis left out is found by its usual names (met2net/data/netcdf.py, COORD_ALIASES).
+    coords: dict[str, str] = field(default_factory=dict)
     allow_gaps: bool = False
     train_years: list[int] = field(default_factory=lambda: [2010, 2011, 2012, 2013, 2014, 2015])
     val_years: list[int] = field(default_factory=lambda: [2016])
@@ -228,6 +232,11 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
         return [_coerce(v, item_type, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, value_type, source, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type {hint}")  # keep the schema simple
     if hint is bool:
@@ -369,6 +378,18 @@ def validate(cfg: Config) -> None:
     _need(d.num_workers >= 0, "data.num_workers", f"must be ≥ 0, got {d.num_workers}")
     for i, v in enumerate(d.variables):
         _need(bool(v.name and v.file_glob and v.var), f"data.variables[{i}]", f"needs name, file_glob and var, got {v}")
+    unknown = [k for k in d.coords if k not in COORD_AXES]
+    _need(
+        not unknown,
+        "data.coords",
+        f"has unknown axis {unknown[0]!r}; the axes are {', '.join(COORD_AXES)} "
+        "(e.g. data.coords: {time: timestep, lat: FNOCY, lon: FNOCX})"
+        if unknown
+        else "",
+    )
+    _need(all(d.coords.values()), "data.coords", f"has an empty name: {d.coords}")
+    repeated = [n for n in set(d.coords.values()) if list(d.coords.values()).count(n) > 1]
+    _need(not repeated, "data.coords", f"names {repeated[0]!r} for two axes: {d.coords}" if repeated else "")
     names = [v.name for v in d.variables]
     _need(len(set(names)) == len(names), "data.variables", f"lists a variable twice: {names}")
     for key in ("train_years", "val_years"):

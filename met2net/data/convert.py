@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import reconvert, shards
-from met2net.data.netcdf import find_files, open_variable
+from met2net.data.netcdf import coordinate_names, find_files, open_variable
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 
@@ -51,12 +51,11 @@ def variable_sources(cfg: Config) -> list[VariableSource]:
     return sources
 
 
-def file_years(path: Path) -> set[int]:
-    """Years covered by a file's time axis (reads the coordinate only)."""
+def file_years(path: Path, coords: Mapping[str, str] | None = None) -> set[int]:
+    """Years covered by a file's time axis (reads the coordinates only, so a layout we cannot read fails here,
+    before anything is written)."""
     with xr.open_dataset(path) as ds:
-        name = "time" if "time" in ds.coords else "valid_time"
-        if name not in ds.coords:
-            raise ValueError(f"{path}: has no 'time' coordinate")
+        name = coordinate_names(ds, str(path), coords)["time"]
         return set(np.unique(ds[name].values.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
@@ -68,7 +67,12 @@ class Year:
 
 
 def read_year(
-    year: int, sources: list[VariableSource], files: dict[str, dict[int, list[Path]]], subsample: int, allow_gaps: bool
+    year: int,
+    sources: list[VariableSource],
+    files: dict[str, dict[int, list[Path]]],
+    subsample: int,
+    allow_gaps: bool,
+    coords: Mapping[str, str] | None = None,
 ) -> Year:
     """Every variable's data for ``year``, checked to share time axis and grid."""
     arrays, units, long_names = [], [], []
@@ -80,7 +84,7 @@ def read_year(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
-        da = open_variable(paths, src.var, None if src.level < 0 else src.level)
+        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords)
         da = da.sel(time=str(year))
         if first is None:
             first = (src, da)
@@ -151,15 +155,18 @@ def settings(cfg: Config, sources: list[VariableSource], years: list[int]) -> di
         "years": years,
         "data.subsample": cfg.data.subsample,
         "data.allow_gaps": cfg.data.allow_gaps,
+        **({"data.coords": dict(sorted(cfg.data.coords.items()))} if cfg.data.coords else {}),  # older records lack it
     }
 
 
-def _files_by_year(src: Path, sources: list[VariableSource]) -> dict[str, dict[int, list[Path]]]:
+def _files_by_year(
+    src: Path, sources: list[VariableSource], coords: Mapping[str, str]
+) -> dict[str, dict[int, list[Path]]]:
     files: dict[str, dict[int, list[Path]]] = {}
     for s in sources:
         by_year: dict[int, list[Path]] = {}
         for path in find_files(src, s.file_glob):
-            for y in file_years(path):
+            for y in file_years(path, coords):
                 by_year.setdefault(y, []).append(path)
         files[s.name] = by_year
     return files
@@ -232,7 +239,7 @@ class Inputs:
 def inputs(src: Path, cfg: Config) -> Inputs:
     years = sorted(set(cfg.data.train_years) | set(cfg.data.val_years) | set(cfg.data.test_years))
     sources = variable_sources(cfg)
-    files = _files_by_year(src, sources)
+    files = _files_by_year(src, sources, cfg.data.coords)
     used = [p for s in sources for y in years for p in files[s.name].get(y, [])]
     return Inputs(src, years, sources, files, reconvert.record(settings(cfg, sources, years), src, used))
 
@@ -268,7 +275,7 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
         if name in reusable:
             entries.append(reusable[name])
             continue
-        data = read_year(year, job.sources, job.files, cfg.data.subsample, cfg.data.allow_gaps)
+        data = read_year(year, job.sources, job.files, cfg.data.subsample, cfg.data.allow_gaps, cfg.data.coords)
         sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
         entries.append(shards.shard_entry(target / name, data.times, sha))
         print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)

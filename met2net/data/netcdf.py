@@ -4,13 +4,15 @@ Layout (as WeatherBench ships it): ``<long_name>/<long_name>_<year>_<res>deg.nc`
 one file per year, dims ``time, lat, lon`` (``time, level, lat, lon`` for pressure-level variables).
 
 Grid convention after reading: latitude ascending (south→north), longitude ascending in [0, 360), dims exactly
-``(time, lat, lon)``, float32. Sources may run latitude either way, use longitude −180..180 and name the axes
-``latitude``/``longitude``; `normalise_grid` maps them all onto the one convention so downstream code never
-has to care which archive a file came from.
+``(time, lat, lon)``, float32. Sources may run latitude either way, use longitude −180..180 and give the axes any
+of their common names (`COORD_ALIASES`) or names of their own (``data.coords``); `coordinate_names` and
+`normalise_grid` map them all onto the one convention so downstream code never has to care which archive a file
+came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,16 @@ from met2net.data.synthetic import VARIABLES, SyntheticFields, generate
 
 TIME_ENCODING = {"units": "hours since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian", "dtype": "int64"}
 LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa")
-_ALIASES = {"latitude": "lat", "longitude": "lon", "valid_time": "time"}
+# Our axis → the names archives give it, most specific first: ERA5 (valid_time, latitude, isobaricInhPa,
+# pressure_level), WeatherBench (time, lat, level), CMIP (plev, in Pa), netCDF from other tools (TIME, LAT, lev).
+# The bare t/y/x come last and count only as coordinates with values (a projected y in metres fails the range check).
+COORD_ALIASES = {
+    "time": ("time", "valid_time", "TIME", "timestep", "t"),
+    "lat": ("lat", "latitude", "LAT", "y"),
+    "lon": ("lon", "longitude", "LON", "x"),
+    "level": ("level", "pressure_level", "isobaricInhPa", "plev", "lev"),
+}
+_REQUIRED = ("time", "lat", "lon")
 _SPACING_RTOL = 1e-4
 
 
@@ -145,14 +156,63 @@ def _check_regular(values: np.ndarray, axis: str, where: str) -> None:
         )
 
 
+def layout(obj: xr.Dataset | xr.DataArray) -> str:
+    """What a file holds, for errors that must let the user name its axes: coordinates and dimensions."""
+    return f"coordinates {sorted(map(str, obj.coords))} and dimensions {dict(obj.sizes)}"
+
+
+def coordinate_names(
+    obj: xr.Dataset | xr.DataArray, where: str, coords: Mapping[str, str] | None = None, required: tuple = _REQUIRED
+) -> dict[str, str]:
+    """Our axis (time, lat, lon, level) → the name ``obj`` gives it: ``coords`` (``data.coords``) where it names
+    the axis, else the first of `COORD_ALIASES` that is a dimension coordinate, else the first that is a
+    coordinate. Raises ValueError naming ``where`` and listing what the file has when a ``required`` axis is
+    not found or ``coords`` names something the file lacks."""
+    coords = dict(coords or {})
+    variables = obj.variables if isinstance(obj, xr.Dataset) else obj.coords
+    found = {}
+    for axis, aliases in COORD_ALIASES.items():
+        if axis in coords:
+            if coords[axis] not in variables:
+                raise ValueError(
+                    f"{where}: data.coords.{axis} is {coords[axis]!r}, which it lacks; it has {layout(obj)}"
+                )
+            found[axis] = coords[axis]
+            continue
+        present = [a for a in aliases if a in obj.coords and a not in coords.values()]
+        on_dims = [a for a in present if a in obj.dims]
+        if present:
+            found[axis] = (on_dims or present)[0]
+    missing = [a for a in required if a not in found]
+    if missing:
+        tried = "; ".join(f"{a}: {'/'.join(COORD_ALIASES[a])}" for a in missing)
+        example = ", ".join(f"{a}: <name>" for a in missing)
+        raise ValueError(
+            f"{where}: no {', '.join(missing)} coordinate (looked for {tried}); it has {layout(obj)}; "
+            f"name them in data.coords, e.g. data.coords: {{{example}}}"
+        )
+    return found
+
+
+def with_our_names(obj: xr.Dataset | xr.DataArray, found: Mapping[str, str]) -> xr.Dataset | xr.DataArray:
+    """``obj`` with the axes `coordinate_names` found renamed to ours; a coordinate that already bears one of our
+    names but was not chosen (ERA5's scalar ``time`` beside its ``valid_time`` axis) is dropped."""
+    renames = {name: axis for axis, name in found.items() if name != axis}
+    clashes = [
+        axis for axis in renames.values() if axis in (obj.variables if isinstance(obj, xr.Dataset) else obj.coords)
+    ]
+    return obj.drop_vars(clashes).rename(renames)
+
+
 def normalise_grid(da: xr.DataArray) -> xr.DataArray:
     """Put ``da`` on the package's grid convention: lat ascending (south→north), lon ascending in [0, 360).
 
-    Accepts ``latitude``/``longitude`` names, latitude in either order and longitude in −180..180 or 0..360.
-    Raises ValueError (naming the file and variable) for missing coordinates or unequal spacing.
+    Accepts the common names of the axes (`COORD_ALIASES`), latitude in either order and longitude in
+    −180..180 or 0..360. Raises ValueError (naming the file and variable) for missing coordinates, latitudes
+    outside ±90° or unequal spacing.
     """
     where = f"{_source(da)}, variable {da.name!r}"
-    da = da.rename({k: v for k, v in _ALIASES.items() if k in da.coords or k in da.dims})
+    da = with_our_names(da, coordinate_names(da, where, required=()))
     missing = [c for c in ("lat", "lon") if c not in da.coords or c not in da.dims]
     if missing:
         raise ValueError(
@@ -160,6 +220,13 @@ def normalise_grid(da: xr.DataArray) -> xr.DataArray:
             f"expected lat/lon or latitude/longitude dimension coordinates"
         )
     _check_regular(da["lat"].values, "lat", where)
+    lat = da["lat"].values
+    if lat.min() < -90 or lat.max() > 90:
+        raise ValueError(
+            f"{where}: lat values span [{lat.min():g}, {lat.max():g}], outside [-90, 90], so they are not degrees "
+            "of latitude (a projected y axis?); regrid to a regular lat/lon grid first, or name the latitude "
+            "coordinate in data.coords"
+        )
     lon = da["lon"].values % 360
     lon = np.where(lon >= 360, lon - 360, lon)
     _check_regular(np.sort(lon), "lon", where)
@@ -188,10 +255,17 @@ def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> 
     return da.sel({dim: level}, drop=True)
 
 
-def _read_one(path: Path, var: str, level: int | None) -> xr.DataArray:
+def _in_hpa(ds: xr.Dataset) -> xr.Dataset:
+    """Pressure levels in hPa, as data.variables[].level gives them (CMIP's ``plev`` is in Pa)."""
+    if "level" in ds.coords and str(ds["level"].attrs.get("units", "")).strip() == "Pa":
+        return ds.assign_coords(level=("level", ds["level"].values / 100.0, {**ds["level"].attrs, "units": "hPa"}))
+    return ds
+
+
+def _read_one(path: Path, var: str, level: int | None, coords: Mapping[str, str] | None = None) -> xr.DataArray:
     """One file's ``var`` in memory on the normalised grid; the file is closed before returning."""
     with xr.open_dataset(path, engine="netcdf4") as ds:
-        ds = ds.rename({k: v for k, v in _ALIASES.items() if k in ds.variables or k in ds.dims})
+        ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
         if var not in ds.data_vars:
             raise ValueError(
                 f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
@@ -218,15 +292,18 @@ def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> 
                 )
 
 
-def open_variable(paths: list[Path], var: str, level: int | None = None) -> xr.DataArray:
-    """Read ``var`` from yearly files into one (time, lat, lon) float32 array, time ascending.
+def open_variable(
+    paths: list[Path], var: str, level: int | None = None, coords: Mapping[str, str] | None = None
+) -> xr.DataArray:
+    """Read ``var`` from yearly files into one (time, lat, lon) float32 array, time ascending; ``coords``: the
+    files' names of our axes where the common ones do not fit (``data.coords``).
 
     Loads eagerly and closes each file, so no handles outlive the call (safe with forked data-loader workers).
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
-    parts = [_read_one(p, var, level) for p in paths]
+    parts = [_read_one(p, var, level, coords) for p in paths]
     _check_same_grid(parts, paths, var)
     da = (
         xr.concat(parts, dim="time", coords="minimal", compat="override", join="override", combine_attrs="override")

@@ -106,3 +106,18 @@ def test_best_by_is_a_key_of_the_schedules_validation():
         load_config(None, ["training.best_by=forecast_mse/z500"])
     with pytest.raises(ConfigError, match=r"stage2 does not validate; choose one of loss, forecast_mse, latent "):
         load_config(None, ["training.schedule=stage2", "training.best_by=rec"])
+
+
+def test_data_coords_maps_our_axes_to_the_files_names(tmp_path):
+    cfg = load_config(write(tmp_path, {"data": {"coords": {"time": "timestep", "lat": "FNOCY", "lon": "FNOCX"}}}))
+    assert cfg.data.coords == {"time": "timestep", "lat": "FNOCY", "lon": "FNOCX"}
+    assert load_config(None, ["data.coords={level: plev}"]).data.coords == {"level": "plev"}
+    assert load_config(None).data.coords == {}
+    with pytest.raises(ConfigError, match=r"'data.coords' has unknown axis 'latitude'; the axes are time, lat, lon"):
+        load_config(None, ["data.coords={latitude: FNOCY}"])
+    with pytest.raises(ConfigError, match=r"'data.coords.lat' must be str, got \[1, 2\]"):
+        load_config(None, ["data.coords={lat: [1, 2]}"])
+    with pytest.raises(ConfigError, match=r"'data.coords' must be a mapping"):
+        load_config(None, ["data.coords=[time]"])
+    with pytest.raises(ConfigError, match=r"'data.coords' names 'y' for two axes"):
+        load_config(None, ["data.coords={lat: y, lon: y}"])

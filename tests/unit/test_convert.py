@@ -286,3 +286,67 @@ def test_index_of_an_older_converter_is_kept_when_its_channels_match_else_needs_
     assert "no record of its sources (older met2net)" in capsys.readouterr().err
     assert read_index(out)["conversion"] == record
     assert {p.name: p.read_bytes() for p in out.glob("*.h5")} == shards_before
+
+
+# -- coordinate names -------------------------------------------------------------------------------------------------
+
+AXES = ("time", "lat", "lon", "level")
+
+
+def renamed(names: dict[str, str], level_in_pa: bool = False):
+    def change(ds):
+        ds = ds.rename({k: v for k, v in names.items() if k in ds.variables})
+        level = names["level"]
+        if level_in_pa and level in ds.variables:
+            ds = ds.assign_coords({level: (level, ds[level].values * 100.0, {"units": "Pa"})})
+        return ds
+
+    return change
+
+
+def same_shards(a: Path, b: Path) -> None:
+    for year in YEARS:
+        np.testing.assert_array_equal(fields(a, year), fields(b, year))
+    ia, ib = read_index(a), read_index(b)
+    assert (ia["lat"], ia["lon"], ia["shards"], ia["levels"]) == (ib["lat"], ib["lon"], ib["shards"], ib["levels"])
+
+
+@pytest.mark.parametrize(
+    "names, level_in_pa",
+    [
+        (("TIME", "LAT", "LON", "lev"), False),
+        (("t", "y", "x", "plev"), True),
+        (("timestep", "latitude", "longitude", "isobaricInhPa"), False),
+        (("valid_time", "lat", "lon", "level"), False),
+    ],
+)
+def test_common_coordinate_names_give_the_same_shards(tree, tmp_path, names, level_in_pa):
+    convert(tree, cfg(), tmp_path / "a", progress=False)
+    for path in tree.rglob("*.nc"):
+        rewrite(path, renamed(dict(zip(AXES, names)), level_in_pa))
+    convert(tree, cfg(), tmp_path / "b", progress=False)
+    same_shards(tmp_path / "a", tmp_path / "b")
+
+
+def test_data_coords_names_any_layout_and_an_unknown_one_is_described(tree, tmp_path):
+    convert(tree, cfg(), tmp_path / "a", progress=False)
+    for path in tree.rglob("*.nc"):
+        rewrite(path, renamed({"time": "hours", "lat": "FNOCY", "lon": "FNOCX", "level": "level"}))
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)10m_u_component_of_wind_2010_11\.25deg\.nc: no time, lat, lon coordinate.*"
+        r"coordinates \['FNOCX', 'FNOCY', 'hours'\] and dimensions \{'hours': 24, 'FNOCY': 16, 'FNOCX': 32\}"
+        r".*data\.coords",
+    ):
+        convert(tree, cfg(), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match=r"_2010_11\.25deg\.nc: data\.coords\.time is 'timestep', which it lacks"):
+        convert(tree, cfg("data.coords={time: timestep, lat: FNOCY, lon: FNOCX}"), tmp_path / "b", progress=False)
+    convert(tree, cfg("data.coords={time: hours, lat: FNOCY, lon: FNOCX}"), tmp_path / "b", progress=False)
+    same_shards(tmp_path / "a", tmp_path / "b")
+
+
+def test_projected_y_x_are_not_taken_for_degrees(tree, tmp_path):
+    for path in tree.rglob("*.nc"):
+        rewrite(path, lambda ds: renamed({"lat": "y", "lon": "x"})(ds).assign_coords(y=ds.lat.values * 1e4))
+    with pytest.raises(ValueError, match=r"(?s)_2010_11\.25deg\.nc.*lat values span .* outside \[-90, 90\]"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
