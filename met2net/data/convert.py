@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import reconvert, shards
-from met2net.data.netcdf import coordinate_names, find_files, open_variable
+from met2net.data.netcdf import check_whole_hours, coordinate_names, find_files, open_variable
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 
@@ -55,8 +55,9 @@ def file_years(path: Path, coords: Mapping[str, str] | None = None) -> set[int]:
     """Years covered by a file's time axis (reads the coordinates only, so a layout we cannot read fails here,
     before anything is written)."""
     with xr.open_dataset(path) as ds:
-        name = coordinate_names(ds, str(path), coords)["time"]
-        return set(np.unique(ds[name].values.astype("datetime64[Y]").astype(int) + 1970).tolist())
+        times = ds[coordinate_names(ds, str(path), coords)["time"]].values
+        check_whole_hours(times, str(path))
+        return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
 @dataclass

@@ -255,6 +255,37 @@ def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> 
     return da.sel({dim: level}, drop=True)
 
 
+def check_whole_hours(times: np.ndarray, where: str) -> None:
+    """Refuse times that are not whole hours: shards store hours, and rounding would silently move data (HH:30
+    read as HH:00) or fold sub-hourly steps onto each other."""
+    t = np.asarray(times)
+    if t.size == 0 or not np.issubdtype(t.dtype, np.datetime64):
+        return
+    minutes = np.unique(t.astype("datetime64[m]"))
+    steps = np.diff(minutes).astype(np.int64)
+    if steps.size and steps.min() < 60:
+        i = int(np.argmin(steps))
+        pair = minutes[i : i + 2]
+        raise ValueError(
+            f"{where}: time step {steps.min()} min ({iso_minute(pair[0])} → {iso_minute(pair[1])}) is shorter than an "
+            "hour; shards hold hourly or coarser frames, so keep the whole hours first "
+            "(e.g. ds.sel(time=ds.time.dt.minute == 0)) or average to hours, then convert"
+        )
+    off = np.flatnonzero(t != t.astype("datetime64[h]"))
+    if off.size:
+        raise ValueError(
+            f"{where}: time {iso_minute(t[off[0]])} is not on a whole hour ({off.size} of {t.size} times are not); "
+            "shards hold whole hours and met2net does not round times: relabel them in the file first "
+            "(shift HH:30 to the hour the values stand for), then convert"
+        )
+
+
+def iso_minute(t: np.datetime64) -> str:
+    """A time as ISO 8601 to the minute (to the second if it has seconds), for messages."""
+    m = np.datetime64(t, "m")
+    return str(np.datetime_as_string(m if m == t else np.datetime64(t, "s")))
+
+
 def _in_hpa(ds: xr.Dataset) -> xr.Dataset:
     """Pressure levels in hPa, as data.variables[].level gives them (CMIP's ``plev`` is in Pa)."""
     if "level" in ds.coords and str(ds["level"].attrs.get("units", "")).strip() == "Pa":
@@ -266,6 +297,7 @@ def _read_one(path: Path, var: str, level: int | None, coords: Mapping[str, str]
     """One file's ``var`` in memory on the normalised grid; the file is closed before returning."""
     with xr.open_dataset(path, engine="netcdf4") as ds:
         ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
+        check_whole_hours(ds["time"].values, str(path))
         if var not in ds.data_vars:
             raise ValueError(
                 f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "

@@ -296,7 +296,7 @@ AXES = ("time", "lat", "lon", "level")
 def renamed(names: dict[str, str], level_in_pa: bool = False):
     def change(ds):
         ds = ds.rename({k: v for k, v in names.items() if k in ds.variables})
-        level = names["level"]
+        level = names.get("level")
         if level_in_pa and level in ds.variables:
             ds = ds.assign_coords({level: (level, ds[level].values * 100.0, {"units": "Pa"})})
         return ds
@@ -349,4 +349,23 @@ def test_projected_y_x_are_not_taken_for_degrees(tree, tmp_path):
     for path in tree.rglob("*.nc"):
         rewrite(path, lambda ds: renamed({"lat": "y", "lon": "x"})(ds).assign_coords(y=ds.lat.values * 1e4))
     with pytest.raises(ValueError, match=r"(?s)_2010_11\.25deg\.nc.*lat values span .* outside \[-90, 90\]"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+
+
+# -- times ------------------------------------------------------------------------------------------------------------
+
+
+def test_times_off_the_hour_are_refused_naming_the_file_and_the_time(tree, tmp_path):
+    for path in tree.rglob("*2010*.nc"):  # all variables alike: once, the times were truncated to 00:00 silently
+        rewrite(path, lambda ds: ds.assign_coords(time=ds.time + np.timedelta64(30, "m")))
+    with pytest.raises(ValueError, match=r"wind_2010_11\.25deg\.nc: time 2010-01-01T00:30 is not on a whole hour"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sub_hourly_data_is_refused_naming_the_file(tree, tmp_path):
+    half_hours = np.datetime64("2010-01-01T00:00") + np.arange(HOURS) * np.timedelta64(30, "m")
+    for path in tree.rglob("*2010*.nc"):
+        rewrite(path, lambda ds: ds.assign_coords(time=half_hours))
+    with pytest.raises(ValueError, match=r"wind_2010_11\.25deg\.nc: time step 30 min .*shorter than an hour"):
         convert(tree, cfg(), tmp_path / "out", progress=False)
