@@ -29,7 +29,7 @@ from met2net.training.engine import Engine, engine_kind
 from met2net.training.precision import autocast
 from met2net.training.preemption import Preempted, StopWatch
 from met2net.training.rng import derived_seed, rng_state, seed_everything, set_rng_state
-from met2net.training.run_log import RunLog, regression_warning, regressions
+from met2net.training.run_log import RunLog, device_memory, regression_warning, regressions
 from met2net.training.stages import Schedule
 
 
@@ -104,6 +104,7 @@ class Trainer:
                             "epoch": self.epoch,
                             "lr": self.engine.get_lr()[0],
                             "samples_per_s": rate,
+                            **device_memory(self.device),
                             **parts,
                         }
                     )

@@ -62,6 +62,16 @@ class RunLog:
         self._writer.flush()
 
 
+def device_memory(device: Any) -> dict[str, float]:
+    """On a GPU, the most memory the run's tensors have held so far (``torch.cuda.max_memory_allocated``, GiB;
+    what a larger batch or another ZeRO stage is judged by); nothing on the CPU."""
+    if device.type != "cuda":
+        return {}
+    import torch
+
+    return {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+
+
 def regressions(start: dict[str, float], end: dict[str, float]) -> dict[str, list[float]]:
     """The validation forecast errors (``forecast_mse``, overall and per variable) that ``end`` has larger than
     ``start``: {key: [start, end]}."""

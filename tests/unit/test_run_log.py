@@ -81,6 +81,7 @@ def test_the_start_record_holds_the_startup_report(run):
     assert report["precision"] == cfg.training.precision and report["deepspeed_config"] is None
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["cuda"] is None and report["versions"]["nccl"] is None
+    assert not any("peak_memory_gib" in r for r in records(run))  # GPU memory is logged on GPUs only
 
 
 def test_tensorboard_reads_back_the_logged_scalars(run):
