@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Layout = Literal["cpu", "gpu-per-task", "gpus-per-node", "lone-rank"]
+Layout = Literal["cpu", "task", "node", "lone-rank"]  # task and node as slurm/job.sh's GPU_LAYOUT names them
 
 BINDING_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_PER_TASK")
 """The variables that say which GPUs a task sees and why: the report records them, errors quote them."""
@@ -62,9 +62,9 @@ def select_device(num_visible: int, local_rank: int, local_world_size: int, env:
     if num_visible == 0:
         return DeviceChoice("cpu", None, "cpu")
     if num_visible == 1:
-        return DeviceChoice("cuda", 0, "gpu-per-task")
+        return DeviceChoice("cuda", 0, "task")
     if num_visible == local_world_size:
-        return DeviceChoice("cuda", local_rank, "gpus-per-node")
+        return DeviceChoice("cuda", local_rank, "node")
     if local_world_size == 1:
         return DeviceChoice(
             "cuda",

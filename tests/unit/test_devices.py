@@ -40,7 +40,7 @@ def test_a_cpu_run_picks_the_cpu():
 def test_slurm_every_task_sees_every_gpu_of_its_node():
     """--ntasks-per-node=4 --gpus-per-node=4, no --gpu-bind: all four see 0-3 and take their local rank."""
     assert [choose(srun_task(r, NODE_GPUS), 4).name for r in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert choose(srun_task(3, NODE_GPUS), 4).layout == "gpus-per-node"
+    assert choose(srun_task(3, NODE_GPUS), 4).layout == "node"
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_slurm_one_gpu_per_task_uses_cuda_0_whatever_the_local_rank(flags, extra
     """Local rank 3 sees one device, its own GPU 3, as index 0: cuda:3 would be 'invalid device ordinal'."""
     choices = [choose(srun_task(r, str(r), **extra), 1) for r in range(4)]
     assert [c.name for c in choices] == ["cuda:0"] * 4, flags
-    assert {c.layout for c in choices} == {"gpu-per-task"}
+    assert {c.layout for c in choices} == {"task"}
 
 
 def test_slurm_closest_binding_with_two_gpus_per_task_is_refused_with_the_fix():
@@ -89,7 +89,7 @@ def test_more_gpus_than_ranks_on_a_node_is_refused():
 def test_torchrun_inside_a_job_step():
     """srun --ntasks-per-node=1 torchrun --nproc_per_node=4: LOCAL_RANK wins over SLURM_LOCALID (0)."""
     env = {**slurm_step(1, 2, 0, 1, 2, "gpu[001-002]", "1(x2)"), **TORCHRUN, "CUDA_VISIBLE_DEVICES": NODE_GPUS}
-    assert choose(env, 4) == DeviceChoice("cuda", 1, "gpus-per-node")
+    assert choose(env, 4) == DeviceChoice("cuda", 1, "node")
     with pytest.raises(DeviceBindingError, match=r"from LOCAL_RANK\)"):
         choose({**env, "CUDA_VISIBLE_DEVICES": "0,1"}, 2)
 
