@@ -50,8 +50,10 @@ class ModelConfig:
 
     @property
     def latent_grid(self) -> tuple[int, int]:
+        """The Translator's grid: ``grid`` rounded up to a multiple of the encoder's downsampling 2^(N_S // 2) (the
+        encoders pad it there, the decoders crop back: met2net/model/grid.py), divided by it."""
         f = 2 ** (self.num_spatial_layers // 2)
-        return self.grid[0] // f, self.grid[1] // f
+        return -(-self.grid[0] // f), -(-self.grid[1] // f)
 
 
 @dataclass
@@ -282,14 +284,6 @@ def validate(cfg: Config) -> None:
         f"must equal model.in_frames ({m.in_frames}), got {m.out_frames}: the Translator maps "
         f"in_frames·hid_s = {m.in_frames * m.hid_s} latent channels to as many output channels, "
         f"so set model.out_frames={m.in_frames}",
-    )
-    factor = 2 ** (m.num_spatial_layers // 2)
-    _need(
-        all(g % factor == 0 for g in m.grid),
-        "model.grid",
-        f"{m.grid} is not divisible by {factor}, the encoder's downsampling with "
-        f"num_spatial_layers={m.num_spatial_layers}; use a grid that is a multiple of {factor} "
-        f"(or data.subsample / fewer spatial layers)",
     )
     _need(m.hid_s % 2 == 0, "model.hid_s", f"must be even (GroupNorm with 2 groups), got {m.hid_s}")
     _need(m.hid_t % m.num_heads == 0, "model.hid_t", f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}")

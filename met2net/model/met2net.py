@@ -1,7 +1,9 @@
 """Met²Net: per-variable encoders/decoders and a shared Translator, each with a trained
 (q) copy and a frozen momentum (k) copy (MODEL.md §1–3).
 
-Shapes: x, y (B, T, C, H, W); latents in translator layout (B, C, T·S, h, w).
+Shapes: x, y (B, T, C, H, W); latents in translator layout (B, C, T·S, h, w). h×w is ``ModelConfig.latent_grid``:
+the grid padded to a multiple of the encoders' downsampling, divided by it (met2net/model/grid.py); the encoders pad,
+the decoders crop, so x, y and forecasts are on the user's grid H×W whatever it is.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Met2Net(nn.Module):
             return nn.ModuleList(Encoder(cfg.hid_s, cfg.num_spatial_layers) for _ in range(num_vars))
 
         def decoders() -> nn.ModuleList:
-            return nn.ModuleList(Decoder(cfg.hid_s, cfg.num_spatial_layers) for _ in range(num_vars))
+            grid = (cfg.grid[0], cfg.grid[1])
+            return nn.ModuleList(Decoder(cfg.hid_s, cfg.num_spatial_layers, grid) for _ in range(num_vars))
 
         def translator() -> Translator:
             return Translator(

@@ -56,7 +56,7 @@ def test_override_types_are_checked():
 @pytest.mark.parametrize(
     "overrides, key, fix",
     [
-        (["model.grid=[30,64]", "model.num_spatial_layers=4"], "model.grid", "multiple of 4"),
+        (["model.grid=[0,64]"], "model.grid", "positive sizes"),
         (["model.out_frames=6"], "model.out_frames", "set model.out_frames=12"),
         (["model.num_heads=3"], "model.hid_t", "not divisible by model.num_heads=3"),
         (["model.hid_s=5"], "model.hid_s", "must be even"),
