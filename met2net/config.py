@@ -134,6 +134,14 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # Seconds a collective (every process group: gloo and NCCL, DeepSpeed's own groups included) waits for the other
+    # ranks before this rank fails with an error: a rank that stopped, hung or died ends the job within this time.
+    # Rank 0's longest solo work while the others wait (verifying or converting a checkpoint) must fit in it.
+    timeout_s: float = 300.0
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/default"
     seed: int = 0
@@ -146,6 +154,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,6 +369,12 @@ def validate(cfg: Config) -> None:
         z.stage3_param_persistence_threshold >= 0,
         "deepspeed.stage3_param_persistence_threshold",
         f"must be ≥ 0, got {z.stage3_param_persistence_threshold}",
+    )
+    _need(
+        cfg.distributed.timeout_s >= 1,
+        "distributed.timeout_s",
+        f"must be ≥ 1 second, got {cfg.distributed.timeout_s} (default 300: how long a collective waits for the "
+        "other ranks before this rank fails)",
     )
     _need(d.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {d.source!r}")
     _need(
