@@ -81,7 +81,10 @@ class TrainingConfig:
     val_batches: int = 0
     precision: str = "fp32"
     grad_clip: float = 0.0
-    pred_loss_weight: float = 0.0
+    pred_loss_weight: float = 0.0  # implicit's w·MSE(D_k T_q E_k x, y); 0 in the paper
+    # stage two's forecast through the frozen decoders: keeps the Translator readable by the decoders that stage
+    # one tuned (without it stage two made forecasts worse: docs/results.md)
+    stage2_pred_loss_weight: float = 1.0
     channels_last: bool = True
     init_from: str = ""
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
@@ -345,14 +348,20 @@ def validate(cfg: Config) -> None:
         "or forecast_mse/<variable>",
     )
     _need(
-        t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0,
-        "training.weight_decay/grad_clip/pred_loss_weight",
+        t.weight_decay >= 0 and t.grad_clip >= 0 and t.pred_loss_weight >= 0 and t.stage2_pred_loss_weight >= 0,
+        "training.weight_decay/grad_clip/pred_loss_weight/stage2_pred_loss_weight",
         "must be ≥ 0",
     )
     _need(
         not (t.schedule == "end_to_end" and t.pred_loss_weight > 0),
         "training.pred_loss_weight",
         "has no meaning for schedule end_to_end (no momentum copies); set it to 0",
+    )
+    _need(
+        not (t.schedule == "stage2" and t.pred_loss_weight > 0),
+        "training.pred_loss_weight",
+        f"is the implicit schedule's; stage two's weight is training.stage2_pred_loss_weight "
+        f"(now {t.stage2_pred_loss_weight}): set that instead",
     )
     z = cfg.deepspeed
     _need(z.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {z.zero_stage}")

@@ -16,11 +16,11 @@ import torch
 from met2net.compat import check_versions
 from met2net.config import Config, ConfigError
 from met2net.data.datasets import Splits, build_splits
-from met2net.distributed.collectives import gather_to_all
+from met2net.distributed.collectives import gather_to_all, on_rank0
 from met2net.distributed.env import RankInfo, discover, free_port
 from met2net.distributed.setup import bind_device, init_process_group
 from met2net.model.met2net import Met2Net, count_parameters
-from met2net.training import checkpoint, layout, universal
+from met2net.training import checkpoint, layout, run_lock, universal
 from met2net.training.checkpoint import CheckpointManager
 from met2net.training.engine import (
     Engine,
@@ -62,17 +62,24 @@ def setup_ranks(cfg: Config) -> Ranks:
     choice = bind_device(info)
     if deepspeed:
         check_versions("deepspeed")
-        init_process_group(info, choice)
+        init_process_group(info, choice, cfg.distributed.timeout_s)
     placement = gather_to_all(rank_record(info, choice), info.world_size)
     check_placement(placement)
     return Ranks(info, deepspeed, torch.device(choice.name), placement)
 
 
-def prepare_run_dir(cfg: Config, rank: int) -> Path:
+def prepare_run_dir(cfg: Config, rank: int, world_size: int = 1) -> Path:
+    """The run directory, claimed for this run (``run_lock``: rank 0 holds its lock until the run ends) before
+    anything is written there; a directory another run holds is refused on every rank."""
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+
+    def claim() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_lock.acquire(run_dir)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    on_rank0(claim, rank, world_size)
+    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -91,6 +98,7 @@ def build_model(
     if source and not resuming:
         wanted = "stage1" if schedule.name == "stage2" else None
         checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+        schedule.start_from_other_weights(model)
     model.use_activation_checkpointing(cfg.deepspeed.activation_checkpointing)
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
         model.to(memory_format=torch.channels_last)
@@ -132,7 +140,7 @@ def build_trainer(cfg: Config) -> Trainer:
     ranks = setup_ranks(cfg)
     info, deepspeed, device = ranks.info, ranks.deepspeed, ranks.device
     seed_everything(cfg.run.seed)
-    run_dir = prepare_run_dir(cfg, info.rank)
+    run_dir = prepare_run_dir(cfg, info.rank, info.world_size)
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
     t = cfg.training

@@ -50,7 +50,8 @@ class Schedule:
     def __init__(self, cfg: Config):
         self.codec_momentum = cfg.momentum.codec
         self.translator_momentum = cfg.momentum.translator
-        self.pred_weight = cfg.training.pred_loss_weight
+        t = cfg.training
+        self.pred_weight = t.stage2_pred_loss_weight if self.name == "stage2" else t.pred_loss_weight
         self.reference_backward = cfg.momentum.reference_backward
         self.variables = list(cfg.model.variables)  # names of the per-variable validation errors, in channel order
 
@@ -66,6 +67,11 @@ class Schedule:
 
     def after_backward(self, model: Met2Net) -> None:
         """Momentum updates that need the pre-step q weights."""
+
+    def start_from_other_weights(self, model: Met2Net) -> None:
+        """Called once when the stage starts from another stage's weights (not when it resumes its own): the
+        frozen copies this stage reads become the trained ones that the forecast D_q T_q E_q uses — the paper's
+        momentum update at the end of a stage (Fig. 3), applied fully since the other stage has ended."""
 
     val_terms: tuple[str, ...] = ()  # the loss terms validation measures: config.VALIDATION_TERMS[name]
 
@@ -152,6 +158,9 @@ class StageOne(Schedule):
     def after_backward(self, model: Met2Net) -> None:
         update_codec_copies(model, self.codec_momentum)
 
+    def start_from_other_weights(self, model: Met2Net) -> None:
+        update_translator_copy(model, 0.0)  # the decoders learn to read the Translator that forecasts
+
 
 class StageTwo(Schedule):
     """The Translator learns in the frozen encoders' latent space."""
@@ -166,6 +175,9 @@ class StageTwo(Schedule):
 
     def after_backward(self, model: Met2Net) -> None:
         update_translator_copy(model, self.translator_momentum)
+
+    def start_from_other_weights(self, model: Met2Net) -> None:
+        update_codec_copies(model, 0.0)  # the latent space and the decoders of stage one's last weights
 
 
 class EndToEnd(Schedule):

@@ -5,6 +5,7 @@ import yaml
 
 from met2net.cli import main
 from met2net.config import Config, ConfigError, load_config
+from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +122,11 @@ def test_data_coords_maps_our_axes_to_the_files_names(tmp_path):
         load_config(None, ["data.coords=[time]"])
     with pytest.raises(ConfigError, match=r"'data.coords' names 'y' for two axes"):
         load_config(None, ["data.coords={lat: y, lon: y}"])
+
+
+def test_stage_two_refuses_the_implicit_prediction_weight():
+    with pytest.raises(ConfigError, match="training.stage2_pred_loss_weight"):
+        small_config("training.schedule=stage2", "training.pred_loss_weight=0.5")
+    assert (
+        small_config("training.schedule=stage2", "training.stage2_pred_loss_weight=0.5").training.schedule == "stage2"
+    )

@@ -213,3 +213,34 @@ def test_validation_reports_the_forecast_error_per_variable(name):
         torch.testing.assert_close(parts[key], error[:, :, c].mean(), rtol=1e-6, atol=0)
     mean = torch.stack([parts[k] for k in per_variable]).mean()
     torch.testing.assert_close(mean, parts["forecast_mse"], rtol=1e-6, atol=0)
+
+
+def test_stage_two_trains_on_the_forecast_through_the_frozen_decoders_by_default():
+    cfg = small_config("training.schedule=stage2")
+    assert cfg.training.stage2_pred_loss_weight == 1.0 and cfg.training.pred_loss_weight == 0.0
+    out = make_schedule(cfg).forward(Met2Net(cfg.model), *batch())
+    assert out.parts["loss"] == out.parts["latent"] + out.parts["pred"]
+    off = small_config("training.schedule=stage2", "training.stage2_pred_loss_weight=0")
+    assert "pred" not in make_schedule(off).forward(Met2Net(off.model), *batch()).parts
+    implicit = small_config("training.schedule=implicit")  # the paper's step keeps its own weight, 0
+    assert "pred" not in make_schedule(implicit).forward(Met2Net(implicit.model), *batch()).parts
+
+
+@pytest.mark.parametrize(
+    ("name", "synced", "kept"), [("stage1", "translator", "codec"), ("stage2", "codec", "translator")]
+)
+def test_a_stage_started_from_other_weights_reads_the_trained_copies(name, synced, kept):
+    """Stage one then learns the decoders through the Translator that forecasts; stage two keeps the latent space
+    and decoders of stage one's last weights. The other copies keep their momentum state."""
+    cfg = small_config("training.schedule=implicit", "momentum.codec=0.5")
+    model = Met2Net(cfg.model)
+    run_steps(model, make_schedule(cfg), steps=2)  # every copy now differs from its trained module
+    for part in ("codec", "translator"):
+        assert any(not torch.equal(q, k) for q, k in model.momentum_pairs(part))
+    before = state(model)
+    make_schedule(small_config(f"training.schedule={name}")).start_from_other_weights(model)
+    assert all(torch.equal(q, k) for q, k in model.momentum_pairs(synced))
+    assert any(not torch.equal(q, k) for q, k in model.momentum_pairs(kept))
+    after = state(model)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == ({"translator_k"} if synced == "translator" else {"encoders_k", "decoders_k"})
