@@ -1,13 +1,13 @@
 """netCDF → HDF5 shards: `met2net data convert SRC -c CONFIG -o SHARDS`.
 
-One shard per year of the config's splits, channels in ``model.variables`` order. Each
-variable is read through ``data.variables`` (name, file_glob, var, level) or, when it is not
-listed there, from the WeatherBench layout (``2m_temperature/*.nc``, variable ``t2m``, ...).
-All variables must share one time axis and one grid; a gap in time is an error unless
-``data.allow_gaps`` (windows never cross a gap). Under ``mpirun``/``srun`` rank r writes the
-years i with i mod N = r and rank 0 writes ``index.json`` after all of them. ``index.json`` records the sources
-and settings; a re-run with the same ones keeps every shard whose checksum still matches the index, one with
-others is refused unless ``--force`` (met2net/data/reconvert.py).
+One shard per year of the config's splits, channels in ``model.variables`` order. Each variable is read through
+``data.variables`` (name, file_glob, var, level) or, when it is not listed there, from the WeatherBench layout
+(``2m_temperature/*.nc``, variable ``t2m``, ...). All variables must share one time axis and one grid; a gap in time
+is an error unless ``data.allow_gaps`` (windows never cross a gap). The step is a number of hours, or of calendar
+months for monthly data (every time on the 1st of its month at one hour: met2net/data/timestep.py). Under
+``mpirun``/``srun`` rank r writes the years i with i mod N = r and rank 0 writes ``index.json`` after all of them.
+``index.json`` records the sources and settings; a re-run with the same ones keeps every shard whose checksum still
+matches the index, one with others is refused unless ``--force`` (met2net/data/reconvert.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from met2net.data import reconvert, shards
 from met2net.data.netcdf import check_whole_hours, coordinate_names, find_files, open_variable
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
+from met2net.data.timestep import TimeStep, of_times
 
 if TYPE_CHECKING:
     from mpi4py.MPI import Comm
@@ -65,6 +66,7 @@ class Year:
     times: np.ndarray  # datetime64[h]
     fields: np.ndarray  # (time, C, lat, lon) float32
     meta: shards.ShardMeta
+    step: TimeStep | None  # None: fewer than two times
 
 
 def read_year(
@@ -96,7 +98,7 @@ def read_year(
         long_names.append(str(da.attrs.get("long_name", src.var)))
     src0, da0 = first
     times = da0["time"].values.astype("datetime64[h]")
-    _check_gaps(times, files[src0.name][year], allow_gaps)
+    step = of_times(times, str([str(p) for p in files[src0.name][year]]), allow_gaps)
     meta = shards.ShardMeta(
         channels=[s.name for s in sources],
         units=units,
@@ -105,7 +107,7 @@ def read_year(
         lat=da0["lat"].values[::subsample],
         lon=da0["lon"].values[::subsample],
     )
-    return Year(times, np.stack(arrays, axis=1).astype(np.float32, copy=False), meta)
+    return Year(times, np.stack(arrays, axis=1).astype(np.float32, copy=False), meta, step)
 
 
 def _same_axes(
@@ -130,17 +132,6 @@ def _same_axes(
                 f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
                 f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first"
             )
-
-
-def _check_gaps(times: np.ndarray, paths: list[Path], allow_gaps: bool) -> None:
-    steps = np.diff(times).astype(int)
-    if steps.size and not allow_gaps and (steps != steps.min()).any():
-        i = int(np.flatnonzero(steps != steps.min())[0])
-        raise ValueError(
-            f"{[str(p) for p in paths]}: gap in time between {times[i]} and {times[i + 1]} "
-            f"(step {steps.min()} h elsewhere); fill it, or set data.allow_gaps=true "
-            f"(training windows never cross a gap)"
-        )
 
 
 CONVERTER = 1  # bump when a change here alters the shards written from the same files and settings
@@ -280,7 +271,7 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
         sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
         entries.append(shards.shard_entry(target / name, data.times, sha))
         print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
-        steps.update(np.diff(data.times).astype(int).tolist()[:1])
+        steps.update([data.step] if data.step else [])
         meta = data.meta
     if comm is not None:
         gathered = comm.gather((entries, steps, meta), root=0)
@@ -292,11 +283,12 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
         meta = next((part[2] for part in gathered if part[2] is not None), None)
     if meta is None and plan.add_record:  # every shard was kept: the index gains the record, nothing else
         index = shards.read_index(out)
-        shards.write_index(out, shards.ShardMeta.from_json(index), index["time_step_hours"], entries, job.record)
+        shards.write_index(out, shards.ShardMeta.from_json(index), TimeStep.of_index(index), entries, job.record)
     if meta is not None:  # else every shard was reused: keep the index as it is
         if len(steps) > 1:
-            raise ValueError(f"{job.src}: years have different time steps {sorted(steps)} h; use one time step")
-        step = steps.pop() if steps else shards.read_index(target)["time_step_hours"]
+            found = ", ".join(sorted(str(s) for s in steps))
+            raise ValueError(f"{job.src}: years have different time steps ({found}); use one time step")
+        step = steps.pop() if steps else TimeStep.of_index(shards.read_index(target))
         shards.write_index(target, meta, step, entries, job.record)
         if target != out:
             had_stats = (out / STATS_NAME).exists()

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from met2net.config import Config, ConfigError
 from met2net.data.shards import iso, read_index
 from met2net.data.stats import Moments, read_stats
+from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
 
 _SPLITS = {"train_years": "training", "val_years": "validation", "test_years": "test"}
@@ -26,21 +27,22 @@ class SplitTooShort(ValueError):
     """A split holds no whole window: training would run on nothing, or validate on nothing and look fine."""
 
 
-def check_windows(cfg: Config, key: str, times: np.ndarray, num_windows: int, shards: Path | None) -> None:
-    """Raise SplitTooShort when the split of ``data.<key>`` has no window; ``times``: its frames on the
-    ``data.step_hours`` axis (datetime64[h]); ``shards``: the directory they came from (None: the built-in data)."""
+def check_windows(
+    cfg: Config, key: str, times: np.ndarray, num_windows: int, shards: Path | None, step: TimeStep
+) -> None:
+    """Raise SplitTooShort when the split of ``data.<key>`` has no window; ``times``: its frames on the windows'
+    ``step`` axis (datetime64[h]); ``shards``: the directory they came from (None: the built-in data)."""
     if num_windows:
         return
     m, d = cfg.model, cfg.data
-    step = np.timedelta64(d.step_hours, "h")
     span = f"{iso(times[0])} .. {iso(times[-1])}, " if times.size else ""
-    breaks = np.flatnonzero(np.diff(times) != step) + 1
+    breaks = np.flatnonzero(~step.consecutive(times)) + 1
     longest = int(np.diff(np.r_[0, breaks, times.size]).max()) if times.size else 0
     gaps = f"; the longest run without a gap is {longest} frames" if breaks.size else ""
     where, convert = ("the built-in dataset", "") if shards is None else (shards, f" (convert them into {shards})")
     raise SplitTooShort(
         f"the {_SPLITS[key]} split (data.{key} {getattr(d, key)}) has {times.size} frames ({span}every "
-        f"{d.step_hours} h) in {where}{gaps}, fewer than one window of {m.in_frames + m.out_frames} frames "
+        f"{step}) in {where}{gaps}, fewer than one window of {m.in_frames + m.out_frames} frames "
         f"(model.in_frames {m.in_frames} + model.out_frames {m.out_frames}); add years to data.{key}{convert} "
         "or shorten the window"
     )
@@ -97,7 +99,7 @@ def _shard_splits(cfg: Config) -> Splits:
             std=std,
             channels=channels,
         )
-        check_windows(cfg, key, ds.reader.times[ds.frames], len(ds), root)
+        check_windows(cfg, key, ds.reader.times[ds.frames], len(ds), root, ds.step)
         return ds
 
     return Splits(
@@ -129,8 +131,9 @@ def _synthetic_splits(cfg: Config) -> Splits:
 
     def dataset(key: str, times: np.ndarray, series: np.ndarray) -> WindowDataset:
         series = ((series - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-        starts = window_starts(times, m.in_frames + m.out_frames, d.stride, np.timedelta64(d.step_hours, "h"))
-        check_windows(cfg, key, times, len(starts), None)
+        step = TimeStep(d.step_hours)
+        starts = window_starts(times, m.in_frames + m.out_frames, d.stride, step)
+        check_windows(cfg, key, times, len(starts), None, step)
         return WindowDataset(series, starts, m.in_frames, m.out_frames)
 
     train_split = dataset("train_years", t_train, train)  # checked in split order: train, val, test

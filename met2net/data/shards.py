@@ -25,7 +25,7 @@ No value in ``fields`` is NaN or infinite: the writer refuses such data.
 ``index.json``::
 
     {"format": 1, "channels": [...], "units": [...], "long_names": [...], "levels": [...],
-     "lat": [...], "lon": [...], "time_step_hours": int,
+     "lat": [...], "lon": [...], "time_step_hours": int,  # or "time_step_months": int for monthly data
      "shards": [{"file": "2010.h5", "first_time": "2010-01-01T00:00", "last_time": "2010-12-31T23:00",
                  "num_times": 8760, "sha256": "<hex>"}, ...],
      "conversion": {"settings": {...}, "root": "/data/era5", "sources": [{"path": "...", "size": int,
@@ -51,6 +51,7 @@ import h5py
 import numpy as np
 
 from met2net.data.atomic import atomic_write, sha256_file
+from met2net.data.timestep import TimeStep
 
 FORMAT = 1
 INDEX_NAME = "index.json"
@@ -243,17 +244,20 @@ def _sorted_entries(directory: Path, entries: list[dict]) -> list[dict]:
 
 
 def write_index(
-    directory: Path, meta: ShardMeta, time_step_hours: int, entries: list[dict], conversion: dict | None = None
+    directory: Path, meta: ShardMeta, time_step: int | TimeStep, entries: list[dict], conversion: dict | None = None
 ) -> Path:
-    """Write ``index.json`` atomically; call after every listed shard is written. ``conversion``: what the shards
-    were converted from (see met2net/data/reconvert.py), so a later run can tell whether they are still current."""
+    """Write ``index.json`` atomically; call after every listed shard is written. ``time_step``: hours (an int) or
+    a TimeStep (calendar months for monthly data). ``conversion``: what the shards were converted from (see
+    met2net/data/reconvert.py), so a later run can tell whether they are still current."""
     directory = Path(directory)
-    if int(time_step_hours) <= 0:
-        raise ValueError(f"time_step_hours: expected a positive integer, got {time_step_hours}")
+    if not isinstance(time_step, TimeStep):
+        if int(time_step) <= 0:
+            raise ValueError(f"time_step_hours: expected a positive integer, got {time_step}")
+        time_step = TimeStep(int(time_step))
     index = {
         "format": FORMAT,
         **meta.to_json(),
-        "time_step_hours": int(time_step_hours),
+        **time_step.index_entry(),
         "shards": _sorted_entries(directory, entries),
     }
     if conversion is not None:

@@ -14,14 +14,16 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
 from met2net.data.shards import ShardReader
+from met2net.data.timestep import TimeStep
 
 
-def window_starts(times: np.ndarray, length: int, stride: int, step: np.timedelta64) -> np.ndarray:
-    """Start indices of windows of ``length`` frames spaced exactly ``step`` apart, every
-    ``stride`` frames within each unbroken segment of ``times``."""
+def window_starts(times: np.ndarray, length: int, stride: int, step: np.timedelta64 | TimeStep) -> np.ndarray:
+    """Start indices of windows of ``length`` frames spaced exactly ``step`` apart (a timedelta, or a TimeStep:
+    hours or calendar months), every ``stride`` frames within each unbroken segment of ``times``."""
     if len(times) < length:
         return np.zeros(0, dtype=np.int64)
-    breaks = np.flatnonzero(np.diff(times) != step) + 1
+    consecutive = step.consecutive(times) if isinstance(step, TimeStep) else np.diff(times) == step
+    breaks = np.flatnonzero(~consecutive) + 1
     starts = []
     for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(times)]):
         starts.append(np.arange(lo, hi - length + 1, stride, dtype=np.int64))
@@ -83,12 +85,28 @@ def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
     return [(int(run[0]), len(run)) for run in np.split(frames, cuts)]
 
 
+def window_step(base: TimeStep, step_hours: int, where: str | Path) -> TimeStep:
+    """The step of the windows over shards whose own step is ``base``, for ``data.step_hours``."""
+    if base.monthly:
+        if step_hours != 1:
+            raise ValueError(
+                f"the shards in {where} are monthly (a frame every {base}): windows take every month; "
+                f"data.step_hours {step_hours} applies to hourly data only, leave it at 1"
+            )
+        return base
+    if step_hours % base.size:
+        raise ValueError(f"step_hours {step_hours}: expected a multiple of the shards' time step ({base})")
+    return TimeStep(step_hours)
+
+
 class ShardWindowDataset(Dataset):
     """Normalised windows read from a shard directory, for the training years (or any years) only.
 
     With ``step_hours`` k, windows use the frames whose hour since 1970-01-01T00 is a multiple of k (00, 06, 12,
     18 UTC for k = 6), the axis a k-hourly conversion would have written, and ``stride`` counts frames of that
-    axis. Windows never cross a gap, nor a boundary between selected years with frames missing between them.
+    axis. Monthly shards (``time_step_months`` in the index) step by calendar months: every frame, ``step_hours``
+    1. Windows never cross a gap, nor a boundary between selected years with frames missing between them.
+    ``step`` is the windows' TimeStep.
 
     ``mean`` and ``std`` have one entry per returned channel (after ``channels`` selects and orders shard
     channels). The reader holds no open file until the first item is read in each process, so the dataset can
@@ -114,9 +132,7 @@ class ShardWindowDataset(Dataset):
                 f"got {in_frames}, {out_frames}, {stride}, {step_hours}"
             )
         self.reader = ShardReader(directory)
-        base = int(self.reader.index["time_step_hours"])
-        if step_hours % base:
-            raise ValueError(f"step_hours {step_hours}: expected a multiple of the shards' time step ({base} h)")
+        self.step = window_step(TimeStep.of_index(self.reader.index), step_hours, directory)
         num_channels = self.reader.meta.shape[0]
         self.channels = None if channels is None else np.asarray(channels, dtype=np.int64)
         if self.channels is not None and (
@@ -142,9 +158,7 @@ class ShardWindowDataset(Dataset):
         keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
         keep &= times.astype(np.int64) % step_hours == 0
         self.frames = np.flatnonzero(keep)  # global frame index of each frame on the subsampled axis
-        self.starts = window_starts(
-            times[self.frames], self.in_frames + self.out_frames, stride, np.timedelta64(step_hours, "h")
-        )
+        self.starts = window_starts(times[self.frames], self.in_frames + self.out_frames, stride, self.step)
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -16,6 +16,7 @@ from met2net.config import Config, ConfigError
 from met2net.data import synthetic
 from met2net.data.datasets import synthetic_series
 from met2net.data.shards import ShardReader
+from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
 from met2net.evaluation.climatology import Climatology
 
@@ -29,7 +30,7 @@ class EvalData:
     variables: list[str]
     units: list[str]
     long_names: list[str]
-    step_hours: int
+    step: TimeStep  # of the windows: k hours (data.step_hours) or, for monthly shards, calendar months
     in_frames: int
     climatology: Callable[[], Climatology]  # built on first use (reads the training years)
     inputs_at: Callable[[np.datetime64], np.ndarray]  # init time → physical (in, C, H, W) frames ending there
@@ -72,7 +73,7 @@ def _from_shards(
     windows = ShardWindowDataset(
         root, years, m.in_frames, leads, d.stride, d.step_hours, mean=mean, std=std, channels=channels
     )
-    step = np.timedelta64(d.step_hours, "h")
+    step = windows.step
     by_time = {t: i for i, t in enumerate(reader.times)}
 
     def frames(years_: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -83,12 +84,12 @@ def _from_shards(
             yield reader.times[idx], np.stack([reader.read(int(i), 1)[0][channels] for i in idx])
 
     def inputs_at(init: np.datetime64) -> np.ndarray:
-        wanted = init - step * np.arange(m.in_frames - 1, -1, -1)
+        wanted = step.after(init, np.arange(1 - m.in_frames, 1))
         absent = [str(t) for t in wanted if t not in by_time]
         if absent:
             raise ValueError(
                 f"init time {init}: the shards in {root} lack input frame(s) {absent} (they cover "
-                f"{reader.times[0]} to {reader.times[-1]} every {reader.index['time_step_hours']} h)"
+                f"{reader.times[0]} to {reader.times[-1]} every {TimeStep.of_index(reader.index)})"
             )
         return np.stack([reader.read(by_time[t], 1)[0][channels] for t in wanted])
 
@@ -100,9 +101,9 @@ def _from_shards(
         list(m.variables),
         [meta.units[c] for c in channels],
         [meta.long_names[c] for c in channels],
-        d.step_hours,
+        step,
         m.in_frames,
-        lambda: Climatology(frames(d.train_years), d.step_hours, window_days),
+        lambda: Climatology(frames(d.train_years), step, window_days),
         inputs_at,
     )
 
@@ -114,12 +115,12 @@ def _from_synthetic(
 
     times, series = synthetic_series(cfg, years)
     normalised = ((series - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-    starts = window_starts(times, m.in_frames + leads, d.stride, np.timedelta64(d.step_hours, "h"))
+    step = TimeStep(d.step_hours)
+    starts = window_starts(times, m.in_frames + leads, d.stride, step)
     windows = WindowDataset(normalised, starts, m.in_frames, leads)
-    step = np.timedelta64(d.step_hours, "h")
 
     def inputs_at(init: np.datetime64) -> np.ndarray:
-        wanted = init - step * np.arange(m.in_frames - 1, -1, -1)
+        wanted = step.after(init, np.arange(1 - m.in_frames, 1))
         their_years = sorted({int(str(t)[:4]) for t in wanted})
         t_all, s_all = synthetic_series(cfg, their_years)  # the built-in data exists for any year
         by_time = {t: i for i, t in enumerate(t_all)}
@@ -137,9 +138,9 @@ def _from_synthetic(
         list(m.variables),
         [info[v]["units"] for v in m.variables],
         [info[v]["long_name"] for v in m.variables],
-        d.step_hours,
+        step,
         m.in_frames,
-        lambda: Climatology([synthetic_series(cfg, d.train_years)], d.step_hours, window_days),
+        lambda: Climatology([synthetic_series(cfg, d.train_years)], step, window_days),
         inputs_at,
     )
 

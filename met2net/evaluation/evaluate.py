@@ -21,6 +21,7 @@ from met2net.evaluation.metrics import latitude_weights, score_sums, scores
 from met2net.evaluation.source import Loaded, load_source
 
 MODELS = ("met2net", "persistence", "climatology")
+LEAD_UNITS = {"hours": "h", "months": "mo"}  # lead times count hours, or calendar months for monthly data
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Evaluation:
     count: int
     variables: list[str]
     units: list[str]
-    lead_hours: list[int]
+    leads: list[int]  # lead times in lead_unit
     source: str
     split: str
     rollout: int
@@ -40,6 +41,17 @@ class Evaluation:
     sample: dict[str, np.ndarray] = field(default_factory=dict)  # first window: truth, forecast (L, C, H, W)
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
+    lead_unit: str = "hours"  # or "months" (monthly data)
+
+    @property
+    def lead_hours(self) -> list[int]:
+        if self.lead_unit != "hours":
+            raise ValueError(f"the leads of this evaluation count {self.lead_unit}, not hours: use .leads")
+        return self.leads
+
+    def lead_label(self, lead: int) -> str:
+        """'24 h', '3 mo'."""
+        return f"{lead} {LEAD_UNITS[self.lead_unit]}"
 
     def table(self) -> dict[str, dict[str, np.ndarray]]:
         """model → metric → (lead, variable)."""
@@ -124,7 +136,7 @@ def evaluate(
         len(data.windows),
         data.variables,
         data.units,
-        [data.step_hours * (k + 1) for k in range(leads)],
+        [data.step.size * (k + 1) for k in range(leads)],
         loaded.description,
         split,
         rollout,
@@ -133,6 +145,7 @@ def evaluate(
         sample,
         data.lat,
         data.lon,
+        data.step.unit,
     )
 
 

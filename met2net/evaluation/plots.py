@@ -28,6 +28,7 @@ MAP_SIZE = (15.0, 4.0)
 LOSS_SIZE = (10.0, 7.0)
 
 CSV_COLUMNS = ("variable", "lead_hours", "metric", "model", "value")
+LEAD_COLUMNS = {"lead_hours": ("hours", "h"), "lead_months": ("months", "mo")}  # monthly data: lead_months
 MODELS = ("met2net", "persistence", "climatology")  # drawn in this order, then any other model in CSV order
 MODEL_STYLE = {
     "met2net": {"color": "tab:blue", "marker": "o"},
@@ -57,7 +58,8 @@ def read_scores(metrics_csv: Path) -> dict[tuple[str, str, str], dict[int, float
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        missing = [c for c in CSV_COLUMNS if c not in header]
+        lead_col = lead_column(header)
+        missing = [c for c in CSV_COLUMNS if c not in header and not (c == "lead_hours" and lead_col != c)]
         if missing:
             raise ValueError(
                 f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; the header is "
@@ -65,20 +67,25 @@ def read_scores(metrics_csv: Path) -> dict[tuple[str, str, str], dict[int, float
             )
         for line, row in enumerate(reader, start=2):
             try:
-                lead, value = int(row["lead_hours"]), float(row["value"])
+                lead, value = int(row[lead_col]), float(row["value"])
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"{path}, line {line}: lead_hours must be an integer and value a number, got "
-                    f"lead_hours={row['lead_hours']!r}, value={row['value']!r}"
+                    f"{path}, line {line}: {lead_col} must be an integer and value a number, got "
+                    f"{lead_col}={row[lead_col]!r}, value={row['value']!r}"
                 ) from None
             key = (row["metric"], row["variable"], row["model"])
             if lead in scores[key]:
                 raise ValueError(
                     f"{path}, line {line}: a second value for metric {key[0]!r}, variable {key[1]!r}, "
-                    f"model {key[2]!r} at lead {lead} h"
+                    f"model {key[2]!r} at lead {lead} {LEAD_COLUMNS[lead_col][1]}"
                 )
             scores[key][lead] = value
     return dict(scores)
+
+
+def lead_column(header: list[str]) -> str:
+    """The CSV's lead column: ``lead_months`` for monthly data, else ``lead_hours``."""
+    return "lead_months" if "lead_months" in header and "lead_hours" not in header else "lead_hours"
 
 
 def plot_scores(metrics_csv: Path, out_dir: Path, metrics: tuple[str, ...] = ("rmse_w", "acc")) -> list[Path]:
@@ -87,6 +94,8 @@ def plot_scores(metrics_csv: Path, out_dir: Path, metrics: tuple[str, ...] = ("r
     at a glance. Rows of the variable ``all`` (averages over variables) are left out. A requested metric the CSV
     does not have at all is an error that lists the ones it has."""
     scores = read_scores(metrics_csv)
+    with Path(metrics_csv).open(newline="") as f:
+        unit = LEAD_COLUMNS[lead_column(next(csv.reader(f), []))][0]
     present = list(dict.fromkeys(metric for metric, _, _ in scores))
     absent = [m for m in metrics if m not in present]
     if absent:
@@ -112,7 +121,7 @@ def plot_scores(metrics_csv: Path, out_dir: Path, metrics: tuple[str, ...] = ("r
             leads = sorted({h for model in models for h in scores[(metric, variable, model)]})
             if len(leads) <= 12:
                 ax.set_xticks(leads)
-            ax.set_xlabel("lead time (hours)")
+            ax.set_xlabel(f"lead time ({unit})")
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             ax.set_title(f"{variable}: {METRIC_LABELS.get(metric, metric)}")
             ax.grid(True, alpha=0.3)
@@ -129,22 +138,23 @@ def plot_maps(
     lon: np.ndarray,
     variables: list[str],
     units: list[str],
-    lead_hours: list[int],
+    leads: list[int],
     out_dir: Path,
     title: str = "",
+    lead_unit: str = "hours",
 ) -> list[Path]:
-    """One PNG per (variable, lead), ``map_<variable>_<lead>h.png``: truth, forecast and forecast − truth side by
-    side. Truth and forecast share one colour scale, so a difference in amplitude is visible; the error uses a
-    diverging colour map symmetric around 0, so its sign reads directly. Arrays are (lead, variable, lat, lon) in
-    physical units; latitude may run either way."""
+    """One PNG per (variable, lead), ``map_<variable>_<lead>h.png`` (``<lead>mo`` for leads in months): truth,
+    forecast and forecast − truth side by side. Truth and forecast share one colour scale, so a difference in
+    amplitude is visible; the error uses a diverging colour map symmetric around 0, so its sign reads directly.
+    Arrays are (lead, variable, lat, lon) in physical units; latitude may run either way."""
     truth, forecast = np.asarray(truth, dtype=float), np.asarray(forecast, dtype=float)
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
-    expected = (len(lead_hours), len(variables), len(lat), len(lon))
+    expected = (len(leads), len(variables), len(lat), len(lon))
     for name, array in (("truth", truth), ("forecast", forecast)):
         if array.shape != expected:
             raise ValueError(
                 f"{name} has shape {array.shape}; expected (lead, variable, lat, lon) = {expected} from "
-                f"{len(lead_hours)} lead times, {len(variables)} variables and the {len(lat)}×{len(lon)} grid"
+                f"{len(leads)} lead times, {len(variables)} variables and the {len(lat)}×{len(lon)} grid"
             )
     if len(units) != len(variables):
         raise ValueError(f"{len(units)} units for {len(variables)} variables {variables}")
@@ -152,7 +162,8 @@ def plot_maps(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for c, (variable, unit) in enumerate(zip(variables, units)):
-        for i, lead in enumerate(lead_hours):
+        abbrev = {"hours": "h", "months": "mo"}[lead_unit]
+        for i, lead in enumerate(leads):
             t, f = truth[i, c], forecast[i, c]
             error = f - t
             low, high = _finite_range(np.stack([t, f]))
@@ -172,9 +183,9 @@ def plot_maps(
                 if name != "truth":
                     fig.colorbar(mesh, ax=axes[:2] if name == "forecast" else ax, label=unit, shrink=0.8)
             axes[0].set_ylabel("latitude (°N)")
-            heading = f"{variable} at +{lead} h"
+            heading = f"{variable} at +{lead} {abbrev}"
             fig.suptitle(f"{title}: {heading}" if title else heading)
-            written.append(_save(fig, out_dir / f"map_{_safe(variable)}_{lead}h.png"))
+            written.append(_save(fig, out_dir / f"map_{_safe(variable)}_{lead}{abbrev}.png"))
     return written
 
 

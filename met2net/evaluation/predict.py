@@ -58,13 +58,16 @@ def predict(source: str | Path, inits: list[str], overrides: list[str] = (), rol
     with torch.no_grad():
         y = forecast(loaded.model, x, rollout).double().numpy()
     y = (y * loaded.std[:, None, None] + loaded.mean[:, None, None]).astype(np.float32)
-    step = np.timedelta64(cfg.data.step_hours, "h")
-    leads = step * np.arange(1, y.shape[1] + 1)
+    steps = np.arange(1, y.shape[1] + 1)
     init = np.array(times, dtype="datetime64[ns]")
-    valid = init[:, None] + leads[None, :].astype("timedelta64[ns]")
+    valid = data.step.after(np.array(times)[:, None], steps[None, :]).astype("datetime64[ns]")
+    if data.step.monthly:  # a calendar month has no fixed length: the period counts months
+        period = (steps * data.step.size, {"long_name": "forecast period in calendar months", "units": "months"})
+    else:
+        period = ((steps * data.step.size).astype("timedelta64[h]").astype("timedelta64[ns]"), {})
     coords = {
         "forecast_reference_time": ("forecast_reference_time", init, {"standard_name": "forecast_reference_time"}),
-        "forecast_period": ("forecast_period", leads.astype("timedelta64[ns]"), {"standard_name": "forecast_period"}),
+        "forecast_period": ("forecast_period", period[0], {"standard_name": "forecast_period", **period[1]}),
         "time": (("forecast_reference_time", "forecast_period"), valid, {"standard_name": "time"}),
         "lat": ("lat", data.lat, {"units": "degrees_north", "standard_name": "latitude"}),
         "lon": ("lon", data.lon, {"units": "degrees_east", "standard_name": "longitude"}),

@@ -15,7 +15,7 @@ import numpy as np
 from met2net.data.atomic import atomic_write
 from met2net.evaluation.evaluate import MODELS, Evaluation
 
-COLUMNS = ("variable", "lead_hours", "metric", "model", "value")
+COLUMNS = ("variable", "lead_hours", "metric", "model", "value")  # lead_months for monthly data
 PAPER = ("mse", "mae", "rmse")  # the Met²Net paper's tables: plain spatial means, averaged over leads
 WB2 = ("rmse_w", "acc", "bias", "mae_w", "skill_rmse_w")
 
@@ -25,7 +25,7 @@ def rows(ev: Evaluation) -> list[tuple[str, int, str, str, float]]:
     out = []
     for model in MODELS:
         for metric, values in table[model].items():
-            for li, lead in enumerate(ev.lead_hours):
+            for li, lead in enumerate(ev.leads):
                 for ci, var in enumerate(ev.variables):
                     value = float(values[li, ci])
                     if not math.isnan(value):
@@ -51,7 +51,7 @@ def write_outputs(ev: Evaluation, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow([f"lead_{ev.lead_unit}" if c == "lead_hours" else c for c in COLUMNS])
     writer.writerows((v, lead, metric, model, f"{value:.9g}") for v, lead, metric, model, value in rows(ev))
     _write(out / "metrics.csv", buffer.getvalue())
     table = ev.table()
@@ -63,7 +63,7 @@ def write_outputs(ev: Evaluation, out: str | Path) -> list[Path]:
         "world_size": ev.world_size,
         "variables": ev.variables,
         "units": ev.units,
-        "lead_hours": ev.lead_hours,
+        f"lead_{ev.lead_unit}": ev.leads,
         "metrics": {m: {k: v.tolist() for k, v in t.items()} for m, t in table.items()},
         "mean_over_leads": lead_means(ev),
     }
@@ -88,7 +88,7 @@ def report(ev: Evaluation) -> str:
     lines = [
         f"# Evaluation of {ev.source}",
         "",
-        f"{ev.split} split, {ev.count} forecasts, leads {ev.lead_hours[0]}–{ev.lead_hours[-1]} h"
+        f"{ev.split} split, {ev.count} forecasts, leads {_span(ev)}"
         + (f" ({ev.rollout} autoregressive steps)" if ev.rollout > 1 else "")
         + ", physical units.",
         "",
@@ -105,8 +105,8 @@ def report(ev: Evaluation) -> str:
         lines += [
             f"### {metric}",
             "",
-            "| variable | model | " + " | ".join(f"{h} h" for h in ev.lead_hours) + " |",
-            "|---|---|" + "---:|" * len(ev.lead_hours),
+            "| variable | model | " + " | ".join(ev.lead_label(h) for h in ev.leads) + " |",
+            "|---|---|" + "---:|" * len(ev.leads),
         ]
         for ci, var in enumerate(ev.variables):
             for model in MODELS:
@@ -119,13 +119,18 @@ def report(ev: Evaluation) -> str:
     lines += [
         "### Skill against persistence (rmse_w, %; negative is better)",
         "",
-        "| variable | " + " | ".join(f"{h} h" for h in ev.lead_hours) + " |",
-        "|---|" + "---:|" * len(ev.lead_hours),
+        "| variable | " + " | ".join(ev.lead_label(h) for h in ev.leads) + " |",
+        "|---|" + "---:|" * len(ev.leads),
     ]
     lines += [
         f"| {var} | " + " | ".join(f"{v:+.1f}" for v in skill[:, ci]) + " |" for ci, var in enumerate(ev.variables)
     ]
     return "\n".join(lines) + "\n"
+
+
+def _span(ev: Evaluation) -> str:
+    """'24–48 h'."""
+    return f"{ev.leads[0]}–{ev.lead_label(ev.leads[-1])}"
 
 
 def summary(ev: Evaluation) -> str:
@@ -134,8 +139,7 @@ def summary(ev: Evaluation) -> str:
     width = max(len(v) for v in ev.variables)
     head = f"{'variable':<{width}}  units        rmse_w: met2net  persistence  climatology   acc: met2net"
     lines = [
-        f"{ev.split} split, {ev.count} forecasts, leads {ev.lead_hours[0]}–{ev.lead_hours[-1]} h "
-        f"(averaged over leads):",
+        f"{ev.split} split, {ev.count} forecasts, leads {_span(ev)} (averaged over leads):",
         head,
     ]
     for ci, var in enumerate(ev.variables):
@@ -155,7 +159,7 @@ def write_plots(ev: Evaluation, out: str | Path) -> list[Path]:
     plots = Path(out) / "plots"
     files = plot_scores(Path(out) / "metrics.csv", plots)
     if ev.sample:
-        leads = sorted({0, len(ev.lead_hours) // 2, len(ev.lead_hours) - 1})
+        leads = sorted({0, len(ev.leads) // 2, len(ev.leads) - 1})
         files += plot_maps(
             ev.sample["truth"][leads],
             ev.sample["forecast"][leads],
@@ -163,8 +167,9 @@ def write_plots(ev: Evaluation, out: str | Path) -> list[Path]:
             ev.lon,
             ev.variables,
             ev.units,
-            [ev.lead_hours[i] for i in leads],
+            [ev.leads[i] for i in leads],
             plots,
             title=f"first {ev.split} window",
+            lead_unit=ev.lead_unit,
         )
     return files
