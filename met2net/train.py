@@ -35,9 +35,10 @@ def run_train(cfg: Config) -> RunResult:
     """Train ``cfg``'s schedule to its end, or until a stop signal or the time limit (then a checkpoint is written
     and the result says requeue). The process group is torn down either way."""
     catch_signals_early()  # before the heavy imports: a signal during start-up is not lost
-    from met2net.distributed.setup import teardown
+    from met2net.distributed.setup import failure_message, teardown
     from met2net.training.build import build_trainer
 
+    failed = True
     try:
         trainer = build_trainer(cfg)
         where = dict(
@@ -51,8 +52,13 @@ def run_train(cfg: Config) -> RunResult:
         else:
             result = RunResult(0, step=trainer.step, val=val, **where)
         del trainer
+        failed = False
+    except BaseException as error:  # said by this rank, before the process group goes: which rank failed, and why
+        if message := failure_message(error, cfg.distributed.timeout_s):
+            print(message, file=sys.stderr, flush=True)
+        raise
     finally:
-        teardown()
+        teardown(failed)  # after a failure no barrier: the others are elsewhere, and would keep this rank waiting
         ignore_late_stop_signals()
     if result.finished and result.rank == 0:
         print(

@@ -6,11 +6,13 @@ import gc
 import os
 import socket
 from collections.abc import Mapping
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from met2net.compat.deepspeed_internals import disable_shm_comm_op, point_local_rank_at
+from met2net.compat.torch_distributed import abort_process_groups, set_new_group_timeout
 from met2net.distributed.devices import DeviceBindingError, DeviceChoice, select_device, visible_devices
 from met2net.distributed.env import RankInfo, export
 
@@ -35,10 +37,17 @@ def bind_device(info: RankInfo, env: Mapping[str, str] = os.environ) -> DeviceCh
     return choice
 
 
-def init_process_group(info: RankInfo, choice: DeviceChoice | None = None) -> DeviceChoice:
+DEFAULT_TIMEOUT_S = 300.0  # config.DistributedConfig.timeout_s
+
+
+def init_process_group(
+    info: RankInfo, choice: DeviceChoice | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> DeviceChoice:
     """Bind the device (unless ``choice`` says it is bound), export the rank variables ourselves (so DeepSpeed never
     falls back to its own MPI discovery) and start DeepSpeed's process group: NCCL on GPUs, gloo on the CPU.
-    Returns the device choice."""
+    Every collective, in this group and in the groups DeepSpeed creates later, fails after ``timeout_s`` seconds
+    of waiting for the other ranks (``distributed.timeout_s``) instead of torch's 10 or 30 minutes. Returns the
+    device choice."""
     choice = choice or bind_device(info)
     export(info, os.environ)
     cuda = choice.index is not None
@@ -49,6 +58,8 @@ def init_process_group(info: RankInfo, choice: DeviceChoice | None = None) -> De
 
     if not cuda:
         disable_shm_comm_op()
+    timeout = timedelta(seconds=timeout_s)
+    set_new_group_timeout(timeout)  # DeepSpeed's own groups are created without one (compat/torch_distributed.py)
     deepspeed.init_distributed(
         dist_backend="nccl" if cuda else "gloo",
         auto_mpi_discovery=False,
@@ -56,14 +67,42 @@ def init_process_group(info: RankInfo, choice: DeviceChoice | None = None) -> De
         rank=info.rank,
         world_size=info.world_size,
         verbose=False,
+        timeout=timeout,
     )
     return choice
 
 
-def teardown() -> None:
+def teardown(failed: bool = False) -> None:
     """Collect the engine's objects, then barrier and destroy the group: without this, multi-rank CPU runs
-    sometimes abort at exit ("terminate called without an active exception", 6 of 28 runs in FACTS.md)."""
+    sometimes abort at exit ("terminate called without an active exception", 6 of 28 runs in FACTS.md). The
+    barrier waits at most the group's timeout. After a failure (``failed``) there is no barrier: the other ranks
+    are somewhere else (in a collective this rank will never enter), and waiting for them kept a rank that could
+    not load its checkpoint alive for 10 minutes; the groups are aborted and the process exits with its error, which
+    ends the other ranks' collectives too (gloo: the connection closes; a launcher: the job ends)."""
     gc.collect()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if failed:
+        abort_process_groups()
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def failure_message(error: BaseException, timeout_s: float) -> str | None:
+    """The line a failing rank of a multi-rank run prints before it exits: which rank, on which host, and why — with
+    what a timeout means. None on one process (the command's own error line says it all)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    text = f"{type(error).__name__}: {error}".strip()
+    if len(text) > 2000:
+        text = text[:2000] + " …"
+    hint = ""
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        hint = (
+            f" — a collective waited distributed.timeout_s={timeout_s:g} s for the other ranks: one of them stopped, "
+            "hung or died (its own error, if any, is in its output)"
+        )
+    elif "connection closed" in text.lower() or "connection reset" in text.lower():
+        hint = " — another rank ended (its own error is in its output)"
+    return f"met2net: rank {dist.get_rank()} of {dist.get_world_size()} on {socket.gethostname()} failed: {text}{hint}"

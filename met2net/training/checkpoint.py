@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,21 @@ def remove_leftovers(stage_dir: Path) -> list[Path]:
     return leftovers
 
 
+def unreadable_files(ckpt: Path) -> list[str]:
+    """The ``.pt`` files of ``ckpt`` whose zip archive (what ``torch.save`` writes) is cut short or corrupt, by
+    name: a load error alone ("failed finding central directory") does not say which file. Reads every file."""
+    bad = []
+    for path in sorted(Path(ckpt).glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is None:
+                    continue
+        except (OSError, zipfile.BadZipFile, EOFError):
+            pass
+        bad.append(path.name)
+    return bad
+
+
 # -- loading weights ----------------------------------------------------------------------------------------------
 def init_from(
     model: torch.nn.Module, path: str | Path, schedule: str | None, model_cfg: dict[str, Any]
@@ -281,9 +297,11 @@ class CheckpointManager:
                 if own.exists():  # older checkpoints: the engine's (rank 0's) statistics
                     set_batchnorm_statistics(model, torch.load(own, weights_only=True))
         except (OSError, RuntimeError, KeyError, EOFError) as e:
+            bad = unreadable_files(ckpt)
             raise CheckpointError(
-                f"{ckpt}: rank {self.rank} could not load it ({e}). Resume from an earlier step "
-                "(move this one away) or start a new run from its weights only"
+                f"{ckpt}: rank {self.rank} could not load it"
+                + (f": {', '.join(bad)} truncated or not a torch file" if bad else "")
+                + f" ({e}). Resume from an earlier step (move this one away) or start a new run from its weights only"
             ) from e
         if client is None:
             raise CheckpointError(f"{ckpt}: the engine found no checkpoint state in it")
