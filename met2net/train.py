@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from met2net.config import Config
+from met2net.distributed.orphans import stop_with_launcher
 from met2net.training.preemption import REQUEUE_EXIT_CODE, Preempted, catch_signals_early, ignore_late_stop_signals
 
 
@@ -35,7 +36,9 @@ def run_train(cfg: Config) -> RunResult:
     """Train ``cfg``'s schedule to its end, or until a stop signal or the time limit (then a checkpoint is written
     and the result says requeue). The process group is torn down either way."""
     catch_signals_early()  # before the heavy imports: a signal during start-up is not lost
+    stop_with_launcher()  # torchrun killed: SIGTERM, a checkpoint, not ranks training on unsupervised
     from met2net.distributed.setup import failure_message, teardown
+    from met2net.training import run_lock
     from met2net.training.build import build_trainer
 
     failed = True
@@ -59,6 +62,7 @@ def run_train(cfg: Config) -> RunResult:
         raise
     finally:
         teardown(failed)  # after a failure no barrier: the others are elsewhere, and would keep this rank waiting
+        run_lock.release()
         ignore_late_stop_signals()
     if result.finished and result.rank == 0:
         print(
