@@ -22,3 +22,5 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 .venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > .venv/constraints.txt
 "${PIP[@]}" install -c .venv/constraints.txt -e '.[test]'
+# The real reanalysis of tests/e2e/test_real_data.py and docs/real-data.md, into a cache outside the repository.
+bash scripts/fetch_real_data.sh >/dev/null
