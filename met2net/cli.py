@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
-from met2net.config import ConfigError, load_config
-from met2net.data.shards import ShardError
+from met2net.config import load_config
 from met2net.data.stats import parse_years
+from met2net.errors import UserError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -118,7 +119,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
             )
         return 1 if problems else 0
     if not args.ckpt or not args.out:
-        raise ValueError("consolidate: give CKPT and -o OUT, or --verify OUT")
+        raise UserError("consolidate: give CKPT and -o OUT, or --verify OUT")
     out = consolidate(args.ckpt, args.out, args.weights, args.schedule)
     meta = read_meta(out)
     src = meta["source"]
@@ -352,9 +353,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, ShardError) as e:
-        print(f"met2net: error: {e}", file=sys.stderr)
+    except Exception as e:
+        line = error_line(e)
+        if line is None:
+            raise  # a bug in met2net: its traceback is what a report needs
+        print(f"met2net: error: {line}", file=sys.stderr)
         return 2
+
+
+STORAGE = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+
+def error_line(e: BaseException) -> str | None:
+    """The one line an error the user can fix prints (exit code 2): a ``UserError`` (bad config, input, data or
+    checkpoint), a file that is missing, unreadable or a directory, a full or read-only disk. None for anything else:
+    a bug, which keeps its traceback."""
+    if isinstance(e, OSError) and e.errno in STORAGE:
+        return f"{STORAGE[e.errno]}: {e.filename or e}" + (f" ({e.strerror})" if e.filename else "")
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"{(e.strerror or type(e).__name__).lower()}: {e.filename}" if e.filename else str(e)
+    if isinstance(e, UserError):
+        return str(e)
+    return None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from met2net.errors import UserError  # imports nothing: the config stays free of met2net and torch
+
 SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
 # The loss terms each schedule's validation measures besides the forecast MSE of D_q T_q E_q (training/stages.py reads
 # them from here); their sum is the validation record's `loss` (end_to_end: the forecast MSE itself).
@@ -27,7 +29,7 @@ DATA_SOURCES = ("synthetic", "shards")
 COORD_AXES = ("time", "lat", "lon", "level")  # the axes data.coords may name (met2net/data/netcdf.py)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that cannot be used; the message says which and how to fix it."""
 
 

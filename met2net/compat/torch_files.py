@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from met2net.errors import UserError
+
 BF16 = np.dtype([("bf16", "<u2")])
 _STORAGES = {
     "FloatStorage": np.dtype("<f4"),
@@ -46,7 +48,7 @@ _STORAGES = {
 _DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
-class FileFormatError(ValueError):
+class FileFormatError(UserError):
     """Not a file ``torch.save`` writes in its zip format, or one that names objects this reader does not build."""
 
 

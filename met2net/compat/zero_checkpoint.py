@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from met2net.compat import torch_files
+from met2net.errors import UserError
 
 MODEL_STATES = "mp_rank_00_model_states.pt"  # ZeRO 0–2: one file
 OPTIM_STATES = "zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"  # ZeRO 1–3: one per rank
@@ -75,7 +76,7 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return torch_files.load(path, _STAND_IN)
     except torch_files.FileFormatError as e:
-        raise ValueError(
+        raise UserError(
             f"{e}" + ("; written by a DeepSpeed version outside the tested range?" if "does not read" in str(e) else "")
         ) from None
 
@@ -145,7 +146,7 @@ def zero12_pieces(
     Checks the partition against DeepSpeed's own per-rank map (``param_slice_mappings``) when the file has one, so
     a rank file in the wrong place is found."""
     if len(part.groups) != len(shapes):
-        raise ValueError(f"{part.path}: {len(part.groups)} parameter groups, the model-states file lists {len(shapes)}")
+        raise UserError(f"{part.path}: {len(part.groups)} parameter groups, the model-states file lists {len(shapes)}")
     for g, (group, flat) in enumerate(zip(shapes, part.groups)):
         lo, hi = starts[g], starts[g] + flat.size
         paddings = part.alignment_paddings[g] if part.alignment_paddings else [0] * len(group)
@@ -160,7 +161,7 @@ def zero12_pieces(
         if part.slice_mappings is not None:
             theirs = {n: (int(f.numel), int(f.start)) for n, f in part.slice_mappings[g].items()}
             if theirs != found:
-                raise ValueError(
+                raise UserError(
                     f"{part.path}: holds another part of the flat weights than rank {rank}'s (DeepSpeed's own map "
                     "disagrees): a rank file from another checkpoint or rank"
                 )
@@ -201,7 +202,7 @@ def zero3_pieces(
                 yield name, first, flat[offset : offset + take]
             offset += n
     if offset != flat.size:
-        raise ValueError(
+        raise UserError(
             f"{part.path}: {flat.size} fp32 elements, the parameter shapes need {offset} per rank at world size "
             f"{world_size}: a rank file from another checkpoint or world size"
         )
@@ -217,7 +218,7 @@ def zero3_frozen_pieces(
         n = zero3_partition_numel(numel, world_size)
         frag = fragments.get(name)
         if frag is None or frag.size != n:
-            raise ValueError(
+            raise UserError(
                 f"{path}: frozen parameter {name} has {None if frag is None else frag.size} elements on rank "
                 f"{rank}, {n} expected at world size {world_size}: a rank file from another checkpoint or world size"
             )

@@ -29,6 +29,7 @@ from met2net.data.netcdf import check_whole_hours, coordinate_names, find_files,
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 from met2net.data.timestep import TimeStep, of_times
+from met2net.errors import UserError
 
 if TYPE_CHECKING:
     from mpi4py.MPI import Comm
@@ -45,7 +46,7 @@ def variable_sources(cfg: Config) -> list[VariableSource]:
             info = VARIABLES[name]
             sources.append(VariableSource(name, f"{info['long_name']}/*.nc", info["var"], info["level"] or -1))
         else:
-            raise ValueError(
+            raise UserError(
                 f"model variable {name!r} has no source: add data.variables entry "
                 f"{{name: {name}, file_glob: ..., var: ..., level: ...}}"
             )
@@ -83,7 +84,7 @@ def read_year(
     for src in sources:
         paths = files[src.name].get(year, [])
         if not paths:
-            raise ValueError(
+            raise UserError(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
@@ -124,10 +125,10 @@ def _same_axes(
         n = min(ta.size, tb.size)
         diff = np.flatnonzero(ta[:n] != tb[:n])
         detail = f"first difference at {tb[diff[0]]} vs {ta[diff[0]]}" if diff.size else f"{tb.size} vs {ta.size} times"
-        raise ValueError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
+        raise UserError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
     for axis in ("lat", "lon"):
         if da[axis].shape != db[axis].shape or not np.allclose(da[axis].values, db[axis].values):
-            raise ValueError(
+            raise UserError(
                 f"{where} are on different grids ({axis}: {db[axis].size} points "
                 f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
                 f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first"
@@ -287,7 +288,7 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
     if meta is not None:  # else every shard was reused: keep the index as it is
         if len(steps) > 1:
             found = ", ".join(sorted(str(s) for s in steps))
-            raise ValueError(f"{job.src}: years have different time steps ({found}); use one time step")
+            raise UserError(f"{job.src}: years have different time steps ({found}); use one time step")
         step = steps.pop() if steps else TimeStep.of_index(shards.read_index(target))
         shards.write_index(target, meta, step, entries, job.record)
         if target != out:

@@ -19,11 +19,12 @@ from met2net.data.shards import iso, read_index
 from met2net.data.stats import Moments, read_stats
 from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
+from met2net.errors import UserError
 
 _SPLITS = {"train_years": "training", "val_years": "validation", "test_years": "test"}
 
 
-class SplitTooShort(ValueError):
+class SplitTooShort(UserError):
     """A split holds no whole window: training would run on nothing, or validate on nothing and look fine."""
 
 

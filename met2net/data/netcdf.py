@@ -20,6 +20,7 @@ import xarray as xr
 
 from met2net.data.atomic import atomic_write
 from met2net.data.synthetic import VARIABLES, SyntheticFields, generate
+from met2net.errors import UserError
 
 TIME_ENCODING = {"units": "hours since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian", "dtype": "int64"}
 LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa")
@@ -122,7 +123,7 @@ def find_files(root: str | Path, file_glob: str) -> list[Path]:
     """Files under ``root`` matching ``file_glob`` (relative, may use ``**``), sorted so years come in order."""
     root = Path(root)
     if Path(file_glob).is_absolute():
-        raise ValueError(f"file_glob {file_glob!r} must be relative to the data root {root}; drop the leading '/'")
+        raise UserError(f"file_glob {file_glob!r} must be relative to the data root {root}; drop the leading '/'")
     if not root.is_dir():
         raise FileNotFoundError(
             f"data root {root} does not exist or is not a folder; check data.root "
@@ -144,13 +145,13 @@ def _source(da: xr.DataArray) -> str:
 def _check_regular(values: np.ndarray, axis: str, where: str) -> None:
     """Equal spacing is what lets the model treat the grid as an image; anything else must be regridded first."""
     if values.ndim != 1 or values.size < 2:
-        raise ValueError(
+        raise UserError(
             f"{where}: {axis} must be a 1-D coordinate with at least 2 points, got shape "
             f"{values.shape}; regrid to a regular lat/lon grid first"
         )
     steps = np.diff(values.astype(np.float64))
     if steps[0] == 0 or not np.allclose(steps, steps[0], rtol=_SPACING_RTOL, atol=0):
-        raise ValueError(
+        raise UserError(
             f"{where}: {axis} is not a regular grid (spacings from {steps.min():g} to {steps.max():g}"
             f" degrees, or duplicate points); regrid to equally spaced {axis} first"
         )
@@ -174,7 +175,7 @@ def coordinate_names(
     for axis, aliases in COORD_ALIASES.items():
         if axis in coords:
             if coords[axis] not in variables:
-                raise ValueError(
+                raise UserError(
                     f"{where}: data.coords.{axis} is {coords[axis]!r}, which it lacks; it has {layout(obj)}"
                 )
             found[axis] = coords[axis]
@@ -187,7 +188,7 @@ def coordinate_names(
     if missing:
         tried = "; ".join(f"{a}: {'/'.join(COORD_ALIASES[a])}" for a in missing)
         example = ", ".join(f"{a}: <name>" for a in missing)
-        raise ValueError(
+        raise UserError(
             f"{where}: no {', '.join(missing)} coordinate (looked for {tried}); it has {layout(obj)}; "
             f"name them in data.coords, e.g. data.coords: {{{example}}}"
         )
@@ -215,14 +216,14 @@ def normalise_grid(da: xr.DataArray) -> xr.DataArray:
     da = with_our_names(da, coordinate_names(da, where, required=()))
     missing = [c for c in ("lat", "lon") if c not in da.coords or c not in da.dims]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{where}: no {'/'.join(missing)} coordinate (dims {da.dims}, coords {list(da.coords)}); "
             f"expected lat/lon or latitude/longitude dimension coordinates"
         )
     _check_regular(da["lat"].values, "lat", where)
     lat = da["lat"].values
     if lat.min() < -90 or lat.max() > 90:
-        raise ValueError(
+        raise UserError(
             f"{where}: lat values span [{lat.min():g}, {lat.max():g}], outside [-90, 90], so they are not degrees "
             "of latitude (a projected y axis?); regrid to a regular lat/lon grid first, or name the latitude "
             "coordinate in data.coords"
@@ -241,7 +242,7 @@ def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> 
         scalar = next((da.coords[d] for d in LEVEL_DIMS if d in da.coords), None)
         if level is None or (scalar is not None and scalar.item() == level):
             return da
-        raise ValueError(
+        raise UserError(
             f"{path}: variable {var!r} has no level dimension but level={level} was requested; "
             f"remove 'level' from its data.variables entry"
         )
@@ -249,9 +250,9 @@ def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> 
     if level is None:
         if len(available) == 1:
             return da.isel({dim: 0}, drop=True)
-        raise ValueError(f"{path}: variable {var!r} has levels {available}; set 'level' in its data.variables entry")
+        raise UserError(f"{path}: variable {var!r} has levels {available}; set 'level' in its data.variables entry")
     if level not in available:
-        raise ValueError(f"{path}: variable {var!r} has no level {level}; available levels: {available}")
+        raise UserError(f"{path}: variable {var!r} has no level {level}; available levels: {available}")
     return da.sel({dim: level}, drop=True)
 
 
@@ -266,14 +267,14 @@ def check_whole_hours(times: np.ndarray, where: str) -> None:
     if steps.size and steps.min() < 60:
         i = int(np.argmin(steps))
         pair = minutes[i : i + 2]
-        raise ValueError(
+        raise UserError(
             f"{where}: time step {steps.min()} min ({iso_minute(pair[0])} → {iso_minute(pair[1])}) is shorter than an "
             "hour; shards hold hourly or coarser frames, so keep the whole hours first "
             "(e.g. ds.sel(time=ds.time.dt.minute == 0)) or average to hours, then convert"
         )
     off = np.flatnonzero(t != t.astype("datetime64[h]"))
     if off.size:
-        raise ValueError(
+        raise UserError(
             f"{where}: time {iso_minute(t[off[0]])} is not on a whole hour ({off.size} of {t.size} times are not); "
             "shards hold whole hours and met2net does not round times: relabel them in the file first "
             "(shift HH:30 to the hour the values stand for), then convert"
@@ -299,7 +300,7 @@ def _read_one(path: Path, var: str, level: int | None, coords: Mapping[str, str]
         ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
         check_whole_hours(ds["time"].values, str(path))
         if var not in ds.data_vars:
-            raise ValueError(
+            raise UserError(
                 f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
                 f"fix 'var' in its data.variables entry"
             )
@@ -307,7 +308,7 @@ def _read_one(path: Path, var: str, level: int | None, coords: Mapping[str, str]
         da.encoding["source"] = str(path)
         da = normalise_grid(da)
         if set(da.dims) != {"time", "lat", "lon"}:
-            raise ValueError(
+            raise UserError(
                 f"{path}: variable {var!r} has dims {da.dims} after level selection; "
                 f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
             )
@@ -318,7 +319,7 @@ def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> 
     for part, path in zip(parts[1:], paths[1:]):
         for axis in ("lat", "lon"):
             if part[axis].shape != parts[0][axis].shape or not np.allclose(part[axis], parts[0][axis]):
-                raise ValueError(
+                raise UserError(
                     f"{path}: variable {var!r} has a different {axis} grid from {paths[0]}; "
                     f"all files of one variable must share a grid"
                 )
@@ -346,7 +347,7 @@ def open_variable(
         da = da.sortby("time")
     if da.indexes["time"].has_duplicates:
         dup = da.indexes["time"][da.indexes["time"].duplicated()][0]
-        raise ValueError(
+        raise UserError(
             f"variable {var!r}: time {dup} appears more than once across {[str(p) for p in paths]}; "
             f"the files overlap, so remove the duplicates or narrow file_glob"
         )

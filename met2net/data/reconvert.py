@@ -20,11 +20,12 @@ import shutil
 from pathlib import Path
 
 from met2net.data.atomic import TEMPORARY, fsync, unique_suffix
+from met2net.errors import UserError
 
 _SHOWN = 3  # changed files named in a refusal; the rest are counted
 
 
-class ConversionChanged(ValueError):
+class ConversionChanged(UserError):
     """The shard directory was converted from other sources or settings; the message says what differs."""
 
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from met2net.data.atomic import atomic_write, sha256_file
 from met2net.data.timestep import TimeStep
+from met2net.errors import UserError
 
 FORMAT = 1
 INDEX_NAME = "index.json"
@@ -60,7 +61,7 @@ _FIX = "re-run met2net data convert"
 _FINITE_BLOCK = 256  # frames per NaN/inf check: bounds the temporary mask's memory
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError):
     """A shard directory or file is missing, inconsistent, corrupt, or would hold invalid data."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from met2net.data.atomic import atomic_write
 from met2net.data.shards import ShardError, iso, read_index
+from met2net.errors import UserError
 
 if TYPE_CHECKING:
     from mpi4py.MPI import Comm
@@ -37,7 +38,7 @@ STATS_NAME = "stats.json"
 STATS_FORMAT = 1
 DEBUG_ENV = "MET2NET_STATS_DEBUG"
 _FIELDS = ("count", "mean", "m2", "min", "max")
-_RELAYED = {c.__name__: c for c in (ShardError, ValueError, FileNotFoundError, OSError)}
+_RELAYED = {c.__name__: c for c in (ShardError, UserError, ValueError, FileNotFoundError, OSError)}
 
 
 @dataclass
@@ -252,7 +253,7 @@ def read_stats(directory: str | Path) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; run met2net data stats on the shard directory first") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); re-run met2net data stats") from None
+        raise UserError(f"{path}: not valid JSON ({err}); re-run met2net data stats") from None
 
 
 # -- command line ---------------------------------------------------------------------------------------------------

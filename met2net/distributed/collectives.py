@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+from met2net.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -25,11 +27,12 @@ def on_rank0(fn: Callable[..., T], rank: int, world_size: int, *args: Any) -> T 
         except Exception as e:  # reported to the other ranks, then raised here
             error = e
     if world_size > 1:
-        message = [result, f"rank 0: {error}" if error is not None else None]
+        message = [result, None if error is None else (isinstance(error, UserError), f"rank 0: {error}")]
         dist.broadcast_object_list(message, src=0)
         result = message[0]
         if message[1] is not None and error is None:
-            raise RuntimeError(message[1])
+            user, text = message[1]
+            raise (UserError if user else RuntimeError)(text)  # a user error stays one: one line, exit code 2
     if error is not None:
         raise error
     return result

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from met2net.errors import UserError
+
 Layout = Literal["cpu", "task", "node", "lone-rank"]  # task and node as slurm/job.sh's GPU_LAYOUT names them
 
 BINDING_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_PER_TASK")
@@ -29,7 +31,7 @@ LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", 
 """Where a local rank comes from, in ``env.discover``'s order (torchrun's wins over Slurm's, Slurm's over MPI's)."""
 
 
-class DeviceBindingError(ValueError):
+class DeviceBindingError(UserError):
     """The GPUs this task sees fit no layout met2net can map ranks onto; the message says what to change. A
     ``ValueError``, so ``met2net train`` reports it as an error of the launch, not as a crash."""
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from met2net.errors import UserError
+
 Launcher = Literal["torchrun", "slurm", "mpi", "single"]
 
 LOOPBACK = "127.0.0.1"
@@ -61,7 +63,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
     hosts: list[str] = []
     for host in _split_hosts(nodelist.strip()):
         if not host:
-            raise ValueError(f"empty host name in node list {nodelist!r}")
+            raise UserError(f"empty host name in node list {nodelist!r}")
         pieces = re.split(r"\[([^\]]*)\]", host)
         choices = [[piece] if i % 2 == 0 else _expand_ranges(piece, nodelist) for i, piece in enumerate(pieces)]
         hosts.extend("".join(parts) for parts in itertools.product(*choices))
@@ -75,16 +77,16 @@ def _split_hosts(nodelist: str) -> list[str]:
         if char == "[":
             depth += 1
             if depth > 1:
-                raise ValueError(f"nested '[' in node list {nodelist!r}")
+                raise UserError(f"nested '[' in node list {nodelist!r}")
         elif char == "]":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced ']' in node list {nodelist!r}")
+                raise UserError(f"unbalanced ']' in node list {nodelist!r}")
         elif char == "," and depth == 0:
             hosts.append(nodelist[start:i])
             start = i + 1
     if depth:
-        raise ValueError(f"unbalanced '[' in node list {nodelist!r}")
+        raise UserError(f"unbalanced '[' in node list {nodelist!r}")
     hosts.append(nodelist[start:])
     return hosts
 
@@ -94,10 +96,10 @@ def _expand_ranges(group: str, nodelist: str) -> list[str]:
     for item in group.split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if not match:
-            raise ValueError(f"bad range {item!r} in node list {nodelist!r}")
+            raise UserError(f"bad range {item!r} in node list {nodelist!r}")
         low, high = match.group(1), match.group(2) or match.group(1)
         if int(high) < int(low):
-            raise ValueError(f"range {item!r} runs backwards in node list {nodelist!r}")
+            raise UserError(f"range {item!r} runs backwards in node list {nodelist!r}")
         numbers.extend(f"{n:0{len(low)}d}" for n in range(int(low), int(high) + 1))
     return numbers
 
@@ -180,7 +182,7 @@ def _from_slurm(env: Mapping[str, str], default_port: int) -> RankInfo:
     num_nodes = _int(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
     if num_nodes is None:
         if not hosts:
-            raise ValueError(f"none of SLURM_STEP_NUM_NODES, SLURM_NNODES or {', '.join(_SLURM_NODELIST_VARS)} is set")
+            raise UserError(f"none of SLURM_STEP_NUM_NODES, SLURM_NNODES or {', '.join(_SLURM_NODELIST_VARS)} is set")
         num_nodes = _Var(str(list_name), len(hosts))
     local_world = _slurm_local_world(env, node_rank, num_nodes, world)
     if "MASTER_ADDR" in env:
@@ -188,7 +190,7 @@ def _from_slurm(env: Mapping[str, str], default_port: int) -> RankInfo:
     elif hosts:
         addr = hosts[0]
     else:
-        raise ValueError(f"none of {', '.join(_SLURM_NODELIST_VARS)} is set, so the master host is unknown")
+        raise UserError(f"none of {', '.join(_SLURM_NODELIST_VARS)} is set, so the master host is unknown")
     port = _int(env, "MASTER_PORT") or _slurm_port(env, default_port)
     return _checked(rank, world, local_rank, local_world, node_rank, num_nodes, addr, port, "slurm")
 
@@ -199,17 +201,17 @@ def _slurm_local_world(env: Mapping[str, str], node_rank: _Var, num_nodes: _Var,
         if name in env:
             counts = _task_counts(name, env[name])
             if len(counts) != num_nodes.value:
-                raise ValueError(
+                raise UserError(
                     f"{name}={env[name]!r} lists {len(counts)} nodes but {num_nodes.name}={num_nodes.value}"
                 )
             if not 0 <= node_rank.value < len(counts):
-                raise ValueError(f"{node_rank.name}={node_rank.value} must lie in [0, {num_nodes.name}={len(counts)})")
+                raise UserError(f"{node_rank.name}={node_rank.value} must lie in [0, {num_nodes.name}={len(counts)})")
             return _Var(name, counts[node_rank.value])
     per_node = _int(env, "SLURM_NTASKS_PER_NODE")
     if per_node is not None:
         return per_node
     if num_nodes.value < 1 or world.value % num_nodes.value:
-        raise ValueError(
+        raise UserError(
             f"no SLURM_TASKS_PER_NODE, and {world.name}={world.value} does not split evenly over "
             f"{num_nodes.name}={num_nodes.value} nodes"
         )
@@ -221,7 +223,7 @@ def _task_counts(name: str, value: str) -> list[int]:
     for item in value.split(","):
         match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
         if not match:
-            raise ValueError(f"{name}={value!r} is not a Slurm task count list like '4(x2),3'")
+            raise UserError(f"{name}={value!r} is not a Slurm task count list like '4(x2),3'")
         counts.extend([int(match.group(1))] * int(match.group(2) or 1))
     return counts
 
@@ -272,7 +274,7 @@ def _master_addr(env: Mapping[str, str], single_node: bool) -> str:
         return env["MASTER_ADDR"]
     if single_node:
         return LOOPBACK
-    raise ValueError(
+    raise UserError(
         "MASTER_ADDR is not set and the job spans several nodes; the launcher cannot tell which host runs rank 0, "
         "so export MASTER_ADDR=<that host> (e.g. the first line of `scontrol show hostnames`) for every rank"
     )
@@ -283,7 +285,7 @@ def _int(env: Mapping[str, str], *names: str) -> _Var | None:
     for name in names:
         if name in env:
             if not re.fullmatch(r"\s*[+-]?\d+\s*", env[name]):
-                raise ValueError(f"{name}={env[name]!r} is not an integer")
+                raise UserError(f"{name}={env[name]!r} is not an integer")
             return _Var(name, int(env[name]))
     return None
 
@@ -291,7 +293,7 @@ def _int(env: Mapping[str, str], *names: str) -> _Var | None:
 def _need_int(env: Mapping[str, str], *names: str) -> _Var:
     var = _int(env, *names)
     if var is None:
-        raise ValueError(f"{' or '.join(names)} is not set")
+        raise UserError(f"{' or '.join(names)} is not set")
     return var
 
 
@@ -308,15 +310,15 @@ def _checked(
 ) -> RankInfo:
     for index, size in ((rank, world), (local_rank, local_world), (node_rank, num_nodes)):
         if size.value < 1:
-            raise ValueError(f"{size.name}={size.value} must be at least 1")
+            raise UserError(f"{size.name}={size.value} must be at least 1")
         if not 0 <= index.value < size.value:
-            raise ValueError(f"{index.name}={index.value} must lie in [0, {size.name}={size.value})")
+            raise UserError(f"{index.name}={index.value} must lie in [0, {size.name}={size.value})")
     if local_world.value > world.value:
-        raise ValueError(f"{local_world.name}={local_world.value} exceeds {world.name}={world.value}")
+        raise UserError(f"{local_world.name}={local_world.value} exceeds {world.name}={world.value}")
     if not 0 < port.value < 65536:
-        raise ValueError(f"{port.name}={port.value} is not a TCP port")
+        raise UserError(f"{port.name}={port.value} is not a TCP port")
     if not addr:
-        raise ValueError("MASTER_ADDR is empty")
+        raise UserError("MASTER_ADDR is empty")
     return RankInfo(
         rank.value,
         world.value,

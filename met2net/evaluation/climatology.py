@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from met2net.data.timestep import TimeStep
+from met2net.errors import UserError
 
 DAYS = 366
 
@@ -46,7 +47,7 @@ class Climatology:
         data's time step (an int: hours)."""
         step = step if isinstance(step, TimeStep) else TimeStep(int(step))
         if not step.monthly and 24 % step.size:
-            raise ValueError(f"climatology: step_hours {step.size} must divide 24")
+            raise UserError(f"climatology: step_hours {step.size} must divide 24")
         self.step, self.window_days = step, window_days
         table = (12,) if step.monthly else (DAYS, 24 // step.size)
         sums = counts = None
@@ -58,11 +59,11 @@ class Climatology:
             np.add.at(sums, where, fields)
             np.add.at(counts, where, 1)
         if sums is None:
-            raise ValueError("climatology: the training years hold no data")
+            raise UserError("climatology: the training years hold no data")
         if step.monthly:
             total, n = sums, counts
             if np.any(n == 0):
-                raise ValueError(
+                raise UserError(
                     f"climatology: no training data in month {int(np.argwhere(n == 0)[0][0]) + 1} of the year; "
                     "use training years that cover every month"
                 )
@@ -73,7 +74,7 @@ class Climatology:
                 n += np.roll(counts, shift, axis=0)
             if np.any(n == 0):
                 day, slot = np.argwhere(n == 0)[0]
-                raise ValueError(
+                raise UserError(
                     f"climatology: no training data within {window_days} days of calendar day {day + 1}, "
                     f"hour {slot * step.size:02d}; use more training years or a wider window"
                 )

@@ -18,6 +18,7 @@ from met2net.data.datasets import synthetic_series
 from met2net.data.shards import ShardReader
 from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
+from met2net.errors import UserError
 from met2net.evaluation.climatology import Climatology
 
 
@@ -87,7 +88,7 @@ def _from_shards(
         wanted = step.after(init, np.arange(1 - m.in_frames, 1))
         absent = [str(t) for t in wanted if t not in by_time]
         if absent:
-            raise ValueError(
+            raise UserError(
                 f"init time {init}: the shards in {root} lack input frame(s) {absent} (they cover "
                 f"{reader.times[0]} to {reader.times[-1]} every {TimeStep.of_index(reader.index)})"
             )
@@ -126,7 +127,7 @@ def _from_synthetic(
         by_time = {t: i for i, t in enumerate(t_all)}
         absent = [str(t) for t in wanted if t not in by_time]
         if absent:
-            raise ValueError(f"init time {init}: not on the data's {d.step_hours}-hourly axis (no frame {absent[0]})")
+            raise UserError(f"init time {init}: not on the data's {d.step_hours}-hourly axis (no frame {absent[0]})")
         return s_all[[by_time[t] for t in wanted]]
 
     info = synthetic.VARIABLES

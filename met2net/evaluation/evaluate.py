@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from met2net.errors import UserError
 from met2net.evaluation.climatology import Climatology
 from met2net.evaluation.data import EvalData, eval_data
 from met2net.evaluation.metrics import latitude_weights, score_sums, scores
@@ -105,14 +106,14 @@ def evaluate(
     """Score ``source`` on ``split`` on this process's share of the windows; under a launcher (torchrun, srun,
     mpirun) every rank calls this and every rank returns the merged result."""
     if rollout < 1:
-        raise ValueError(f"--rollout {rollout}: expected at least 1")
+        raise UserError(f"--rollout {rollout}: expected at least 1")
     rank, world = _ranks()
     loaded = load_source(source, overrides)
     cfg = loaded.cfg
     leads = rollout * cfg.model.out_frames
     data = eval_data(cfg, loaded.mean, loaded.std, split, leads, window_days)
     if len(data.windows) == 0:
-        raise ValueError(
+        raise UserError(
             f"the {split} split (years {getattr(cfg.data, split + '_years')}) has no window of "
             f"{cfg.model.in_frames} + {leads} frames; add data or lower --rollout"
         )

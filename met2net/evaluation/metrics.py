@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from met2net.errors import UserError
+
 SUMS = ("se", "ae", "se_w", "ae_w", "e_w", "fo_w", "ff_w", "oo_w")
 METRICS = ("mse", "mae", "rmse", "rmse_w", "mae_w", "bias", "acc", "skill_rmse_w")
 
@@ -30,11 +32,11 @@ def latitude_weights(lat: np.ndarray) -> np.ndarray:
     degrees, ascending or descending, equally spaced or not."""
     lat = np.asarray(lat, dtype=np.float64)
     if lat.ndim != 1 or lat.size < 2 or np.any(np.abs(lat) > 90):
-        raise ValueError(f"latitudes: expected at least 2 values in [-90, 90], got {lat.tolist()}")
+        raise UserError(f"latitudes: expected at least 2 values in [-90, 90], got {lat.tolist()}")
     order = np.argsort(lat)
     s = lat[order]
     if np.any(np.diff(s) <= 0):
-        raise ValueError(f"latitudes: values repeat: {lat.tolist()}")
+        raise UserError(f"latitudes: values repeat: {lat.tolist()}")
     mid = (s[1:] + s[:-1]) / 2
     lower = np.clip(np.r_[s[0] - (s[1] - s[0]) / 2, mid], -90, 90)
     upper = np.clip(np.r_[mid, s[-1] + (s[-1] - s[-2]) / 2], -90, 90)
@@ -71,7 +73,7 @@ def scores(sums: np.ndarray, count: int, persistence: np.ndarray | None = None) 
     """Metrics (each (L, C)) from one model's merged sums (L, C, len(SUMS)); ``persistence``: the persistence
     model's sums, for the skill score."""
     if count < 1:
-        raise ValueError("no forecasts were scored (the split has no windows)")
+        raise UserError("no forecasts were scored (the split has no windows)")
     s = {name: sums[..., i] for i, name in enumerate(SUMS)}
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {

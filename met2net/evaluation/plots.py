@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from met2net.errors import UserError
+
 DPI = 100
 SCORE_SIZE = (6.4, 4.0)  # inches; at DPI, the PNG is 640 × 400 pixels
 MAP_SIZE = (15.0, 4.0)
@@ -61,7 +63,7 @@ def read_scores(metrics_csv: Path) -> dict[tuple[str, str, str], dict[int, float
         lead_col = lead_column(header)
         missing = [c for c in CSV_COLUMNS if c not in header and not (c == "lead_hours" and lead_col != c)]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; the header is "
                 f"{','.join(header) or '(empty)'} and must name {','.join(CSV_COLUMNS)}"
             )
@@ -69,13 +71,13 @@ def read_scores(metrics_csv: Path) -> dict[tuple[str, str, str], dict[int, float
             try:
                 lead, value = int(row[lead_col]), float(row["value"])
             except (TypeError, ValueError):
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {line}: {lead_col} must be an integer and value a number, got "
                     f"{lead_col}={row[lead_col]!r}, value={row['value']!r}"
                 ) from None
             key = (row["metric"], row["variable"], row["model"])
             if lead in scores[key]:
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {line}: a second value for metric {key[0]!r}, variable {key[1]!r}, "
                     f"model {key[2]!r} at lead {lead} {LEAD_COLUMNS[lead_col][1]}"
                 )
@@ -99,7 +101,7 @@ def plot_scores(metrics_csv: Path, out_dir: Path, metrics: tuple[str, ...] = ("r
     present = list(dict.fromkeys(metric for metric, _, _ in scores))
     absent = [m for m in metrics if m not in present]
     if absent:
-        raise ValueError(
+        raise UserError(
             f"{metrics_csv}: no rows for metric(s) {', '.join(absent)}; it has {', '.join(present) or 'none'}"
         )
     out_dir = Path(out_dir)
@@ -216,7 +218,7 @@ def read_losses(metrics_jsonl: Path, label: str) -> list[Segment]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {number}: not a JSON record ({e.msg})") from None
+            raise UserError(f"{path}, line {number}: not a JSON record ({e.msg})") from None
         split, loss = record.get("split"), record.get("loss")
         if split not in ("train", "val") or not isinstance(loss, (int, float)) or "step" not in record:
             continue
@@ -227,7 +229,7 @@ def read_losses(metrics_jsonl: Path, label: str) -> list[Segment]:
         if split == "val" and isinstance(record.get("forecast_mse"), (int, float)):
             segment.forecast[step] = float(record["forecast_mse"])
     if not segments:
-        raise ValueError(
+        raise UserError(
             f"{path}: no training or validation records (split 'train' or 'val' with a 'loss'); "
             f"{'the file is empty' if not path.read_text().strip() else 'is it a met2net metrics.jsonl?'}"
         )
@@ -260,7 +262,7 @@ def plot_losses(metrics_jsonl: list[Path], out: Path, labels: list[str] | None =
     forecast MSE of D_q T_q E_q, the one measure comparable across stages. Log-scale y."""
     files = [Path(p) for p in metrics_jsonl]
     if not files:
-        raise ValueError("no metrics.jsonl files to plot")
+        raise UserError("no metrics.jsonl files to plot")
     if labels is not None and len(labels) != len(files):
         raise ValueError(f"{len(labels)} labels for {len(files)} metrics.jsonl files")
     labels = labels if labels is not None else _default_labels(files)

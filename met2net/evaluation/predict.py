@@ -18,6 +18,7 @@ import xarray as xr
 
 import met2net
 from met2net.data.netcdf import write_atomic
+from met2net.errors import UserError
 from met2net.evaluation.data import eval_data, normalise
 from met2net.evaluation.evaluate import forecast
 from met2net.evaluation.source import load_source
@@ -41,15 +42,15 @@ def parse_time(text: str) -> np.datetime64:
     try:
         return np.datetime64(text, "h")
     except ValueError:
-        raise ValueError(f"--init {text!r}: expected an ISO time such as 2017-01-01T00 (UTC)") from None
+        raise UserError(f"--init {text!r}: expected an ISO time such as 2017-01-01T00 (UTC)") from None
 
 
 def predict(source: str | Path, inits: list[str], overrides: list[str] = (), rollout: int = 1) -> xr.Dataset:
     """Forecasts of ``source`` from every time in ``inits`` (ISO strings), ``rollout`` × out_frames leads."""
     if rollout < 1:
-        raise ValueError(f"--rollout {rollout}: expected at least 1")
+        raise UserError(f"--rollout {rollout}: expected at least 1")
     if not inits:
-        raise ValueError("--init: give at least one initial time")
+        raise UserError("--init: give at least one initial time")
     loaded = load_source(source, overrides)
     cfg = loaded.cfg
     data = eval_data(cfg, loaded.mean, loaded.std, "test" if cfg.data.test_years else "val", cfg.model.out_frames)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from met2net.errors import UserError
+
 FILENAME = "jobs.tsv"
 
 
@@ -43,7 +45,7 @@ def read_records(run_dir: Path) -> list[JobRecord]:
     for n, line in enumerate(path.read_text().splitlines()[1:], start=2):
         values = line.split("\t")
         if len(values) != len(COLUMNS):
-            raise ValueError(
+            raise UserError(
                 f"{path}:{n}: expected {len(COLUMNS)} tab-separated columns ({', '.join(COLUMNS)}), found {len(values)}"
             )
         records.append(JobRecord(*values[:4], int(values[4]), *values[5:]))

@@ -25,6 +25,7 @@ from typing import Literal
 import submitit
 
 from met2net.config import load_config
+from met2net.errors import UserError
 from met2net.launch import plan
 from met2net.launch.jobs import JobRecord
 from met2net.launch.submit import render_sbatch, submit
@@ -144,11 +145,11 @@ def plan_pipeline(
     (a bad config key, a signal delay longer than the time limit) is reported before any job waits in a queue.
     The arguments are ``submit_pipeline``'s."""
     if isinstance(overrides, str):
-        raise ValueError(f"overrides {overrides!r}: expected a list of key=value strings, not one string")
+        raise UserError(f"overrides {overrides!r}: expected a list of key=value strings, not one string")
     overrides = tuple(overrides)
     cfg = load_config(config, list(overrides))  # the config and overrides, validated before anything is queued
     if executor not in EXECUTORS:
-        raise ValueError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+        raise UserError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     res = plan.Resources(
         nodes=nodes,
         tasks_per_node=tasks_per_node,
@@ -162,7 +163,7 @@ def plan_pipeline(
         gpu_layout=gpu_layout,
     )
     if executor == "local" and res.gpu_layout == "task":
-        raise ValueError(
+        raise UserError(
             "--gpu-layout task needs Slurm to bind the GPUs; the local executor gives every task the same "
             "CUDA_VISIBLE_DEVICES (use --gpu-layout node)"
         )

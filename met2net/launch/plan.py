@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from met2net.config import SCHEDULES  # the one list of schedules (met2net.config imports no torch)
+from met2net.errors import UserError
 
 GPU_BIND = {"node": (), "task": ("--gpu-bind=single:1",)}
 """What each GPU layout adds to ``srun`` (``slurm/job.sh`` maps ``GPU_LAYOUT`` the same way): ``node``, every task
@@ -42,20 +43,20 @@ class Resources:
     def __post_init__(self) -> None:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_min"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0 or self.max_requeues < 0 or self.signal_delay_s < 0:
-            raise ValueError("--gpus-per-node, --max-requeues and --signal-delay must not be negative")
+            raise UserError("--gpus-per-node, --max-requeues and --signal-delay must not be negative")
         if self.signal_delay_s >= self.time_min * 60:
-            raise ValueError(
+            raise UserError(
                 f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
                 f"{self.time_min} min, or the warning comes before the job starts working"
             )
         if self.gpu_layout not in GPU_BIND:
-            raise ValueError(f"--gpu-layout {self.gpu_layout!r}: expected one of {', '.join(GPU_BIND)}")
+            raise UserError(f"--gpu-layout {self.gpu_layout!r}: expected one of {', '.join(GPU_BIND)}")
         if self.gpu_layout == "task" and not self.gpus_per_node:
-            raise ValueError("--gpu-layout task binds one GPU to each task, but --gpus-per-node is 0")
+            raise UserError("--gpu-layout task binds one GPU to each task, but --gpus-per-node is 0")
         if self.gpus_per_node and self.tasks_per_node > 1 and self.gpus_per_node != self.tasks_per_node:
-            raise ValueError(
+            raise UserError(
                 f"--gpus-per-node {self.gpus_per_node} with --tasks-per-node {self.tasks_per_node}: each rank "
                 "trains on one GPU, so ask for as many tasks as GPUs per node (or one task per node)"
             )
@@ -95,11 +96,11 @@ def parse_stages(text: str) -> tuple[str, ...]:
     stages = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in stages if s not in SCHEDULES]
     if unknown or not stages:
-        raise ValueError(f"--stages {text!r}: expected a comma-separated list of {', '.join(SCHEDULES)}")
+        raise UserError(f"--stages {text!r}: expected a comma-separated list of {', '.join(SCHEDULES)}")
     if len(set(stages)) != len(stages):
-        raise ValueError(f"--stages {text!r} names a stage twice")
+        raise UserError(f"--stages {text!r} names a stage twice")
     if "stage2" in stages and "stage1" in stages and stages.index("stage2") < stages.index("stage1"):
-        raise ValueError(f"--stages {text!r}: stage two starts from stage one, so stage1 comes first")
+        raise UserError(f"--stages {text!r}: stage two starts from stage one, so stage1 comes first")
     return stages
 
 
@@ -112,9 +113,9 @@ def make_plan(
 ) -> list[Job]:
     """One job per (round, stage), each after the previous one."""
     if rounds < 1:
-        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     if rounds > 1 and stages[0] not in ("stage1", "stage2"):
-        raise ValueError(
+        raise UserError(
             f"--rounds {rounds}: rounds alternate stage one and stage two; "
             f"{stages[0]!r} trains everything at once (use --rounds 1)"
         )
@@ -172,7 +173,7 @@ def parse_minutes(text: str) -> int:
             minutes = h * 60 + m + (1 if s else 0)
         return int(days) * 24 * 60 + minutes
     except ValueError:
-        raise ValueError(f"--time {text!r}: expected minutes (90), H:MM:SS or D-HH:MM:SS") from None
+        raise UserError(f"--time {text!r}: expected minutes (90), H:MM:SS or D-HH:MM:SS") from None
 
 
 SHELL_COLUMNS = ("name", "schedule", "round", "run_dir", "after", "overrides")
@@ -192,7 +193,7 @@ def shell_lines(jobs: list[Job], overrides: tuple[str, ...] = ()) -> list[str]:
         planned = [o for o in job.overrides[len(overrides) :] if not o.startswith(("training.schedule=", "run.dir="))]
         for word in (*overrides, *planned):
             if not word or any(c.isspace() for c in word):
-                raise ValueError(
+                raise UserError(
                     f"override {word!r}: OVERRIDES is split on blanks by slurm/job.sh, so a word cannot "
                     "be empty or contain blanks (choose a run directory without blanks)"
                 )
@@ -206,7 +207,7 @@ def shell_lines(jobs: list[Job], overrides: tuple[str, ...] = ()) -> list[str]:
         )
         for column, value in zip(SHELL_COLUMNS, fields):
             if (not value.strip() and column != "overrides") or any(c in value for c in "\t\n\r"):
-                raise ValueError(
+                raise UserError(
                     f"{job.name}: {column} {value!r} cannot be passed to the shell "
                     "(empty, or holds a tab or line break)"
                 )

@@ -19,6 +19,7 @@ from pathlib import Path
 import submitit
 
 from met2net.compat import check_versions, submitit_internals
+from met2net.errors import UserError
 from met2net.launch.jobs import JobRecord, append_records
 from met2net.launch.plan import Job, Resources
 from met2net.training.preemption import REQUEUE_EXIT_CODE
@@ -65,7 +66,7 @@ def make_executor(kind: str, folder: Path, res: Resources) -> submitit.Executor:
         )
         return executor
     if kind != "slurm":
-        raise ValueError(f"--executor {kind!r}: expected slurm or local")
+        raise UserError(f"--executor {kind!r}: expected slurm or local")
     executor = submitit.SlurmExecutor(folder, max_num_timeout=res.max_requeues)
     executor.update_parameters(
         nodes=res.nodes,

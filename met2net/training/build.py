@@ -19,6 +19,7 @@ from met2net.data.datasets import Splits, build_splits
 from met2net.distributed.collectives import gather_to_all, on_rank0
 from met2net.distributed.env import RankInfo, discover, free_port
 from met2net.distributed.setup import bind_device, init_process_group
+from met2net.errors import UserError
 from met2net.model.met2net import Met2Net, count_parameters
 from met2net.training import checkpoint, layout, run_lock, universal
 from met2net.training.checkpoint import CheckpointManager
@@ -112,7 +113,7 @@ def count_steps(cfg: Config, splits: Splits) -> int:
     t = cfg.training
     steps_per_epoch = len(splits.train) // t.batch_size  # every rank takes an equal share of each batch
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise UserError(
             f"the training split has {len(splits.train)} windows, fewer than one batch "
             f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch"
         )

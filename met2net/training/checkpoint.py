@@ -199,13 +199,13 @@ def init_from(
         ckpt = resolve(path, schedule)
         meta = load_meta(ckpt)
         if schedule is not None and meta.get("schedule") != schedule:
-            raise ValueError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
+            raise CheckpointError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
         state = None
     theirs = meta.get("model", {})
     diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
     if diff:
         details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
-        raise ValueError(f"{ckpt}: was trained with another model configuration ({details})")
+        raise CheckpointError(f"{ckpt}: was trained with another model configuration ({details})")
     if state is not None:
         model.load_state_dict(fit_to_model(state, model.state_dict().keys()))
     else:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from met2net.data.atomic import sha256_file
+from met2net.errors import UserError
 
 MARKER = "COMPLETE"  # written last; holds the sha256 of META
 META = "meta.json"  # step, loader state, config, statistics, versions, sha256 of every other file
@@ -34,7 +35,7 @@ def complete_step_dirs(stage: str | Path) -> list[Path]:
     return [p for p in step_dirs(stage) if (p / MARKER).exists()]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message names it and says what to do."""
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from met2net.compat.deepspeed_internals import ds_to_universal, fit_universal_to_every_stage, gathered
+from met2net.training.layout import CheckpointError
 
 UNIVERSAL = "universal"  # <checkpoint>/universal: DeepSpeed's universal form of that checkpoint, made on demand
 
@@ -67,7 +68,7 @@ def resume_mode(ckpt: Path, meta: dict[str, Any], world_size: int, engine: str, 
     if engine == saved_engine == "deepspeed" and saved_stage > 0 and stage > 0 and saved_stage != stage:
         return "universal"  # per-parameter state: loads into any ZeRO 1/2/3 partitioning
     if (saved_engine, saved_stage) != (engine, stage):
-        raise ValueError(
+        raise CheckpointError(
             f"{ckpt}: written by {_describe(saved_engine, saved_stage, saved_world)}; this run uses "
             f"{_describe(engine, zero_stage, world_size)}. Its engine state cannot move between the plain-PyTorch "
             f"engine and DeepSpeed, nor between ZeRO-0 and ZeRO 1/2/3: {_how_to_resume(saved_engine, saved_stage)}; "
