@@ -50,6 +50,7 @@ from met2net.training.layout import (
     step_of,
     verify,
 )
+from met2net.training.storage import storage_error
 
 FORMAT = 2  # 2: checksums in meta.json and COMPLETE; 1: none (still loaded)
 
@@ -238,6 +239,28 @@ class CheckpointManager:
         return on_rank0(newest_intact, self.rank, self.world_size, self.stage_dir, self._warn)
 
     def save(
+        self, step: int, engine: Engine, model: torch.nn.Module, progress: dict[str, Any], meta: dict[str, Any]
+    ) -> Path:
+        """``_save``, with a write that fails because of where it goes (a full, read-only or forbidden file system:
+        torch reports a full disk as "unexpected pos" without a cause) raised as a ``StorageError`` naming the
+        directory, the cause and what to do. The partial checkpoint is removed; the complete ones are untouched."""
+        try:
+            return self._save(step, engine, model, progress, meta)
+        except (OSError, RuntimeError) as e:
+            done = complete_step_dirs(self.stage_dir) if self.stage_dir.is_dir() else []
+            after = (
+                f"The newest complete checkpoint, {done[-1]}, is untouched: run again to resume from it."
+                if done
+                else "No earlier checkpoint of this stage exists."
+            )
+            error = storage_error(self.stage_dir, f"the checkpoint of step {step}", e, after)
+            if error is None:
+                raise
+            if self.rank == 0:
+                shutil.rmtree(partial_dir(self.stage_dir, step), ignore_errors=True)  # frees the space it took
+            raise error from e
+
+    def _save(
         self, step: int, engine: Engine, model: torch.nn.Module, progress: dict[str, Any], meta: dict[str, Any]
     ) -> Path:
         """Every rank writes its engine state, RNG state (``progress["rng"]``) and own BatchNorm statistics into a

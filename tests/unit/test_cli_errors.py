@@ -85,8 +85,9 @@ def test_the_errors_users_fix_share_one_base():
     from met2net.data.shards import ShardError
     from met2net.distributed.devices import DeviceBindingError
     from met2net.training.run_lock import RunDirInUse
+    from met2net.training.storage import StorageError
 
     for cls in (ConfigError, CheckpointError, ConsolidateError, FileFormatError, DeviceBindingError, RunDirInUse):
         assert issubclass(cls, UserError), cls
-    for cls in (ShardError, SplitTooShort, ConversionChanged):
+    for cls in (ShardError, SplitTooShort, ConversionChanged, StorageError):
         assert issubclass(cls, UserError), cls
