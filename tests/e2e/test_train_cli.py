@@ -74,9 +74,11 @@ def test_stage_one_then_stage_two(tmp_path):
     assert all(r["loss"] > 0 and r["samples"] == 8 for r in vals)
     assert all({"lr", "samples_per_s", "loss"} <= set(r) for r in log if r["split"] == "train")
     w1, w2 = weights(run, "stage1"), weights(run, "stage2")
-    for k in w1:  # stage two starts from stage one and leaves the codecs alone
-        if k.startswith(("encoders", "decoders")):
+    for k in w1:  # stage two leaves the codecs alone; their copies start as stage one's last trained codecs
+        if k.startswith(("encoders_q", "decoders_q")):
             assert torch.equal(w1[k], w2[k]), k
+        elif k.startswith(("encoders_k", "decoders_k")):
+            assert torch.equal(w1[k.replace("_k.", "_q.", 1)], w2[k]), k
     assert any(not torch.equal(w1[k], w2[k]) for k in w1 if k.startswith("translator_q"))
 
 

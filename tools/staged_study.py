@@ -1,0 +1,233 @@
+"""The schedules compared at equal compute, judged by the project's own evaluation: implicit, staged with 1, 2 and 3
+rounds (scored after every stage), end-to-end, persistence and climatology → ``OUT/results.md``, ``OUT/rows.csv``,
+``OUT/rmse_w_<variable>.png``.
+
+    .venv/bin/python tools/staged_study.py [-o runs/staged_study] [--steps 400] [--rounds 1 2 3]
+        [--config configs/quickstart.yaml] [key=value ...]
+
+Every variant trains ``--steps`` optimizer steps of ``training.batch_size`` in total: implicit and end-to-end in one
+run; staged with R rounds as R × (stage one, stage two) of ``steps / (2R)`` steps each, round r+1's stage one
+starting from round r's stage two (as ``slurm/pipeline.sh --rounds R`` does). Each variant runs the ``met2net``
+commands a user would, printed and kept in ``OUT/<variant>/commands.txt``; a finished variant (its evaluations
+written) is skipped when the study is run again. The built-in dataset is generated, converted and its statistics
+computed first when ``data.path`` holds no shards (``configs/quickstart.yaml``'s years: 2010 trains, 2011 validates,
+2012 tests). Scores are the test split's, from ``met2net evaluate``; the report's leads are the first, middle and
+last of the model's forecast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from met2net.config import load_config  # noqa: E402
+
+MET2NET = [sys.executable, "-m", "met2net.cli"]
+METRICS = ("rmse", "rmse_w", "acc")  # the paper's plain RMSE, WeatherBench 2's latitude-weighted RMSE, ACC
+BASELINES = ("persistence", "climatology")
+
+
+def run(cmd: list[str], log: Path, commands: Path) -> None:
+    """Run one met2net command, its output appended to ``log``; stop the study with the log's tail on failure."""
+    line = shlex.join(["met2net", *cmd[len(MET2NET) :]])
+    print(f"  $ {line}", flush=True)
+    with commands.open("a") as f:
+        f.write(line + "\n")
+    with log.open("a") as out:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {line}\n{log.read_text()[-3000:]}")
+
+
+def ensure_data(cfg_path: Path, overrides: list[str], out: Path) -> None:
+    """The built-in dataset's netCDF files, shards and statistics, unless ``data.path`` already holds shards."""
+    cfg = load_config(cfg_path, overrides)
+    shards = Path(cfg.data.path)
+    if (shards / "stats.json").is_file():
+        return
+    years = sorted({*cfg.data.train_years, *cfg.data.val_years, *cfg.data.test_years})
+    netcdf = shards.parent / "netcdf"
+    grid = "x".join(map(str, cfg.model.grid))
+    log, commands = out / "data.log", out / "data_commands.txt"
+    run(
+        [*MET2NET, "data", "synthetic", str(netcdf), "--years", f"{years[0]}-{years[-1]}", "--grid", grid],
+        log,
+        commands,
+    )
+    run([*MET2NET, "data", "convert", str(netcdf), "-c", str(cfg_path), "-o", str(shards), *overrides], log, commands)
+    train = ",".join(map(str, cfg.data.train_years))
+    run([*MET2NET, "data", "stats", str(shards), "--train-years", train], log, commands)
+
+
+def variants(steps: int, rounds: list[int]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(name, [(schedule, steps) per stage in order]) of every variant; every variant sums to ``steps``."""
+    out = [("implicit", [("implicit", steps)])]
+    for r in rounds:
+        if steps % (2 * r):
+            sys.exit(f"--steps {steps} does not split into {r} rounds of two stages: choose a multiple of {2 * r}")
+        out.append((f"staged_{r}r", [(s, steps // (2 * r)) for _ in range(r) for s in ("stage1", "stage2")]))
+    out.append(("end_to_end", [("end_to_end", steps)]))
+    return out
+
+
+def train_and_evaluate(name: str, stages: list[tuple[str, int]], args: argparse.Namespace) -> list[Path]:
+    """Train the variant's stages and evaluate after each; the evaluation directories in stage order."""
+    base = args.out / name
+    evals = [base / f"eval_{i + 1}_{schedule}" for i, (schedule, _) in enumerate(stages)]
+    if all((e / "metrics.csv").is_file() for e in evals):
+        print(f"{name}: done before, skipped")
+        return evals
+    base.mkdir(parents=True, exist_ok=True)
+    log, commands = base / "log.txt", base / "commands.txt"
+    commands.write_text("")
+    tic = time.perf_counter()
+    previous = None
+    for i, (schedule, steps) in enumerate(stages):
+        round_dir = base / f"round_{i // 2 + 1}"
+        cmd = [*MET2NET, "train", str(args.config), f"training.schedule={schedule}", f"training.max_steps={steps}"]
+        cmd += [f"run.dir={round_dir}", "training.progress=false", *args.overrides]
+        if schedule == "stage1" and previous is not None:
+            cmd.append(f"training.init_from={previous}")  # a new round starts from the last stage two
+        print(f"{name}: stage {i + 1}/{len(stages)} ({schedule}, {steps} steps)", flush=True)
+        run(cmd, log, commands)
+        previous = round_dir / "checkpoints" / schedule
+        run(
+            [*MET2NET, "evaluate", str(previous), "-o", str(evals[i]), "--no-plots", *args.data_overrides],
+            log,
+            commands,
+        )
+    (base / "time.txt").write_text(f"{time.perf_counter() - tic:.0f}\n")
+    return evals
+
+
+def read_scores(path: Path) -> dict[tuple[str, str, str, int], float]:
+    """(model, metric, variable, lead_hours) → value, from an evaluation's metrics.csv."""
+    with path.open() as f:
+        return {
+            (r["model"], r["metric"], r["variable"], int(r["lead_hours"])): float(r["value"])
+            for r in csv.DictReader(f)
+            if r["metric"] in METRICS
+        }
+
+
+def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
+    """results.md (per variable: RMSE, latitude-weighted RMSE and ACC at three leads for every row and the
+    baselines; the goal check), rows.csv (every score of every row) and one plot of rmse_w against lead per
+    variable (the final model of every variant and the baselines)."""
+    scores = rows[0][3]
+    variables = sorted({k[2] for k in scores}, key=[k[2] for k in scores].index)
+    leads = sorted({k[3] for k in scores})
+    shown = sorted({leads[0], leads[(len(leads) - 1) // 2], leads[-1]})
+    table = [(label, "met2net", s) for _, label, _, s in rows] + [(b, b, scores) for b in BASELINES]
+    lines = [
+        "# Schedules at equal compute (tools/staged_study.py)",
+        "",
+        f"`{shlex.join(['.venv/bin/python', 'tools/staged_study.py', *sys.argv[1:]])}`",
+        "",
+        f"Every variant: {args.steps} optimizer steps × batch {batch} in total. Test split; leads in hours.",
+        "",
+    ]
+    lines += [
+        "| variant | stages (schedule × optimizer steps) | wall time, training and evaluation |",
+        "|---|---|---:|",
+    ]
+    for name, stages in variants(args.steps, args.rounds):
+        spent = (args.out / name / "time.txt").read_text().strip()
+        lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent} s |")
+    lines += ["", "Commands: `<variant>/commands.txt`.", ""]
+    for var in variables:
+        header = " | ".join(f"{m} {lead} h" for m in METRICS for lead in shown)
+        lines += [f"## {var}", "", f"| model | {header} |", "|---|" + "---:|" * (len(METRICS) * len(shown))]
+        for label, model, s in table:
+            cells = [s.get((model, m, var, lead)) for m in METRICS for lead in shown]
+            lines.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells) + " |")
+        lines.append("")
+    lines += goal_check(rows, variables, leads)
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    with (args.out / "rows.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "model", "metric", "variable", "lead_hours", "value"])
+        for _, label, _, s in rows:
+            w.writerows([label, *k, v] for k, v in sorted(s.items()))
+    plot(args.out, rows, variables, leads)
+    print(f"report: {args.out / 'results.md'}")
+
+
+def goal_check(rows: list, variables: list[str], leads: list[int]) -> list[str]:
+    """Issue 12's goal, on rmse_w: a final model beats persistence and climatology at every lead for every
+    variable, and (besides implicit) is within 5 % of the implicit schedule's (mean over leads, per variable)."""
+    finals = {name: s for name, _, final, s in rows if final}
+    implicit = finals.get("implicit")
+    out = ["## Goal check (rmse_w)", ""]
+    for name, s in finals.items():
+        lost = [
+            f"{v} {lead} h vs {b}"
+            for v in variables
+            for lead in leads
+            for b in BASELINES
+            if s[("met2net", "rmse_w", v, lead)] >= s[(b, "rmse_w", v, lead)]
+        ]
+        ratios = {
+            v: sum(s[("met2net", "rmse_w", v, lead)] for lead in leads)
+            / sum(implicit[("met2net", "rmse_w", v, lead)] for lead in leads)
+            for v in variables
+        }
+        worst = max(ratios, key=ratios.get)
+        line = f"- {name}: beats both baselines at every lead: {'yes' if not lost else 'no (' + ', '.join(lost) + ')'}"
+        if name != "implicit":
+            line += f"; rmse_w / implicit's, worst variable: {worst} {ratios[worst]:.3f}"
+            line += f" ({'within' if ratios[worst] <= 1.05 else 'not within'} 5 %)"
+        out.append(line)
+    return [*out, ""]
+
+
+def plot(out: Path, rows: list, variables: list[str], leads: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finals = [(name, s) for name, _, final, s in rows if final]
+    for var in variables:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, s in finals:
+            ax.plot(leads, [s[("met2net", "rmse_w", var, lead)] for lead in leads], marker="o", label=name)
+        for b, style in zip(BASELINES, ("--", ":"), strict=True):
+            ax.plot(leads, [finals[0][1][(b, "rmse_w", var, lead)] for lead in leads], "k" + style, label=b)
+        ax.set(xlabel="lead (h)", ylabel="rmse_w", title=var)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"rmse_w_{var}.png", dpi=100)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--out", type=Path, default=ROOT / "runs/staged_study")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/quickstart.yaml")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of every variant in total")
+    parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.data_overrides = [o for o in args.overrides if o.startswith("data.")]
+    ensure_data(args.config, args.overrides, args.out)
+    cfg = load_config(args.config, args.overrides)
+    rows = []
+    for name, stages in variants(args.steps, args.rounds):
+        for i, e in enumerate(train_and_evaluate(name, stages, args)):
+            label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
+            rows.append((name, label, i == len(stages) - 1, read_scores(e / "metrics.csv")))
+    write_report(args, cfg.training.batch_size, rows)
+
+
+if __name__ == "__main__":
+    main()
