@@ -210,6 +210,45 @@ def cmd_plot_scores(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale_project(args: argparse.Namespace) -> int:
+    from met2net.scaling.projection import Link, Network, Workload, markdown, project_all
+
+    workload = Workload(args.compute_per_sample, args.parameters, args.bytes_per_element)
+    network = Network(
+        Link(args.intra_gbs, args.intra_latency_us), Link(args.inter_gbs, args.inter_latency_us), args.gpus_per_node
+    )
+    rows = project_all(workload, network, args.batch_per_rank, args.world_sizes, args.zero, args.overlap, args.target)
+    print(
+        f"{args.parameters:,} parameters × {args.bytes_per_element} B, "
+        f"{args.compute_per_sample * 1e3:g} ms per sample, "
+        f"{args.batch_per_rank} per rank; {args.gpus_per_node} GPUs per node at {args.intra_gbs:g} GB/s, "
+        f"{args.intra_latency_us:g} µs; between nodes {args.inter_gbs:g} GB/s, {args.inter_latency_us:g} µs; "
+        f"overlap {args.overlap:g} (assumed)\n"
+    )
+    print(markdown(rows, args.target))
+    return 0
+
+
+def cmd_scale_calibrate(args: argparse.Namespace) -> int:
+    from met2net.scaling.calibration import calibrate, read_measured, validate
+
+    fit = calibrate(read_measured(args.points), args.latency_us)
+    print(
+        f"compute {fit.compute_s_per_sample * 1e3:.4g} ms per sample, effective bandwidth "
+        f"{fit.link.bandwidth_gbs:.4g} GB/s, latency {fit.link.latency_us:.4g} µs per ring step"
+        + (" (given)" if args.latency_us is not None else "")
+    )
+    if args.validate:
+        held = read_measured(args.validate)
+        errors = validate(fit, held)
+        for p, e in zip(held, errors):
+            print(
+                f"  {p.world_size} ranks, ZeRO {p.zero_stage}, {p.batch_per_rank} per rank: {p.step_s:.4g} s, {e:+.1%}"
+            )
+        print(f"held-out relative error: max {max(abs(e) for e in errors):.1%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     # the deepspeed launcher passes --local_rank before the command; LOCAL_RANK in the environment says the same
@@ -340,6 +379,33 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("-o", "--out", type=Path, required=True, help="directory for <metric>_<variable>.png")
     scores.add_argument("--metric", action="append", help="metric to plot, repeatable (default: rmse_w and acc)")
     scores.set_defaults(func=cmd_plot_scores)
+    scale = sub.add_parser("scale", help="scaling studies: projection, calibration (docs/scaling.md)").add_subparsers(
+        dest="action", required=True
+    )
+    proj = scale.add_parser("project", help="step time, samples/s and efficiency at 8 … 1024 GPUs, ZeRO 0–3")
+    proj.add_argument("--compute-per-sample", type=float, required=True, help="seconds, forward+backward+optimizer")
+    proj.add_argument("--batch-per-rank", type=int, required=True, help="samples per rank per optimizer step")
+    proj.add_argument("--parameters", type=int, required=True, help="trained parameters")
+    proj.add_argument("--bytes-per-element", type=int, default=4, help="communicated bytes per parameter (default 4)")
+    proj.add_argument("--gpus-per-node", type=int, default=8)
+    proj.add_argument("--intra-gbs", type=float, default=150.0, help="GB/s within a node (default 150)")
+    proj.add_argument("--intra-latency-us", type=float, default=2.0)
+    proj.add_argument("--inter-gbs", type=float, default=25.0, help="GB/s between nodes, per GPU (default 25)")
+    proj.add_argument("--inter-latency-us", type=float, default=5.0)
+    proj.add_argument("--overlap", type=float, default=0.0, help="fraction of communication hidden behind backward")
+    proj.add_argument("--target", type=float, default=0.9, help="efficiency the global batch column reaches")
+    proj.add_argument("--zero", type=int, nargs="+", default=[0, 1, 2, 3], help="ZeRO stages (default 0 1 2 3)")
+    proj.add_argument(
+        "--world-sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512, 1024], help="GPUs (8 … 1024)"
+    )
+    proj.set_defaults(func=cmd_scale_project)
+    cal = scale.add_parser("calibrate", help="fit compute per sample, bandwidth and latency to measured steps")
+    cal.add_argument(
+        "points", help="CSV: world_size, zero_stage, batch_per_rank, parameters, bytes_per_element, step_s"
+    )
+    cal.add_argument("--validate", metavar="CSV", help="held-out points: the fit's relative error on each")
+    cal.add_argument("--latency-us", type=float, help="fix the latency (needed with only world sizes 1 and 2)")
+    cal.set_defaults(func=cmd_scale_calibrate)
     return parser
 
 

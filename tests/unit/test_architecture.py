@@ -46,6 +46,19 @@ NEVER = {
         "met2net.training.engine",
         "submitit",
     ),
+    # scaling studies are arithmetic on measurements and torch's own collectives: no model, trainer or launcher
+    "met2net/scaling": (
+        "met2net.training",
+        "met2net.train",
+        "met2net.launch",
+        "met2net.model",
+        "met2net.data",
+        "met2net.evaluation",
+        "met2net.consolidate",
+        "met2net.cli",
+        "deepspeed",
+        "submitit",
+    ),
     "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
     # consolidation reads a checkpoint's files alone: no trainer, no launcher, and not DeepSpeed itself
     "met2net/consolidate": (
