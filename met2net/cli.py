@@ -249,6 +249,20 @@ def cmd_scale_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale_comm(args: argparse.Namespace) -> int:
+    from met2net.scaling.comm import benchmark, is_rank0, table, write_csv
+
+    timings = benchmark(args.sizes, args.iters, args.warmup)
+    if timings is None:
+        print("met2net scale comm: one process, nothing to measure; start it on ≥ 2 ranks (torchrun, srun, mpirun)")
+        return 0
+    if is_rank0():
+        print(table(timings))
+        if args.out:
+            print(f"wrote {write_csv(timings, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     # the deepspeed launcher passes --local_rank before the command; LOCAL_RANK in the environment says the same
@@ -406,6 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--validate", metavar="CSV", help="held-out points: the fit's relative error on each")
     cal.add_argument("--latency-us", type=float, help="fix the latency (needed with only world sizes 1 and 2)")
     cal.set_defaults(func=cmd_scale_calibrate)
+    comm = scale.add_parser(
+        "comm", help="time all-reduce, all-gather, reduce-scatter on this job's ranks (torchrun/srun/mpirun)"
+    )
+    comm.add_argument(
+        "--sizes", type=int, nargs="+", default=[4096, 65536, 1048576, 16777216], help="buffer bytes (nccl-tests')"
+    )
+    comm.add_argument("--iters", type=int, default=20, help="timed iterations per op and size (median reported)")
+    comm.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    comm.add_argument("-o", "--out", help="CSV file to write (rank 0)")
+    comm.set_defaults(func=cmd_scale_comm)
     return parser
 
 
