@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,6 @@ def train_and_evaluate(name: str, stages: list[tuple[str, int]], args: argparse.
     base.mkdir(parents=True, exist_ok=True)
     log, commands = base / "log.txt", base / "commands.txt"
     commands.write_text("")
-    tic = time.perf_counter()
     previous = None
     for i, (schedule, steps) in enumerate(stages):
         round_dir = base / f"round_{i // 2 + 1}"
@@ -104,7 +103,6 @@ def train_and_evaluate(name: str, stages: list[tuple[str, int]], args: argparse.
             log,
             commands,
         )
-    (base / "time.txt").write_text(f"{time.perf_counter() - tic:.0f}\n")
     return evals
 
 
@@ -116,6 +114,19 @@ def read_scores(path: Path) -> dict[tuple[str, str, str, int], float]:
             for r in csv.DictReader(f)
             if r["metric"] in METRICS
         }
+
+
+def training_seconds(variant: Path) -> float:
+    """Each stage's first ``start`` record to its last ``train`` record in metrics.jsonl, summed: the training time
+    even when the study was restarted (a finished stage run again trains no step and adds no train record)."""
+    total = 0.0
+    for log in variant.glob("round_*/metrics.jsonl"):
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        for schedule in {r["schedule"] for r in records}:
+            own = [r for r in records if r["schedule"] == schedule]
+            start = next(r["time"] for r in own if r["split"] == "start")
+            total += max(r["time"] for r in own if r["split"] == "train") - start
+    return total
 
 
 def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
@@ -136,12 +147,12 @@ def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
         "",
     ]
     lines += [
-        "| variant | stages (schedule × optimizer steps) | wall time, training and evaluation |",
+        "| variant | stages (schedule × optimizer steps) | training wall time |",
         "|---|---|---:|",
     ]
     for name, stages in variants(args.steps, args.rounds):
-        spent = (args.out / name / "time.txt").read_text().strip()
-        lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent} s |")
+        spent = training_seconds(args.out / name)
+        lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent:.0f} s |")
     lines += ["", "Commands: `<variant>/commands.txt`.", ""]
     for var in variables:
         header = " | ".join(f"{m} {lead} h" for m in METRICS for lead in shown)
