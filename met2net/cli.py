@@ -263,6 +263,17 @@ def cmd_scale_comm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale_report(args: argparse.Namespace) -> int:
+    from met2net.scaling.report import read_results, report
+
+    text, parity_ok = report(read_results(Path(args.out) / "results.csv"), args.tolerance)
+    path = Path(args.out) / "report.md"
+    path.write_text(text)
+    print(text, end="")
+    print(f"wrote {path}" + ("" if parity_ok else "; first losses differ across ZeRO stages beyond the tolerance"))
+    return 0 if parity_ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     # the deepspeed launcher passes --local_rank before the command; LOCAL_RANK in the environment says the same
@@ -430,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     comm.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     comm.add_argument("-o", "--out", help="CSV file to write (rank 0)")
     comm.set_defaults(func=cmd_scale_comm)
+    rep = scale.add_parser("report", help="a sweep's OUT/results.csv → OUT/report.md (exit 1 when parity fails)")
+    rep.add_argument("out", help="sweep directory holding results.csv")
+    rep.add_argument("--tolerance", type=float, default=1e-4, help="relative, first losses across ZeRO stages")
+    rep.set_defaults(func=cmd_scale_report)
     return parser
 
 
