@@ -67,14 +67,15 @@ def ensure_data(cfg_path: Path, overrides: list[str], out: Path) -> None:
     run([*MET2NET, "data", "stats", str(shards), "--train-years", train], log, commands)
 
 
-def variants(steps: int, rounds: list[int]) -> list[tuple[str, list[tuple[str, int]]]]:
+def variants(steps: int, rounds: list[int], end_to_end: bool = True) -> list[tuple[str, list[tuple[str, int]]]]:
     """(name, [(schedule, steps) per stage in order]) of every variant; every variant sums to ``steps``."""
     out = [("implicit", [("implicit", steps)])]
     for r in rounds:
         if steps % (2 * r):
             sys.exit(f"--steps {steps} does not split into {r} rounds of two stages: choose a multiple of {2 * r}")
         out.append((f"staged_{r}r", [(s, steps // (2 * r)) for _ in range(r) for s in ("stage1", "stage2")]))
-    out.append(("end_to_end", [("end_to_end", steps)]))
+    if end_to_end:
+        out.append(("end_to_end", [("end_to_end", steps)]))
     return out
 
 
@@ -150,7 +151,7 @@ def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
         "| variant | stages (schedule × optimizer steps) | training wall time |",
         "|---|---|---:|",
     ]
-    for name, stages in variants(args.steps, args.rounds):
+    for name, stages in variants(args.steps, args.rounds, args.end_to_end):
         spent = training_seconds(args.out / name)
         lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent:.0f} s |")
     lines += ["", "Commands: `<variant>/commands.txt`.", ""]
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps of every variant in total")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True, help="the ablation too")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,7 @@ def main() -> None:
     ensure_data(args.config, args.overrides, args.out)
     cfg = load_config(args.config, args.overrides)
     rows = []
-    for name, stages in variants(args.steps, args.rounds):
+    for name, stages in variants(args.steps, args.rounds, args.end_to_end):
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
             rows.append((name, label, i == len(stages) - 1, read_scores(e / "metrics.csv")))
