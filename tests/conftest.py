@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -26,6 +28,16 @@ def small_config(*overrides: str) -> Config:
 @pytest.fixture
 def small_cfg() -> Config:
     return small_config()
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+    """Training in the test's process (``run_train``) installs its stop-signal handlers; pytest gets its own
+    back after every test."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(autouse=True)

@@ -5,21 +5,10 @@ Translator that stage two moved. Short runs on the built-in data, scored on the 
 from __future__ import annotations
 
 import json
-import signal
-
-import pytest
 
 from met2net.config import load_config
 from met2net.train import run_train
 from tests.e2e.test_train_cli import ROOT, TINY
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def stage_two_against_stage_one(tmp_path, *overrides: str) -> tuple[float, float, list[dict]]:

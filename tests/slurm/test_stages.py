@@ -120,8 +120,10 @@ def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_
     assert job_state(ids[0]) == "COMPLETED"
     assert job_field(ids[1], "Start") >= job_field(ids[0], "End")  # ISO timestamps sort as text
     one, two = weights(run, "stage1", 3), weights(run, "stage2", 3)
-    coders = [k for k in one if k.startswith(("encoders", "decoders"))]
+    coders = [k for k in one if k.startswith(("encoders_q", "decoders_q"))]
     assert coders and all(torch.equal(one[k], two[k]) for k in coders)  # loaded from stage one, then frozen
+    copies = [k.replace("_q.", "_k.", 1) for k in coders]  # which start as stage one's last trained codecs
+    assert all(torch.equal(one[k.replace("_k.", "_q.", 1)], two[k]) for k in copies)
     assert any(not torch.equal(one[k], two[k]) for k in one if k.startswith("translator_q"))
     status = subprocess.run(
         [sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True, text=True, timeout=60, cwd=REPO

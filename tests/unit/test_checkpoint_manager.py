@@ -29,15 +29,6 @@ RUN = [
 ]  # DropPath: the RNG state must come back too
 
 
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    """Training installs its stop-signal handlers in this process; pytest gets its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 def train(run: Path, *overrides: str):
     return run_train(load_config(ROOT / "configs/quickstart.yaml", [*RUN, f"run.dir={run}", *overrides]))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 
 import pytest
@@ -17,15 +16,6 @@ from met2net.config import load_config
 from met2net.train import run_train
 from met2net.training.run_log import RunLog
 from tests.e2e.test_train_cli import ROOT, TINY, records
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    """Training installs its stop-signal handlers in this process; pytest gets its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")

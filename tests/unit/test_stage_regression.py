@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
-
-import pytest
 
 from met2net.config import load_config
 from met2net.train import run_train
 from tests.e2e.test_train_cli import ROOT, TINY
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def records(run):

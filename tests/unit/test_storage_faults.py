@@ -6,7 +6,6 @@ read-only (the tests run as root, where chmod stops no write). Without the right
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from met2net.training.storage import StorageError
 from tests.e2e.test_train_cli import ROOT, TINY, records
 
 RUN = [*TINY, "training.schedule=stage1", "training.checkpoint_every=2", "training.keep_last=0"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def train(run: Path, *overrides: str):
