@@ -85,7 +85,7 @@ class TrainingConfig:
     grad_clip: float = 0.0
     pred_loss_weight: float = 0.0  # implicit's w·MSE(D_k T_q E_k x, y); 0 in the paper
     # stage two's forecast through the frozen decoders: keeps the Translator readable by the decoders that stage
-    # one tuned (without it stage two made forecasts worse: docs/results.md)
+    # one tuned (without it stage two made forecasts worse: docs/architecture.md, Schedules)
     stage2_pred_loss_weight: float = 10.0
     channels_last: bool = True
     init_from: str = ""

@@ -4,8 +4,11 @@
   [+ w·MSE(D_k T_q E_k x, y)]. E_k, D_k ← E_q, D_q mid-step; T_k ← T_q after backward.
 - stage1: trains E_q, D_q through the frozen T_k. loss MSE(D_q T_k E_q x, y).
   E_k, D_k ← E_q, D_q after backward.
-- stage2: trains T_q on frozen E_k. loss MSE(T_q E_k x, E_k y) [+ w·MSE(D_k T_q E_k x, y)].
-  T_k ← T_q after backward.
+- stage2: trains T_q on frozen E_k. loss MSE(T_q E_k x, E_k y) + w·MSE(D_k T_q E_k x, y), w =
+  training.stage2_pred_loss_weight (10): the forecast through the decoders stage one tuned, without which
+  stage two made forecasts worse. T_k ← T_q after backward.
+- stage1 and stage2 started from another stage's weights first copy the modules they read frozen
+  (stage1: T_k ← T_q; stage2: E_k, D_k ← E_q, D_q): ``start_from_other_weights``.
 - end_to_end (ablation): trains E_q, D_q, T_q. loss MSE(D_q T_q E_q x, y). No copies.
 
 Every momentum update uses the q weights before this step's optimizer update: the loop
