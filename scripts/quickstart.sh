@@ -2,8 +2,8 @@
 # The main job end to end on the CPU: the built-in WeatherBench-style netCDF dataset is
 # converted to HDF5 shards with training-years statistics, then ROUNDS rounds
 # (default 2) of stage one (encoders/decoders learn through the frozen Translator copy)
-# then stage two (the Translator learns in the frozen latent space, starting from stage
-# one's checkpoint). Round r+1's stage one starts from round r's stage two, so the decoders
+# then stage two (the Translator learns in the frozen latent space and on the forecast through
+# the frozen decoders, starting from stage one's checkpoint). Round r+1's stage one starts from round r's stage two, so the decoders
 # learn to read the trained Translator. Then the last round's model is evaluated on the test
 # year against persistence and climatology. Extra arguments are config overrides (key=value).
 set -euo pipefail
