@@ -17,6 +17,7 @@ import numpy as np
 
 from met2net.errors import UserError
 from met2net.scaling.projection import GB, Link, ring_factors
+from met2net.scaling.table import read_rows
 
 
 @dataclass(frozen=True)
@@ -97,15 +98,7 @@ COLUMNS = ("world_size", "zero_stage", "batch_per_rank", "parameters", "bytes_pe
 
 def read_measured(path: str) -> list[Measured]:
     """Measured points from a CSV file with a header naming ``COLUMNS`` (other columns are ignored)."""
-    import csv
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
-    if not rows or missing:
-        raise UserError(
-            f"{path}: needs a header and rows with {', '.join(COLUMNS)}" + (f"; missing {missing}" if missing else "")
-        )
+    rows = read_rows(path, COLUMNS)
     try:
         return [Measured(*(int(r[c]) for c in COLUMNS[:-1]), float(r["step_s"])) for r in rows]
     except ValueError as e:

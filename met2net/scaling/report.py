@@ -9,13 +9,13 @@ columns are ignored.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from met2net.errors import UserError
+from met2net.scaling.table import read_rows
 
 COLUMNS = ("world_size", "zero_stage", "micro_batch", "samples_per_s", "peak_memory_mib", "first_losses")
 # ZeRO stages change where state lives and the order of reductions, not the arithmetic: in fp32 on gloo the losses
@@ -51,14 +51,7 @@ class Parity:
 
 
 def read_results(path: str | Path) -> list[Point]:
-    path = Path(path)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
-    if not rows or missing:
-        raise UserError(
-            f"{path}: needs a header and rows with {', '.join(COLUMNS)}" + (f"; missing {missing}" if missing else "")
-        )
+    rows = read_rows(path, COLUMNS)
     try:
         return [
             Point(
