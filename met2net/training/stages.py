@@ -49,12 +49,12 @@ class Schedule:
     name: str = ""
     trains: tuple[str, ...] = ()
     needs_copies: bool = True
+    pred_weight_key: str = "pred_loss_weight"  # the training.* weight of MSE(D_k T_q E_k x, y), where computed
 
     def __init__(self, cfg: Config):
         self.codec_momentum = cfg.momentum.codec
         self.translator_momentum = cfg.momentum.translator
-        t = cfg.training
-        self.pred_weight = t.stage2_pred_loss_weight if self.name == "stage2" else t.pred_loss_weight
+        self.pred_weight = getattr(cfg.training, self.pred_weight_key)
         self.reference_backward = cfg.momentum.reference_backward
         self.variables = list(cfg.model.variables)  # names of the per-variable validation errors, in channel order
 
@@ -169,6 +169,7 @@ class StageTwo(Schedule):
     """The Translator learns in the frozen encoders' latent space."""
 
     trains = TRANSLATOR_Q
+    pred_weight_key = "stage2_pred_loss_weight"
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         with torch.no_grad():
