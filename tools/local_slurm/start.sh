@@ -149,19 +149,17 @@ fi
 
 # private, throwaway DB: unix socket only, no grant tables. Returns 1 when mariadbd exits or times out.
 start_db() {
-  local pid
   rm -f "$DB/mysqld.sock"
   setsid /usr/sbin/mariadbd --no-defaults --user=slurm --datadir="$DB/data" --socket="$DB/mysqld.sock" \
     --pid-file="$DB/mysqld.pid" --skip-networking --skip-grant-tables --log-error="$LOG/mariadb.err" \
     --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 9>&- &
-  pid=$!
-  db_up() { [ -S "$DB/mysqld.sock" ] || { kill -0 "$pid" 2>/dev/null || return 2; return 1; }; }
+  DB_PID=$!
   try_for "$WAIT_S" mariadbd "$LOG/mariadb.err" db_up_or_dead && [ -S "$DB/mysqld.sock" ] && return 0
-  stop_pids "mariadbd:$(kill -0 "$pid" 2>/dev/null && echo "$pid")"
+  stop_pids "mariadbd:$(kill -0 "$DB_PID" 2>/dev/null && echo "$DB_PID")"
   return 1
 }
-# stop polling as soon as mariadbd has exited (e.g. it refused a damaged data directory)
-db_up_or_dead() { db_up; [ $? != 1 ]; }
+# the socket is there, or mariadbd has exited (e.g. it refused a damaged data directory): stop polling
+db_up_or_dead() { [ -S "$DB/mysqld.sock" ] || ! kill -0 "$DB_PID" 2>/dev/null; }
 if ! pid_of "$DB/mysqld.pid" mariadbd >/dev/null && ! start_db; then
   # e.g. a machine image taken while mariadbd ran leaves a damaged InnoDB file. The DB holds only this test
   # cluster's job history, so start over: DB, controller state and spool together (job ids restart at 1).
