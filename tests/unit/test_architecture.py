@@ -134,3 +134,52 @@ def test_only_the_command_line_imports_the_command_line():
         if f.name != "cli.py" and any(within(n, "met2net.cli") for n in imports(f))
     ]
     assert bad == []
+
+
+# -- the docs name every module ------------------------------------------------------------------------------------
+def modules() -> list[Path]:
+    return sorted(f.relative_to(ROOT) for f in PACKAGE.rglob("*.py") if f.name != "__init__.py")
+
+
+def doc_sections(lines: list[str], start: str) -> dict[str, str]:
+    """Entry → its text: each line that starts with ``start`` opens an entry (its first word, backticks stripped),
+    the lines after it that do not continue it."""
+    sections: dict[str, str] = {}
+    key = None
+    for line in lines:
+        if line.startswith(start):
+            key = line.split()[0 if start != "| " else 1].strip("`,")
+            sections[key] = sections.get(key, "") + line
+        elif key is not None and line.startswith(" "):
+            sections[key] += line
+        else:
+            key = None
+    return sections
+
+
+def named_in(sections: dict[str, str], module: Path) -> bool:
+    """``met2net/pkg/file.py`` is named by its own entry, or by its package's entry (``met2net/pkg/``, or an entry of
+    another module of the package, e.g. "`met2net/training/rng.py`, `precision.py`") that names ``file.py``."""
+    path = module.as_posix()
+    if path in sections:
+        return True
+    folder = module.parent.as_posix() + "/"
+    return folder != "met2net/" and any(
+        (key == folder or key.startswith(folder) and "/" not in key[len(folder) :]) and module.name in text
+        for key, text in sections.items()
+    )
+
+
+def test_the_architecture_table_names_every_module():
+    lines = (ROOT / "docs/architecture.md").read_text().splitlines()
+    rows = doc_sections([line for line in lines if line.startswith("| `met2net/")], "| ")
+    assert [str(m) for m in modules() if not named_in(rows, m)] == []
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries = doc_sections(block.splitlines(), "met2net/")
+    assert [str(m) for m in modules() if not named_in(entries, m)] == []
+    folders = {f"met2net/{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert sorted(folders - set(entries)) == []
