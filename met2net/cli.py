@@ -155,7 +155,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _grid(text: str) -> tuple[int, int]:
     lat, _, lon = text.lower().partition("x")
-    return int(lat), int(lon)
+    try:
+        grid = int(lat), int(lon)
+    except ValueError:
+        grid = (0, 0)
+    if min(grid) < 1:
+        raise argparse.ArgumentTypeError(f"expected LATxLON with positive sizes, e.g. 32x64, got {text!r}")
+    return grid
 
 
 def cmd_data_synthetic(args: argparse.Namespace) -> int:

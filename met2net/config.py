@@ -181,9 +181,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ConfigError(
+                f"{path}: config file not found; check the path (configs/ holds the shipped ones)"
+            ) from None
+        except OSError as e:  # a directory, a file this user may not read
+            raise ConfigError(f"{path}: cannot read it ({e.strerror}); give a readable YAML config file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (not UTF-8); give a YAML config file") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}; fix it there") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(raw, source, overrides)

@@ -16,6 +16,7 @@ import json
 import pickle
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,13 @@ def load_reference_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    with path.open("rb") as f:
+        pickled = f.read(1) == b"\x80"  # torch's legacy format: a pickle, protocol 2 or later
+    if not pickled and not zipfile.is_zipfile(path):
+        raise ConsolidateError(
+            f"{path}: not a torch checkpoint (neither torch's zip format nor a pickle; truncated?); give the .ckpt or "
+            ".pth file the reference code saved"
+        )
     try:
         blob = _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as e:

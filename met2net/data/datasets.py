@@ -15,7 +15,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from met2net.config import Config, ConfigError
-from met2net.data.shards import iso, read_index
+from met2net.data.shards import ShardError, iso, read_index
 from met2net.data.stats import Moments, read_stats
 from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
@@ -77,6 +77,12 @@ def _shard_splits(cfg: Config) -> Splits:
         raise ConfigError(
             f"'model.grid' {m.grid} differs from the shards' grid {grid} in {root}; "
             f"set model.grid={grid} (or convert with another data.subsample)"
+        )
+    unknown = [v for v in m.variables if v not in stats["channels"]]
+    if unknown:
+        raise ShardError(
+            f"{root}/stats.json has no statistics for {unknown} (it has {stats['channels']}); re-run met2net data "
+            f"stats {root} --train-years ..."
         )
     if sorted(stats["train_years"]) != sorted(d.train_years):
         raise ConfigError(

@@ -276,8 +276,12 @@ def read_index(directory: Path) -> dict:
         raise ShardError(f"{path}: not found; is this a shard directory? ({_FIX})") from None
     except json.JSONDecodeError as err:
         raise ShardError(f"{path}: not valid JSON ({err}); {_FIX}") from None
-    if index.get("format") != FORMAT:
-        raise ShardError(f"{path}: format {index.get('format')!r}, this version reads format {FORMAT}; {_FIX}")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else None
+        raise ShardError(f"{path}: format {found!r}, this version reads format {FORMAT}; {_FIX}")
+    missing = [k for k in ("channels", "lat", "lon", "shards") if k not in index]
+    if missing:
+        raise ShardError(f"{path}: lacks {', '.join(missing)}; {_FIX}")
     return index
 
 
@@ -317,10 +321,13 @@ def shard_is_valid(directory: Path, entry: dict) -> bool:
 
 def _shard_times(path: Path, entry: dict, meta: ShardMeta) -> np.ndarray:
     """A shard's times, after checking it agrees with the index (catches a stale index cheaply)."""
-    with h5py.File(path, "r") as f:
-        times = f["time"][()].astype("datetime64[h]")
-        shape = f["fields"].shape
-        channels = [str(c) for c in f.attrs["channels"]]
+    try:
+        with h5py.File(path, "r") as f:
+            times = f["time"][()].astype("datetime64[h]")
+            shape = f["fields"].shape
+            channels = [str(c) for c in f.attrs["channels"]]
+    except (OSError, KeyError) as e:  # missing, truncated, not HDF5, not a shard
+        raise ShardError(f"{path}: listed in index.json but not a readable shard ({e}); {_FIX}") from None
     if shape[1:] != meta.shape or channels != meta.channels:
         raise ShardError(
             f"{path.name}: fields {shape} / channels {channels} do not match index.json "

@@ -212,9 +212,9 @@ def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | No
     _debug(rank, size, [files[i] for i in mine], {i: states[i] for i in mine})
     total = Moments.merge_all([Moments.from_json(states[i]) for i in sorted(states)], len(index["channels"]))
     if not total.count.any():
-        raise ValueError(
+        raise UserError(
             f"no frame of the training years {sorted(set(train_years))} in {directory} "
-            f"(its shards cover {_coverage(index)})"
+            f"(its shards cover {_coverage(index)}); give training years inside that span, or convert those years"
         )
     return total
 
@@ -249,11 +249,15 @@ def write_stats(directory: str | Path, moments: Moments, channels: list[str], tr
 def read_stats(directory: str | Path) -> dict:
     path = Path(directory) / STATS_NAME
     try:
-        return json.loads(path.read_text())
+        stats = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; run met2net data stats on the shard directory first") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err}); re-run met2net data stats") from None
+    missing = [k for k in ("channels", "train_years", "mean", "std") if not isinstance(stats, dict) or k not in stats]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; re-run met2net data stats")
+    return stats
 
 
 # -- command line ---------------------------------------------------------------------------------------------------

@@ -115,18 +115,34 @@ def discover(env: Mapping[str, str], default_port: int = 29500) -> RankInfo:
     is ``mpirun``'s daemon launch inside an allocation and MPI's numbering is the true one.
 
     ``default_port`` is used when neither ``MASTER_PORT`` nor a Slurm job id gives one; pass ``free_port()`` for
-    single-process runs that may share a machine.
+    single-process runs that may share a machine. A variable that is missing, malformed or inconsistent is a
+    ``UserError`` naming it and the launcher it was read for.
     """
-    if any(name in env for name in _TORCHRUN_VARS):
-        return _from_torchrun(env, default_port)
-    if _in_srun_step(env):
-        return _from_slurm(env, default_port)
-    if _mpi_rank_size(env) is not None:
-        return _from_mpi(env, default_port)
+    launcher: Launcher = "torchrun" if any(name in env for name in _TORCHRUN_VARS) else "slurm"
+    try:
+        if launcher == "slurm" and not _in_srun_step(env):
+            launcher = "mpi" if _mpi_rank_size(env) is not None else "single"
+        return _LAUNCHERS[launcher](env, default_port)
+    except UserError as e:
+        raise UserError(
+            f"launch environment ({_LAUNCHER_NAMES[launcher]}): {e}. These variables are the launcher's: start "
+            "met2net through it unchanged, fix the ones named, or unset them to run one process (docs/cluster.md)"
+        ) from None
+
+
+def _single(env: Mapping[str, str], default_port: int) -> RankInfo:
     port = _int(env, "MASTER_PORT") or _Var("default_port", default_port)
     one = _Var("single process", 1)
     zero = _Var("single process", 0)
     return _checked(zero, one, zero, one, zero, one, LOOPBACK, port, "single")
+
+
+_LAUNCHER_NAMES = {
+    "torchrun": "torchrun or deepspeed: RANK, WORLD_SIZE, LOCAL_RANK",
+    "slurm": "srun: SLURM_*",
+    "mpi": "mpirun: OMPI_COMM_WORLD_* or PMI_*",
+    "single": "one process",
+}
 
 
 def free_port() -> int:
@@ -330,3 +346,6 @@ def _checked(
         port.value,
         launcher,
     )
+
+
+_LAUNCHERS = {"torchrun": _from_torchrun, "slurm": _from_slurm, "mpi": _from_mpi, "single": _single}

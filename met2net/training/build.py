@@ -37,6 +37,7 @@ from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.rng import seed_everything
 from met2net.training.stages import Schedule, make_schedule
 from met2net.training.startup import check_placement, format_report, rank_record, startup_report
+from met2net.training.storage import check_run_dir
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,9 @@ def prepare_run_dir(cfg: Config, rank: int, world_size: int = 1) -> Path:
     run_dir = Path(cfg.run.dir)
 
     def claim() -> None:
+        check_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         run_lock.acquire(run_dir)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     on_rank0(claim, rank, world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,12 @@ def build_model(
     source = init_source(cfg, schedule, run_dir)
     if source and not resuming:
         wanted = "stage1" if schedule.name == "stage2" else None
-        checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+        try:
+            checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
+        except (FileNotFoundError, layout.CheckpointError) as e:  # say which setting named the source
+            where = "training.init_from" if cfg.training.init_from else "stage two starts from this run's stage one"
+            advice = "" if cfg.training.init_from else "; train stage1 in this run.dir first, or set training.init_from"
+            raise layout.CheckpointError(f"{where}: {e}{advice}") from None
         schedule.start_from_other_weights(model)
     model.use_activation_checkpointing(cfg.deepspeed.activation_checkpointing)
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous
@@ -149,6 +155,8 @@ def build_trainer(cfg: Config) -> Trainer:
         layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, t.keep_last, t.best_by
     )
     resume_from = checkpoints.find_resumable() if cfg.training.resume else None
+    if resume_from is not None:
+        checkpoint.check_resumable(resume_from, cfg.model.__dict__)
     model = build_model(cfg, schedule, run_dir, resume_from is not None, deepspeed, device)
     total = count_steps(cfg, splits)
     resume_mode = resume_from and universal.resume_mode(
@@ -182,7 +190,8 @@ def build_trainer(cfg: Config) -> Trainer:
         cfg.training.precision,
         deepspeed_config(cfg, info.world_size, resume_mode == "universal") if deepspeed else None,
     )
-    if info.rank == 0:
+    if info.rank == 0:  # the run is accepted: only now does its config replace the one there
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
         print(format_report(report), flush=True)
     trainer.log(
         {

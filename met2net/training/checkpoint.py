@@ -183,6 +183,22 @@ def unreadable_files(ckpt: Path) -> list[str]:
 
 
 # -- loading weights ----------------------------------------------------------------------------------------------
+def model_differences(meta: dict[str, Any], model_cfg: dict[str, Any]) -> str:
+    """The ``model`` settings in which a checkpoint's ``meta`` and a config differ, as one phrase ('' if none)."""
+    theirs = meta.get("model", {})
+    diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
+    return ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
+
+
+def check_resumable(ckpt: Path, model_cfg: dict[str, Any]) -> None:
+    """Refuse to resume ``ckpt`` with another model configuration (its state would not fit), before anything loads."""
+    if details := model_differences(load_meta(ckpt), model_cfg):
+        raise CheckpointError(
+            f"{ckpt}: this run directory's checkpoint was trained with another model configuration ({details}). "
+            "Resume with the model settings it was trained with, or start a new run in another run.dir"
+        )
+
+
 def init_from(
     model: torch.nn.Module, path: str | Path, schedule: str | None, model_cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -202,11 +218,11 @@ def init_from(
         if schedule is not None and meta.get("schedule") != schedule:
             raise CheckpointError(f"{ckpt}: is a {meta.get('schedule')!r} checkpoint; expected {schedule!r}")
         state = None
-    theirs = meta.get("model", {})
-    diff = sorted(k for k in set(theirs) | set(model_cfg) if theirs.get(k) != model_cfg.get(k))
-    if diff:
-        details = ", ".join(f"model.{k}: checkpoint {theirs.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
-        raise CheckpointError(f"{ckpt}: was trained with another model configuration ({details})")
+    if details := model_differences(meta, model_cfg):
+        raise CheckpointError(
+            f"{ckpt}: was trained with another model configuration ({details}); set the model settings to the "
+            "checkpoint's, or give training.init_from a checkpoint of this model"
+        )
     if state is not None:
         model.load_state_dict(fit_to_model(state, model.state_dict().keys()))
     else:

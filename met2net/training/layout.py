@@ -69,7 +69,7 @@ def resolve(path: str | Path, schedule: str | None, check_files: bool = True) ->
     the checksums itself (consolidation hashes while it reads)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint or run directory")
+        raise FileNotFoundError(f"{p}: no such checkpoint or run directory; check the path")
     if p.is_file():
         raise FileNotFoundError(
             f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "
@@ -83,9 +83,16 @@ def resolve(path: str | Path, schedule: str | None, check_files: bool = True) ->
         where = f"with a {schedule} checkpoint" if schedule else "nor a stage directory (no latest)"
         latest_ = p / "checkpoints" / str(schedule) / LATEST
         if schedule is None or not latest_.exists():
+            stages = sorted(d.name for d in (p / "checkpoints").glob("*") if (d / LATEST).is_file())
             raise FileNotFoundError(
                 f"{p}: neither a checkpoint (no {META}) nor a run directory {where}"
                 + (f" ({latest_} is missing)" if schedule else "")
+                + (
+                    f"; it is a run directory with checkpoints of {', '.join(stages)}: name one, e.g. "
+                    f"{p / 'checkpoints' / stages[-1]}"
+                    if stages
+                    else ""
+                )
             )
         p = latest_.parent / latest_.read_text().strip()
     if not (p / MARKER).exists():

@@ -86,3 +86,12 @@ def storage_error(directory: Path, what: str, error: BaseException, after: str =
     space = f" ({free_space(directory)})" if found == "no space left on device" else ""
     advice = ADVICE[found][0].upper() + ADVICE[found][1:]
     return StorageError(f"{directory}: cannot write {what}: {found}{space}. {advice}. {after}".strip())
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be one — a file, or a path through a file — before anything is created."""
+    run_dir = Path(run_dir)
+    existing = _existing(run_dir)
+    if not existing.is_dir():
+        where = "is a file" if existing == run_dir else f"lies under {existing}, which is a file"
+        raise StorageError(f"run.dir {run_dir} {where}; set run.dir to a directory (it is created if missing)")
