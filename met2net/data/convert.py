@@ -1,8 +1,9 @@
-"""netCDF → HDF5 shards: `met2net data convert SRC -c CONFIG -o SHARDS`.
+"""netCDF or Zarr → HDF5 shards: `met2net data convert SRC -c CONFIG -o SHARDS`.
 
 One shard per year of the config's splits, channels in ``model.variables`` order. Each variable is read through
 ``data.variables`` (name, file_glob, var, level) or, when it is not listed there, from the WeatherBench layout
-(``2m_temperature/*.nc``, variable ``t2m``, ...). All variables must share one time axis and one grid; a gap in time
+(``2m_temperature/*.nc``, variable ``t2m``, ...); a source is a netCDF file or a Zarr store, and only the year being
+written is read from it (met2net/data/netcdf.py). All variables must share one time axis and one grid; a gap in time
 is an error unless ``data.allow_gaps`` (windows never cross a gap). The step is a number of hours, or of calendar
 months for monthly data (every time on the 1st of its month at one hour: met2net/data/timestep.py). Under
 ``mpirun``/``srun`` rank r writes the years i with i mod N = r and rank 0 writes ``index.json`` after all of them.
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import reconvert, shards
-from met2net.data.netcdf import check_whole_hours, coordinate_names, find_files, open_variable
+from met2net.data.netcdf import coordinate_names, find_files, open_source, open_variable, source_times, with_our_names
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 from met2net.data.timestep import TimeStep, of_times
@@ -54,11 +55,11 @@ def variable_sources(cfg: Config) -> list[VariableSource]:
 
 
 def file_years(path: Path, coords: Mapping[str, str] | None = None) -> set[int]:
-    """Years covered by a file's time axis (reads the coordinates only, so a layout we cannot read fails here,
+    """Years covered by a source's time axis (reads the coordinates only, so a layout we cannot read fails here,
     before anything is written)."""
-    with xr.open_dataset(path) as ds:
-        times = ds[coordinate_names(ds, str(path), coords)["time"]].values
-        check_whole_hours(times, str(path))
+    with open_source(path) as ds:
+        ds = with_our_names(ds, coordinate_names(ds, str(path), coords))
+        times = source_times(ds, str(path))
         return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
@@ -70,6 +71,21 @@ class Year:
     step: TimeStep | None  # None: fewer than two times
 
 
+@dataclass(frozen=True)
+class _Axes:
+    """The time axis and grid of one variable's year, which every other variable must share."""
+
+    name: str
+    files: list[str]
+    times: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, files: list[Path], da: xr.DataArray) -> _Axes:
+        return cls(name, [str(p) for p in files], da["time"].values, da["lat"].values, da["lon"].values)
+
+
 def read_year(
     year: int,
     sources: list[VariableSource],
@@ -78,60 +94,60 @@ def read_year(
     allow_gaps: bool,
     coords: Mapping[str, str] | None = None,
 ) -> Year:
-    """Every variable's data for ``year``, checked to share time axis and grid."""
-    arrays, units, long_names = [], [], []
-    first: tuple[VariableSource, xr.DataArray] | None = None
-    for src in sources:
+    """Every variable's data for ``year``, checked to share time axis and grid.
+
+    Only ``year``'s times are read from each source, one variable at a time into the shard's array, so memory stays
+    at about one shard plus one variable's year, however many years a source file holds.
+    """
+    units, long_names = [], []
+    first: _Axes | None = None
+    fields = np.empty(0, dtype=np.float32)
+    for c, src in enumerate(sources):
         paths = files[src.name].get(year, [])
         if not paths:
             raise UserError(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
-        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords)
-        da = da.sel(time=str(year))
+        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year=year)
+        axes = _Axes.of(src.name, paths, da)
         if first is None:
-            first = (src, da)
+            first = axes
+            frame = da.values[0, ::subsample, ::subsample].shape
+            fields = np.empty((da.sizes["time"], len(sources), *frame), dtype=np.float32)
         else:
-            _same_axes(first, (src, da), files, year)
-        arrays.append(da.values[:, ::subsample, ::subsample])
+            _same_axes(first, axes, year)
+        fields[:, c] = da.values[:, ::subsample, ::subsample]
         units.append(str(da.attrs.get("units", "")))
         long_names.append(str(da.attrs.get("long_name", src.var)))
-    src0, da0 = first
-    times = da0["time"].values.astype("datetime64[h]")
-    step = of_times(times, str([str(p) for p in files[src0.name][year]]), allow_gaps)
+        del da
+    times = first.times.astype("datetime64[h]")
+    step = of_times(times, str(first.files), allow_gaps)
     meta = shards.ShardMeta(
         channels=[s.name for s in sources],
         units=units,
         long_names=long_names,
         levels=[s.level for s in sources],
-        lat=da0["lat"].values[::subsample],
-        lon=da0["lon"].values[::subsample],
+        lat=first.lat[::subsample],
+        lon=first.lon[::subsample],
     )
-    return Year(times, np.stack(arrays, axis=1).astype(np.float32, copy=False), meta, step)
+    return Year(times, fields, meta, step)
 
 
-def _same_axes(
-    a: tuple[VariableSource, xr.DataArray],
-    b: tuple[VariableSource, xr.DataArray],
-    files: dict[str, dict[int, list[Path]]],
-    year: int,
-) -> None:
-    (sa, da), (sb, db) = a, b
-    names = {s.name: [str(p) for p in files[s.name][year]] for s in (sa, sb)}
-    where = f"{names[sb.name]} ({sb.name!r}) and {names[sa.name]} ({sa.name!r})"
-    ta, tb = da["time"].values, db["time"].values
+def _same_axes(a: _Axes, b: _Axes, year: int) -> None:
+    where = f"{b.files} ({b.name!r}) and {a.files} ({a.name!r})"
+    ta, tb = a.times, b.times
     if ta.shape != tb.shape or not np.array_equal(ta, tb):
         n = min(ta.size, tb.size)
         diff = np.flatnonzero(ta[:n] != tb[:n])
         detail = f"first difference at {tb[diff[0]]} vs {ta[diff[0]]}" if diff.size else f"{tb.size} vs {ta.size} times"
         raise UserError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
     for axis in ("lat", "lon"):
-        if da[axis].shape != db[axis].shape or not np.allclose(da[axis].values, db[axis].values):
+        va, vb = getattr(a, axis), getattr(b, axis)
+        if va.shape != vb.shape or not np.allclose(va, vb):
             raise UserError(
-                f"{where} are on different grids ({axis}: {db[axis].size} points "
-                f"[{db[axis].values[0]}..{db[axis].values[-1]}] vs {da[axis].size} points "
-                f"[{da[axis].values[0]}..{da[axis].values[-1]}]); regrid them to one grid first"
+                f"{where} are on different grids ({axis}: {vb.size} points [{vb[0]}..{vb[-1]}] vs {va.size} points "
+                f"[{va[0]}..{va[-1]}]); regrid them to one grid first"
             )
 
 

@@ -1,7 +1,9 @@
-"""WeatherBench-style netCDF trees: write the built-in synthetic dataset, read any regular lat/lon CF file.
+"""WeatherBench-style netCDF trees: write the built-in synthetic dataset; read any regular lat/lon CF source.
 
 Layout (as WeatherBench ships it): ``<long_name>/<long_name>_<year>_<res>deg.nc``, one folder per variable,
-one file per year, dims ``time, lat, lon`` (``time, level, lat, lon`` for pressure-level variables).
+one file per year, dims ``time, lat, lon`` (``time, level, lat, lon`` for pressure-level variables). A source may
+as well be a classic netCDF file or a Zarr store (a folder, as WeatherBench 2 ships ERA5) holding any number of years
+and variables: sources are opened lazily (`open_source`) and read one year at a time (`open_variable`).
 
 Grid convention after reading: latitude ascending (south→north), longitude ascending in [0, 360), dims exactly
 ``(time, lat, lon)``, float32. Sources may run latitude either way, use longitude −180..180 and give the axes any
@@ -12,6 +14,7 @@ came from.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +37,7 @@ COORD_ALIASES = {
     "level": ("level", "pressure_level", "isobaricInhPa", "plev", "lev"),
 }
 _REQUIRED = ("time", "lat", "lon")
+ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")  # what the root of a Zarr store holds: v2, v2 array, v3
 _SPACING_RTOL = 1e-4
 
 
@@ -119,8 +123,19 @@ def write_weatherbench_tree(
     return sorted(written)
 
 
+def is_zarr(path: Path) -> bool:
+    """Is ``path`` the root of a Zarr store (a folder, as WeatherBench 2 ships ERA5)?"""
+    return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
+
+
+def _in_store(path: Path, root: Path) -> bool:
+    """Is ``path`` inside a Zarr store under ``root`` (a chunk, metadata or a group, not a source of its own)?"""
+    return any(is_zarr(root / parent) for parent in path.relative_to(root).parents if parent != Path("."))
+
+
 def find_files(root: str | Path, file_glob: str) -> list[Path]:
-    """Files under ``root`` matching ``file_glob`` (relative, may use ``**``), sorted so years come in order."""
+    """Sources under ``root`` matching ``file_glob`` (relative, may use ``**``): netCDF files and Zarr stores
+    (folders), sorted so years come in order; the files inside a matched store are not sources of their own."""
     root = Path(root)
     if Path(file_glob).is_absolute():
         raise UserError(f"file_glob {file_glob!r} must be relative to the data root {root}; drop the leading '/'")
@@ -129,11 +144,11 @@ def find_files(root: str | Path, file_glob: str) -> list[Path]:
             f"data root {root} does not exist or is not a folder; check data.root "
             f"(run `met2net data synthetic` to create the built-in dataset)"
         )
-    paths = sorted(p for p in root.glob(file_glob) if p.is_file())
+    paths = [p for p in sorted(root.glob(file_glob)) if (is_zarr(p) or p.is_file()) and not _in_store(p, root)]
     if not paths:
         raise FileNotFoundError(
             f"no files match {file_glob!r} under {root}; check data.variables[].file_glob "
-            f"(e.g. '2m_temperature/*.nc') and data.root"
+            f"(e.g. '2m_temperature/*.nc', or 'era5.zarr' for a Zarr store) and data.root"
         )
     return paths
 
@@ -232,7 +247,18 @@ def normalise_grid(da: xr.DataArray) -> xr.DataArray:
     lon = np.where(lon >= 360, lon - 360, lon)
     _check_regular(np.sort(lon), "lon", where)
     da = da.assign_coords(lon=("lon", lon, da["lon"].attrs))
-    return da.sortby("lat").sortby("lon")
+    return _ascending(_ascending(da, "lat"), "lon")
+
+
+def _ascending(da: xr.DataArray, axis: str) -> xr.DataArray:
+    """``da`` with ``axis`` ascending: as it is, a reversed view (north→south latitude), or a sorted copy (longitude
+    from −180); views keep the memory of a converted year at one copy of the data."""
+    steps = np.diff(da[axis].values)
+    if (steps > 0).all():
+        return da
+    if (steps < 0).all():
+        return da.isel({axis: slice(None, None, -1)})
+    return da.sortby(axis)
 
 
 def _select_level(da: xr.DataArray, level: int | None, path: Path, var: str) -> xr.DataArray:
@@ -294,25 +320,75 @@ def _in_hpa(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _read_one(path: Path, var: str, level: int | None, coords: Mapping[str, str] | None = None) -> xr.DataArray:
-    """One file's ``var`` in memory on the normalised grid; the file is closed before returning."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
+def open_source(path: Path) -> xr.Dataset:
+    """A netCDF file (classic or netCDF4) or a Zarr store (a folder, v2 or v3) opened lazily: coordinates are read,
+    a data variable only when a selection of it is loaded. Close it (``with``) when done."""
+    try:
+        if is_zarr(path):
+            with warnings.catch_warnings():  # stores without consolidated metadata open fine, only slower
+                warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated", RuntimeWarning)
+                return xr.open_zarr(path, chunks=None)  # lazily indexed without dask
+        return xr.open_dataset(path, engine="netcdf4", chunks=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(
+            f"{path}: cannot be read as a netCDF file or a Zarr store ({type(err).__name__}: {err}); check that the "
+            "file is complete, or narrow data.variables[].file_glob to the data files"
+        ) from None
+
+
+def source_times(ds: xr.Dataset, where: str) -> np.ndarray:
+    """The time axis of ``ds`` (axes already renamed to ours; a 1-D ``time`` dimension coordinate) as datetime64,
+    checked to be whole hours."""
+    if ds["time"].dims != ("time",):
+        raise UserError(
+            f"{where}: its time coordinate has dimensions {ds['time'].dims}, not one time dimension; it has "
+            f"{layout(ds)}; name the time dimension coordinate in data.coords"
+        )
+    times = np.asarray(ds["time"].values)
+    if not np.issubdtype(times.dtype, np.datetime64):
+        raise UserError(
+            f"{where}: its time coordinate does not decode to dates (dtype {times.dtype}, units "
+            f"{ds['time'].attrs.get('units', ds['time'].encoding.get('units'))!r}); give it CF units such as "
+            "'hours since 1970-01-01'"
+        )
+    check_whole_hours(times, where)
+    return times
+
+
+def _positions(times: np.ndarray, year: int) -> slice | np.ndarray:
+    """Where ``year``'s times are: a slice when they are contiguous (one read), else their indices."""
+    idx = np.flatnonzero(times.astype("datetime64[Y]").astype(np.int64) + 1970 == year)
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+def _read_one(
+    path: Path, var: str, level: int | None, coords: Mapping[str, str] | None = None, year: int | None = None
+) -> xr.DataArray:
+    """One source's ``var`` (of ``year`` only, when given) in memory on the normalised grid; the source is closed
+    before returning. Only the selected times are read: a multi-year file costs one year's memory per call."""
+    with open_source(path) as ds:
         ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
-        check_whole_hours(ds["time"].values, str(path))
+        times = source_times(ds, str(path))
         if var not in ds.data_vars:
             raise UserError(
                 f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
                 f"fix 'var' in its data.variables entry"
             )
-        da = _select_level(ds[var], level, path, var)
-        da.encoding["source"] = str(path)
-        da = normalise_grid(da)
+        da = ds[var].assign_coords(time=("time", times))
+        if year is not None:
+            da = da.isel(time=_positions(times, year))
+        da = _select_level(da, level, path, var)
         if set(da.dims) != {"time", "lat", "lon"}:
             raise UserError(
                 f"{path}: variable {var!r} has dims {da.dims} after level selection; "
                 f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
             )
-        return da.transpose("time", "lat", "lon").astype(np.float32).load()
+        da = da.load()  # the selected times only, in the file's own order and dtype
+    da.encoding["source"] = str(path)
+    da = normalise_grid(da).transpose("time", "lat", "lon")
+    return da.astype(np.float32, copy=False)
 
 
 def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> None:
@@ -326,17 +402,22 @@ def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> 
 
 
 def open_variable(
-    paths: list[Path], var: str, level: int | None = None, coords: Mapping[str, str] | None = None
+    paths: list[Path],
+    var: str,
+    level: int | None = None,
+    coords: Mapping[str, str] | None = None,
+    year: int | None = None,
 ) -> xr.DataArray:
-    """Read ``var`` from yearly files into one (time, lat, lon) float32 array, time ascending; ``coords``: the
-    files' names of our axes where the common ones do not fit (``data.coords``).
+    """Read ``var`` from sources (netCDF files or Zarr stores) into one (time, lat, lon) float32 array, time
+    ascending; ``coords``: the files' names of our axes where the common ones do not fit (``data.coords``); ``year``:
+    read that year's times only (the rest of a multi-year source is never read).
 
-    Loads eagerly and closes each file, so no handles outlive the call (safe with forked data-loader workers).
+    Loads eagerly and closes each source, so no handles outlive the call (safe with forked data-loader workers).
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
-    parts = [_read_one(p, var, level, coords) for p in paths]
+    parts = [_read_one(p, var, level, coords, year) for p in paths]
     _check_same_grid(parts, paths, var)
     da = (
         xr.concat(parts, dim="time", coords="minimal", compat="override", join="override", combine_attrs="override")

@@ -2,11 +2,12 @@
 a set only once its successor is complete.
 
 ``index.json`` records the conversion (``conversion``): the settings that decide the shards' content and every
-source file's path, size and modification time. A re-run with the same record keeps the valid shards (an
-unchanged re-run writes nothing); a different record is refused unless ``--force``, because reusing shards built
-from other files or settings would silently mix two datasets. With ``--force`` the new set is built in a hidden
-sibling directory (``.<out>.rebuild-<pid>-<hex>``) and swapped in only once its index is written, so a failed or
-killed run never costs the old, valid shards, and the old ``stats.json`` goes with the old shards.
+source's path, size and modification time (of a Zarr store: its files' total size and newest time). A re-run with
+the same record keeps the valid shards (an unchanged re-run writes nothing); a different record is refused unless
+``--force``, because reusing shards built from other files or settings would silently mix two datasets. With
+``--force`` the new set is built in a hidden sibling directory (``.<out>.rebuild-<pid>-<hex>``) and swapped in only
+once its index is written, so a failed or killed run never costs the old, valid shards, and the old ``stats.json``
+goes with the old shards.
 
 A run killed outright (SIGKILL, a lost node) can leave our temporaries behind: `clean_stale` removes them at the
 start of the next run into the same directory and says what it removed (one conversion per directory at a time).
@@ -33,10 +34,24 @@ def record(settings: dict, root: Path, paths: list[Path]) -> dict:
     """The ``conversion`` entry of index.json for ``settings`` and the source files ``paths`` under ``root``."""
     sources = []
     for path in sorted(set(paths)):
-        st = path.stat()
+        size, mtime_ns = _fingerprint(path)
         rel = path.relative_to(root) if path.is_relative_to(root) else path
-        sources.append({"path": str(rel), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        sources.append({"path": str(rel), "size": size, "mtime_ns": mtime_ns})
     return {"settings": settings, "root": str(root.resolve()), "sources": sources}
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    """(size, modification time) of a source: of the file, or for a Zarr store (a folder) the total size of its
+    files and the newest modification time among them and its folders (a rewritten chunk changes one file only)."""
+    if not path.is_dir():
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    size, newest = 0, path.stat().st_mtime_ns
+    for entry in path.rglob("*"):
+        st = entry.stat()
+        newest = max(newest, st.st_mtime_ns)
+        size += st.st_size if entry.is_file() else 0
+    return size, newest
 
 
 def _listed(items: list[str]) -> str:

@@ -369,3 +369,95 @@ def test_sub_hourly_data_is_refused_naming_the_file(tree, tmp_path):
         rewrite(path, lambda ds: ds.assign_coords(time=half_hours))
     with pytest.raises(ValueError, match=r"wind_2010_11\.25deg\.nc: time step 30 min .*shorter than an hour"):
         convert(tree, cfg(), tmp_path / "out", progress=False)
+
+
+# -- sources: Zarr stores, netCDF classic, multi-year files read one year at a time -----------------------------------
+
+
+def one_source(tree: Path) -> xr.Dataset:
+    """All variables and years of the WeatherBench tree in one dataset, as WeatherBench 2 ships ERA5."""
+    parts = []
+    for path in sorted(tree.rglob("*.nc")):
+        with xr.open_dataset(path) as ds:
+            parts.append(ds.load())
+    by_var = {}
+    for ds in parts:
+        by_var.setdefault(next(iter(ds.data_vars)), []).append(ds)
+    return xr.merge([xr.concat(dss, "time") for dss in by_var.values()], join="outer")
+
+
+def source_cfg(glob: str, *overrides):
+    entries = [f"{{name: {v}, file_glob: '{glob}', var: {v}{', level: 1000' if v == 'r' else ''}}}" for v in VARS]
+    return cfg(f"data.variables=[{', '.join(entries)}]", *overrides)
+
+
+@pytest.mark.parametrize("kind", ["zarr_v2", "zarr_v3", "netcdf3_classic"])
+def test_a_zarr_store_or_classic_netcdf_gives_the_shards_of_the_netcdf_tree(tree, tmp_path, kind):
+    convert(tree, cfg(), tmp_path / "tree", progress=False)
+    one = one_source(tree).isel(lat=slice(None, None, -1))  # north → south, as ERA5 stores it
+    root = tmp_path / "one"
+    root.mkdir()
+    if kind == "netcdf3_classic":
+        one.to_netcdf(root / "era5.nc", format="NETCDF3_CLASSIC")
+        glob = "*.nc"
+    else:
+        one.to_zarr(root / "era5.zarr", zarr_format=int(kind[-1]), consolidated=kind == "zarr_v2", mode="w")
+        glob = "*"  # matches the store, not the chunk and metadata files inside it
+    convert(root, source_cfg(glob), tmp_path / "one_shards", progress=False)
+    same_shards(tmp_path / "tree", tmp_path / "one_shards")
+    [source] = read_index(tmp_path / "one_shards")["conversion"]["sources"]
+    assert source["path"] == ("era5.nc" if kind == "netcdf3_classic" else "era5.zarr")
+
+
+def test_a_rewritten_zarr_chunk_is_a_changed_source(tree, tmp_path):
+    root = tmp_path / "one"
+    one_source(tree).to_zarr(root / "era5.zarr", zarr_format=2, mode="w")
+    convert(root, source_cfg("era5.zarr"), tmp_path / "out", progress=False)
+    chunk = next((root / "era5.zarr" / "t2m").glob("0.*"))
+    data = chunk.read_bytes()
+    chunk.write_bytes(data + b"\0")  # one file of the store changes, its folder's mtime does not
+    with pytest.raises(ValueError, match=r"1 source file changed: era5\.zarr \(\d+ → \d+ bytes\)"):
+        convert(root, source_cfg("era5.zarr"), tmp_path / "out", progress=False)
+
+
+def test_a_file_that_is_no_netcdf_is_named(tree, tmp_path):
+    (tree / "2m_temperature" / "notes.nc").write_text("not a netCDF file\n")
+    with pytest.raises(ValueError, match=r"notes\.nc: cannot be read as a netCDF file or a Zarr store"):
+        convert(tree, cfg(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_multi_year_file_is_read_one_year_at_a_time(tmp_path):
+    """Peak memory of converting a 12-year file stays near one shard: the whole file was once loaded for every
+    year it holds (12 × the memory and the time)."""
+    import tracemalloc
+
+    years = list(range(2001, 2013))
+    times = np.arange("2001-01-01", "2013-01-01", dtype="datetime64[D]").astype("datetime64[ns]")
+    lat, lon = np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625
+    values = np.random.default_rng(0).standard_normal((times.size, 32, 64)).astype(np.float32)
+    xr.Dataset({"t2m": (("time", "lat", "lon"), values)}, coords={"time": times, "lat": lat, "lon": lon}).to_netcdf(
+        tmp_path / "t2m.nc"
+    )
+    config = small_config(
+        "model.variables=[t2m]",
+        "model.grid=[32,64]",
+        "data.variables=[{name: t2m, file_glob: t2m.nc, var: t2m}]",
+        f"data.train_years={years[:-2]}",
+        f"data.val_years={years[-2:]}",
+        "data.test_years=[]",
+    )
+    shard_bytes = 366 * 32 * 64 * 4
+    tracemalloc.start()
+    try:
+        convert(tmp_path, config, tmp_path / "out", progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert values.nbytes > 11 * shard_bytes
+    assert peak < 4 * shard_bytes, f"peak {peak / 2**20:.1f} MiB for shards of {shard_bytes / 2**20:.1f} MiB"
+    assert read_index(tmp_path / "out")["time_step_hours"] == 24
+    np.testing.assert_array_equal(
+        fields(tmp_path / "out", 2004)[:, 0],
+        values[(times >= np.datetime64("2004-01-01")) & (times < np.datetime64("2005-01-01"))],
+    )
