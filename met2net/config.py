@@ -306,7 +306,11 @@ def validate(cfg: Config) -> None:
         f"so set model.out_frames={m.in_frames}",
     )
     _need(m.hid_s % 2 == 0, "model.hid_s", f"must be even (GroupNorm with 2 groups), got {m.hid_s}")
-    _need(m.hid_t % m.num_heads == 0, "model.hid_t", f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}")
+    _need(
+        m.hid_t % m.num_heads == 0,
+        "model.hid_t",
+        f"{m.hid_t} is not divisible by model.num_heads={m.num_heads}; choose heads that divide it",
+    )
     _need(0.0 <= m.drop_path < 1.0, "model.drop_path", f"must be in [0, 1), got {m.drop_path}")
     for key in ("codec", "translator"):
         v = getattr(cfg.momentum, key)

@@ -141,14 +141,14 @@ def find_files(root: str | Path, file_glob: str) -> list[Path]:
         raise UserError(f"file_glob {file_glob!r} must be relative to the data root {root}; drop the leading '/'")
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data root {root} does not exist or is not a folder; check data.root "
+            f"data root {root} does not exist or is not a folder; check SRC of met2net data convert SRC "
             f"(run `met2net data synthetic` to create the built-in dataset)"
         )
     paths = [p for p in sorted(root.glob(file_glob)) if (is_zarr(p) or p.is_file()) and not _in_store(p, root)]
     if not paths:
         raise FileNotFoundError(
             f"no files match {file_glob!r} under {root}; check data.variables[].file_glob "
-            f"(e.g. '2m_temperature/*.nc', or 'era5.zarr' for a Zarr store) and data.root"
+            f"(e.g. '2m_temperature/*.nc', or 'era5.zarr' for a Zarr store) and SRC of met2net data convert SRC"
         )
     return paths
 

@@ -338,7 +338,7 @@ def _shard_times(path: Path, entry: dict, meta: ShardMeta) -> np.ndarray:
         or shape[0] != times.size
         or (times.size and (iso(times[0]), iso(times[-1])) != (entry["first_time"], entry["last_time"]))
     ):
-        raise ShardError(f"{path.name}: times do not match index.json; {_FIX}")
+        raise ShardError(f"{path}: times do not match index.json; {_FIX}")
     return times
 
 
