@@ -270,14 +270,54 @@ def cmd_scale_comm(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_report(args: argparse.Namespace) -> int:
-    from met2net.scaling.report import read_results, report
+    from met2net.scaling.report import write_report
 
-    text, parity_ok = report(read_results(Path(args.out) / "results.csv"), args.tolerance)
-    path = Path(args.out) / "report.md"
-    path.write_text(text)
+    text, parity_ok = write_report(args.out, args.tolerance, with_plots=not args.no_plots)
     print(text, end="")
-    print(f"wrote {path}" + ("" if parity_ok else "; first losses differ across ZeRO stages beyond the tolerance"))
+    print(
+        f"wrote {Path(args.out) / 'report.md'}"
+        + ("" if args.no_plots else f" and plots in {Path(args.out) / 'plots'}")
+        + ("" if parity_ok else "; first losses differ across ZeRO stages beyond the tolerance")
+    )
     return 0 if parity_ok else 1
+
+
+def cmd_scale_run(args: argparse.Namespace) -> int:
+    from met2net.scaling.sweep import load_sweep
+    from met2net.study.runner import describe, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    out = Path(args.out or Path("runs/scaling") / Path(args.sweep).stem)
+    print(describe(sweep, args.executor))
+    if args.dry_run:
+        print("dry run: nothing trained")
+        return 0
+    summary = run_sweep(sweep, out, args.executor, retry_failed=args.retry_failed)
+    print(
+        f"sweep: {len(summary.ran)} point(s) run ({len(summary.failed)} failed), {len(summary.skipped)} skipped; "
+        f"results in {out / 'results.csv'}"
+    )
+    from met2net.scaling.report import read_results, write_report
+
+    try:
+        read_results(out / "results.csv")
+    except UserError as e:  # no point has trained yet: nothing to report
+        print(f"no report: {e}")
+        return 1
+    _, parity_ok = write_report(out)
+    print(f"wrote {out / 'report.md'} and plots in {out / 'plots'}")
+    if not parity_ok:
+        print("first losses differ across ZeRO stages beyond the tolerance (see the report)")
+    return 0 if parity_ok and not summary.failed else 1
+
+
+def cmd_scale_point(args: argparse.Namespace) -> int:
+    from met2net.study.point import run_point
+
+    result = run_point(args.point)
+    if result is not None:
+        print(f"point done: {len(result['ranks'])} rank(s), result in {args.point}'s result file")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("-o", "--out", type=Path, required=True, help="directory for <metric>_<variable>.png")
     scores.add_argument("--metric", action="append", help="metric to plot, repeatable (default: rmse_w and acc)")
     scores.set_defaults(func=cmd_plot_scores)
-    scale = sub.add_parser("scale", help="scaling studies: projection, calibration (docs/scaling.md)").add_subparsers(
-        dest="action", required=True
-    )
+    scale = sub.add_parser(
+        "scale", help="scaling studies: sweeps, reports, projection (docs/scaling.md)"
+    ).add_subparsers(dest="action", required=True)
     proj = scale.add_parser("project", help="step time, samples/s and efficiency at 8 … 1024 GPUs, ZeRO 0–3")
     proj.add_argument("--compute-per-sample", type=float, required=True, help="seconds, forward+backward+optimizer")
     proj.add_argument("--batch-per-rank", type=int, required=True, help="samples per rank per optimizer step")
@@ -450,7 +490,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep = scale.add_parser("report", help="a sweep's OUT/results.csv → OUT/report.md (exit 1 when parity fails)")
     rep.add_argument("out", help="sweep directory holding results.csv")
     rep.add_argument("--tolerance", type=float, default=1e-4, help="relative, first losses across ZeRO stages")
+    rep.add_argument("--no-plots", action="store_true", help="the tables only")
     rep.set_defaults(func=cmd_scale_report)
+    run = scale.add_parser(
+        "run", help="train every point of a sweep file, one row each in OUT/results.csv, then the report"
+    )
+    run.add_argument("sweep", help="sweep YAML: base config, axes, warm-up and timed steps (docs/scaling.md)")
+    run.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: torchrun on this machine; slurm: one submitit job per point",
+    )
+    run.add_argument("-o", "--out", help="sweep directory (default runs/scaling/<sweep file name>)")
+    run.add_argument("--retry-failed", action="store_true", help="run points whose last row failed again")
+    run.add_argument("--dry-run", action="store_true", help="list the points, train nothing")
+    run.set_defaults(func=cmd_scale_run)
+    point = scale.add_parser("point", help="one sweep point on this job's ranks (what scale run starts)")
+    point.add_argument("point", help="the point's point.json, written by scale run")
+    point.set_defaults(func=cmd_scale_point)
     return parser
 
 

@@ -1,26 +1,32 @@
 """`met2net scale report OUT`: a sweep's `OUT/results.csv` as Markdown tables: throughput with strong- and weak-scaling
 efficiency, peak memory per rank against ZeRO stage, and the parity check that every ZeRO stage starts with the same
-losses (docs/scaling.md). Reading and arithmetic only; the sweep that writes the file is issue 15's item 1.
+losses (docs/scaling.md); with a sweep's step-time split and state bytes, tables of those too. Reading and arithmetic;
+``write_report`` also draws the plots (``plots.py``). ``met2net scale run`` (``met2net/study/runner.py``) writes the
+file.
 
 results.csv has one row per point: ``world_size, zero_stage, micro_batch, samples_per_s, peak_memory_mib,
-first_losses`` (the first training losses, ``;``-separated) and optionally ``accumulation`` (default 1); other
-columns are ignored.
+first_losses`` (the first training losses, ``;``-separated) and optionally ``accumulation`` (default 1), ``name``,
+``status`` (only ``ok`` rows are measured points; a point's last row counts) and the step-time split
+(``data_s`` … ``other_s``); other columns are ignored. ``met2net scale run`` writes all of them
+(``results.py``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from met2net.errors import UserError
 from met2net.scaling.table import read_rows
+from met2net.scaling.timing import SPLIT
 
 COLUMNS = ("world_size", "zero_stage", "micro_batch", "samples_per_s", "peak_memory_mib", "first_losses")
 # ZeRO stages change where state lives and the order of reductions, not the arithmetic: in fp32 on gloo the losses
 # were bitwise equal (FACTS.md); NCCL's reduction order and bf16 leave differences of rounding size
 DEFAULT_TOLERANCE = 1e-4
+HELD = ("parameters", "gradients", "optimizer")  # the ``<kind>_bytes`` columns: what a rank holds (footprint.py)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,21 @@ class Point:
     samples_per_s: float
     peak_memory_mib: float
     first_losses: tuple[float, ...]
+    name: str = ""
+    split: dict[str, float] = field(default_factory=dict)  # part of SPLIT → mean seconds per step; empty: not in file
+    held: dict[str, float] = field(default_factory=dict)  # parameters/gradients/optimizer → bytes on the largest rank
+    precision: str = ""
+    activation_checkpointing: str = ""
+
+    @property
+    def setting(self) -> str:
+        """What must be equal, besides ranks and batch, for losses to be comparable across ZeRO stages."""
+        ac = ", activation checkpointing" if self.activation_checkpointing == "true" else ""
+        return f"{self.micro_batch} × {self.accumulation}" + (f", {self.precision}" if self.precision else "") + ac
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.world_size} ranks, ZeRO {self.zero_stage}, {self.micro_batch}×{self.accumulation}"
 
     @property
     def global_batch(self) -> int:
@@ -45,13 +66,24 @@ class Parity:
     stages: tuple[int, ...]
     compared: int  # losses compared (the shortest list's length)
     max_rel_diff: float  # against the lowest stage's losses
+    setting: str = ""  # micro-batch × accumulation, precision (Point.setting)
 
     def ok(self, tolerance: float) -> bool:
         return self.compared > 0 and self.max_rel_diff <= tolerance
 
 
-def read_results(path: str | Path) -> list[Point]:
+def latest_rows(path: str | Path) -> list[dict[str, str]]:
+    """The file's rows, a named point's last row only (a sweep that retried a failed point appended a second one)."""
     rows = read_rows(path, COLUMNS)
+    last = {r.get("name") or f"#{i}": r for i, r in enumerate(rows)}
+    return list(last.values())
+
+
+def read_results(path: str | Path) -> list[Point]:
+    """The measured points: rows without a status, or with status ok."""
+    rows = [r for r in latest_rows(path) if (r.get("status") or "ok") == "ok"]
+    if not rows:
+        raise UserError(f"{path}: no point with status ok to report on")
     try:
         return [
             Point(
@@ -62,11 +94,21 @@ def read_results(path: str | Path) -> list[Point]:
                 float(r["samples_per_s"]),
                 float(r["peak_memory_mib"]),
                 tuple(float(x) for x in r["first_losses"].split(";") if x.strip()),
+                r.get("name") or "",
+                {part: float(r[f"{part}_s"]) for part in SPLIT if r.get(f"{part}_s")},
+                {k: float(r[f"{k}_bytes"]) for k in HELD if r.get(f"{k}_bytes")},
+                r.get("precision") or "",
+                (r.get("activation_checkpointing") or "").lower(),
             )
             for r in rows
         ]
     except ValueError as e:
         raise UserError(f"{path}: {e}") from e
+
+
+def read_failed(path: str | Path) -> list[tuple[str, str]]:
+    """(name, error) of every point whose last row failed."""
+    return [(r.get("name", ""), r.get("error", "")) for r in latest_rows(path) if r.get("status") == "failed"]
 
 
 def efficiency(point: Point, base: Point) -> float:
@@ -123,11 +165,16 @@ def rel_diff(a: float, b: float) -> float:
 
 
 def parity(points: Sequence[Point]) -> list[Parity]:
-    """For every (ranks, global batch) run at several ZeRO stages: the largest relative difference of any stage's
-    first losses from the lowest stage's, over the losses both recorded."""
+    """For every (ranks, micro-batch × accumulation, precision, activation checkpointing) run at several ZeRO stages:
+    the largest relative difference of any stage's first losses from the lowest stage's, over the losses all
+    recorded. Anything but the stage differing (a bf16 point beside fp32 ones, a micro-batch that changes the batch
+    norm's statistics) would make the losses differ for another reason."""
+    groups: dict[tuple[int, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.world_size, p.setting), []).append(p)
     checks = []
-    for n, g in sorted({(p.world_size, p.global_batch) for p in points}):
-        group = sorted((p for p in points if (p.world_size, p.global_batch) == (n, g)), key=lambda p: p.zero_stage)
+    for (n, setting), group in sorted(groups.items()):
+        group = sorted(group, key=lambda p: p.zero_stage)
         if len({p.zero_stage for p in group}) < 2:
             continue
         base, others = group[0], group[1:]
@@ -136,26 +183,88 @@ def parity(points: Sequence[Point]) -> list[Parity]:
             (rel_diff(a, b) for p in others for a, b in zip(p.first_losses[:compared], base.first_losses)),
             default=0.0,
         )
-        checks.append(Parity(n, g, tuple(p.zero_stage for p in group), compared, worst))
+        checks.append(Parity(n, base.global_batch, tuple(p.zero_stage for p in group), compared, worst, setting))
     return checks
 
 
 def parity_table(checks: Sequence[Parity], tolerance: float) -> str:
     head = (
-        f"| ranks | global batch | ZeRO stages | losses compared | max relative difference | ≤ {tolerance:g} |\n"
-        "|---:|---:|---|---:|---:|---|"
+        "| ranks | global batch | per rank | ZeRO stages | losses compared | max relative difference | "
+        f"≤ {tolerance:g} |\n|---:|---:|---|---|---:|---:|---|"
     )
     rows = [
-        f"| {c.world_size} | {c.global_batch} | {', '.join(map(str, c.stages))} | {c.compared} | "
+        f"| {c.world_size} | {c.global_batch} | {c.setting} | {', '.join(map(str, c.stages))} | {c.compared} | "
         f"{c.max_rel_diff:.3g} | {'yes' if c.ok(tolerance) else 'NO'} |"
         for c in checks
     ]
-    return "\n".join([head, *rows]) if rows else "no (ranks, global batch) was run at more than one ZeRO stage"
+    return "\n".join([head, *rows]) if rows else "no point was run at more than one ZeRO stage with all else equal"
 
 
-def report(points: Sequence[Point], tolerance: float = DEFAULT_TOLERANCE) -> tuple[str, bool]:
-    """The Markdown report and whether every parity check passed."""
+def split_table(points: Sequence[Point]) -> str:
+    """Milliseconds per optimizer step in each part (mean over the timed steps and the ranks), for points that have
+    the split."""
+    head = (
+        "| point | ranks | ZeRO | step (ms) | " + " | ".join(SPLIT) + " |\n|---|---:|---:|---:|" + "---:|" * len(SPLIT)
+    )
+    rows = [
+        f"| {p.label} | {p.world_size} | {p.zero_stage} | {sum(p.split.values()) * 1e3:,.1f} | "
+        + " | ".join(f"{p.split.get(part, 0.0) * 1e3:,.1f}" for part in SPLIT)
+        + " |"
+        for p in sorted(points, key=lambda p: (p.world_size, p.zero_stage, p.micro_batch, p.accumulation))
+        if p.split
+    ]
+    return "\n".join([head, *rows]) if rows else ""
+
+
+def held_table(points: Sequence[Point]) -> str:
+    """MiB of parameters, gradients and optimizer state on the rank that holds the most, for points that have them."""
+    head = "| point | ranks | ZeRO | " + " | ".join(f"{k} (MiB)" for k in HELD) + " |\n|---|---:|---:|" + "---:|" * 3
+    rows = [
+        f"| {p.label} | {p.world_size} | {p.zero_stage} | "
+        + " | ".join(f"{p.held.get(k, 0.0) / 2**20:,.3f}" for k in HELD)
+        + " |"
+        for p in sorted(points, key=lambda p: (p.world_size, p.micro_batch, p.accumulation, p.zero_stage))
+        if p.held
+    ]
+    return "\n".join([head, *rows]) if rows else ""
+
+
+def failed_table(failed: Sequence[tuple[str, str]]) -> str:
+    return "| point | error |\n|---|---|\n" + "\n".join(f"| {n} | {e.replace('|', '/')} |" for n, e in failed)
+
+
+def report(
+    points: Sequence[Point],
+    tolerance: float = DEFAULT_TOLERANCE,
+    failed: Sequence[tuple[str, str]] = (),
+    plots: Sequence[str] = (),
+) -> tuple[str, bool]:
+    """The Markdown report and whether every parity check passed. ``failed``: (name, error) of failed points;
+    ``plots``: PNG paths relative to the report, shown at its end."""
     checks = parity(points)
+    split, held = split_table(points), held_table(points)
+    sections = [
+        *(
+            [
+                "## State held per rank\n\nParameters, gradients and optimizer state (with ZeRO's fp32 master "
+                "partitions) as the rank holding the most had them at its first timed optimizer step, counted from "
+                "the tensors' storages (docs/scaling.md).\n\n" + held
+            ]
+            if held
+            else []
+        ),
+        *(
+            [
+                "## Step-time split\n\nMilliseconds per optimizer step, mean over the timed steps and the ranks; "
+                "each part without the communication inside it, `comm` the time in collectives (made blocking "
+                "to time them), `other` the rest of the step (docs/scaling.md).\n\n" + split
+            ]
+            if split
+            else []
+        ),
+        *(["## Failed points\n\n" + failed_table(failed)] if failed else []),
+        *(["## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plots)] if plots else []),
+    ]
     text = "\n\n".join(
         [
             "# Scaling sweep",
@@ -163,8 +272,26 @@ def report(points: Sequence[Point], tolerance: float = DEFAULT_TOLERANCE) -> tup
             "ZeRO stage and, for strong scaling, the same global batch; for weak scaling, the same per-rank batch).\n\n"
             + throughput_table(points),
             "## Peak memory per rank\n\n" + memory_table(points),
-            f"## Parity across ZeRO stages\n\nFirst training losses of every stage against the lowest stage's, "
-            f"relative tolerance {tolerance:g}.\n\n" + parity_table(checks, tolerance),
+            f"## Parity across ZeRO stages\n\nFirst training losses (rank 0's) of every stage against the lowest "
+            f"stage's with everything else equal, relative tolerance {tolerance:g}.\n\n"
+            + parity_table(checks, tolerance),
+            *sections,
         ]
     )
     return text + "\n", all(c.ok(tolerance) for c in checks)
+
+
+def write_report(out: str | Path, tolerance: float = DEFAULT_TOLERANCE, with_plots: bool = True) -> tuple[str, bool]:
+    """``out/report.md`` (and ``out/plots/*.png``) from ``out/results.csv``: the report's text and whether parity
+    held."""
+    out = Path(out)
+    path = out / "results.csv"
+    points = read_results(path)
+    plots: list[str] = []
+    if with_plots:
+        from met2net.scaling.plots import write_plots
+
+        plots = [str(p.relative_to(out)) for p in write_plots(points, out / "plots")]
+    text, ok = report(points, tolerance, read_failed(path), plots)
+    (out / "report.md").write_text(text)
+    return text, ok

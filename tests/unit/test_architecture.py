@@ -59,6 +59,16 @@ NEVER = {
         "deepspeed",
         "submitit",
     ),
+    # a sweep point builds the trainer `met2net train` builds and submits through launch/; it measures with scaling/
+    "met2net/study": (
+        "met2net.train",
+        "met2net.model",
+        "met2net.data",
+        "met2net.evaluation",
+        "met2net.consolidate",
+        "met2net.cli",
+        "deepspeed",
+    ),
     "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
     # consolidation reads a checkpoint's files alone: no trainer, no launcher, and not DeepSpeed itself
     "met2net/consolidate": (

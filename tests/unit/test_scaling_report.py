@@ -4,7 +4,15 @@ import pytest
 
 from met2net.cli import main
 from met2net.errors import UserError
-from met2net.scaling.report import memory_table, parity, read_results, rel_diff, report, throughput_table
+from met2net.scaling.report import (
+    memory_table,
+    parity,
+    read_results,
+    rel_diff,
+    report,
+    throughput_table,
+    write_report,
+)
 
 RESULTS = """world_size,zero_stage,micro_batch,samples_per_s,peak_memory_mib,first_losses,precision
 1,0,4,10.0,1000,0.5;0.4;0.3,fp32
@@ -69,7 +77,7 @@ def test_rel_diff_edges():
 
 def test_report_and_command(points, tmp_path, capsys):
     text, ok = report(points, 1e-4)
-    assert not ok and "| 2 | 4 | 0, 3 | 3 | 0.025 | NO |" in text
+    assert not ok and "| 2 | 4 | 2 × 1, fp32 | 0, 3 | 3 | 0.025 | NO |" in text
     assert report(points, 0.03)[1]
     assert main(["scale", "report", str(tmp_path)]) == 1  # parity fails at the default tolerance
     assert "first losses differ across ZeRO stages" in capsys.readouterr().out
@@ -81,3 +89,29 @@ def test_missing_columns_are_named(tmp_path):
     (tmp_path / "results.csv").write_text("world_size,zero_stage\n1,0\n")
     with pytest.raises(UserError, match="missing"):
         read_results(tmp_path / "results.csv")
+
+
+SWEPT = """name,status,error,world_size,zero_stage,micro_batch,accumulation,precision,samples_per_s,peak_memory_mib,\
+first_losses,data_s,forward_s,backward_s,optimizer_s,comm_s,other_s,parameters_bytes,gradients_bytes,optimizer_bytes
+a,ok,,1,0,2,1,fp32,10.0,300,0.5;0.4,0.001,0.02,0.03,0.01,0.0,0.002,1000,1000,2000
+b,failed,out of memory,2,0,2,1,fp32,,,,,,,,,,,,
+b,ok,,2,0,2,1,fp32,16.0,320,0.6;0.5,0.001,0.02,0.03,0.01,0.04,0.002,1000,500,1500
+c,ok,,2,3,2,1,fp32,12.0,280,0.6;0.5,0.001,0.03,0.04,0.01,0.09,0.002,500,500,1500
+d,ok,,2,3,2,1,bf16,13.0,270,0.61;0.52,0.001,0.02,0.03,0.01,0.09,0.002,500,500,1500
+e,failed,"rank 1 died",4,0,2,1,fp32,,,,,,,,,,,,
+"""
+
+
+def test_a_sweeps_file_its_failures_split_and_plots(tmp_path):
+    (tmp_path / "results.csv").write_text(SWEPT)
+    points = read_results(tmp_path / "results.csv")
+    assert [p.name for p in points] == ["a", "b", "c", "d"]  # b's retry counts, e failed
+    assert points[1].split["comm"] == 0.04 and points[3].held["optimizer"] == 1500
+    checks = parity(points)  # b against c (fp32); d is bf16: compared with nothing
+    assert [(c.stages, c.setting, c.max_rel_diff) for c in checks] == [((0, 3), "2 × 1, fp32", 0.0)]
+    text, ok = write_report(tmp_path)
+    assert ok and "| e | rank 1 died |" in text and "out of memory" not in text
+    assert "| b | 2 | 0 | 103.0 | 1.0 | 20.0 | 30.0 | 10.0 | 40.0 | 2.0 |" in text  # ms per step, summing up
+    for name in ("throughput", "efficiency", "memory", "step_split"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(plots/{name}.png)" in text
