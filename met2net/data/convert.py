@@ -59,7 +59,7 @@ def file_years(path: Path, coords: Mapping[str, str] | None = None) -> set[int]:
     before anything is written)."""
     with open_source(path) as ds:
         ds = with_our_names(ds, coordinate_names(ds, str(path), coords))
-        times = source_times(ds, str(path))
+        times, _ = source_times(ds, str(path))
         return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
@@ -78,12 +78,16 @@ class _Axes:
     name: str
     files: list[str]
     times: np.ndarray
+    calendar: str
     lat: np.ndarray
     lon: np.ndarray
 
     @classmethod
     def of(cls, name: str, files: list[Path], da: xr.DataArray) -> _Axes:
-        return cls(name, [str(p) for p in files], da["time"].values, da["lat"].values, da["lon"].values)
+        time = da["time"]
+        return cls(
+            name, [str(p) for p in files], time.values, time.attrs["calendar"], da["lat"].values, da["lon"].values
+        )
 
 
 def read_year(
@@ -122,7 +126,7 @@ def read_year(
         long_names.append(str(da.attrs.get("long_name", src.var)))
         del da
     times = first.times.astype("datetime64[h]")
-    step = of_times(times, str(first.files), allow_gaps)
+    step = of_times(times, str(first.files), allow_gaps, first.calendar)
     meta = shards.ShardMeta(
         channels=[s.name for s in sources],
         units=units,
@@ -142,6 +146,10 @@ def _same_axes(a: _Axes, b: _Axes, year: int) -> None:
         diff = np.flatnonzero(ta[:n] != tb[:n])
         detail = f"first difference at {tb[diff[0]]} vs {ta[diff[0]]}" if diff.size else f"{tb.size} vs {ta.size} times"
         raise UserError(f"{where} do not share the time axis in {year} ({detail}); all variables need the same times")
+    if a.calendar != b.calendar:
+        raise UserError(
+            f"{where} use different calendars ({b.calendar} and {a.calendar}); convert them to one calendar first"
+        )
     for axis in ("lat", "lon"):
         va, vb = getattr(a, axis), getattr(b, axis)
         if va.shape != vb.shape or not np.allclose(va, vb):

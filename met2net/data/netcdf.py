@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from met2net.data import calendars
 from met2net.data.atomic import atomic_write
 from met2net.data.synthetic import VARIABLES, SyntheticFields, generate
 from met2net.errors import UserError
@@ -336,23 +337,18 @@ def open_source(path: Path) -> xr.Dataset:
         ) from None
 
 
-def source_times(ds: xr.Dataset, where: str) -> np.ndarray:
-    """The time axis of ``ds`` (axes already renamed to ours; a 1-D ``time`` dimension coordinate) as datetime64,
-    checked to be whole hours."""
+def source_times(ds: xr.Dataset, where: str) -> tuple[np.ndarray, str]:
+    """The time axis of ``ds`` (axes already renamed to ours; a 1-D ``time`` dimension coordinate) as datetime64
+    labels checked to be whole hours, and its calendar (met2net/data/calendars.py: noleap or 360-day times become
+    the dates they name, or are refused naming ``where``)."""
     if ds["time"].dims != ("time",):
         raise UserError(
             f"{where}: its time coordinate has dimensions {ds['time'].dims}, not one time dimension; it has "
             f"{layout(ds)}; name the time dimension coordinate in data.coords"
         )
-    times = np.asarray(ds["time"].values)
-    if not np.issubdtype(times.dtype, np.datetime64):
-        raise UserError(
-            f"{where}: its time coordinate does not decode to dates (dtype {times.dtype}, units "
-            f"{ds['time'].attrs.get('units', ds['time'].encoding.get('units'))!r}); give it CF units such as "
-            "'hours since 1970-01-01'"
-        )
+    times, calendar = calendars.decode(ds["time"].values, where)
     check_whole_hours(times, where)
-    return times
+    return times, calendar
 
 
 def _positions(times: np.ndarray, year: int) -> slice | np.ndarray:
@@ -370,13 +366,13 @@ def _read_one(
     before returning. Only the selected times are read: a multi-year file costs one year's memory per call."""
     with open_source(path) as ds:
         ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
-        times = source_times(ds, str(path))
+        times, calendar = source_times(ds, str(path))
         if var not in ds.data_vars:
             raise UserError(
                 f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
                 f"fix 'var' in its data.variables entry"
             )
-        da = ds[var].assign_coords(time=("time", times))
+        da = ds[var].assign_coords(time=("time", times, {"calendar": calendar}))
         if year is not None:
             da = da.isel(time=_positions(times, year))
         da = _select_level(da, level, path, var)
@@ -419,6 +415,11 @@ def open_variable(
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
     parts = [_read_one(p, var, level, coords, year) for p in paths]
     _check_same_grid(parts, paths, var)
+    used = {str(p): part["time"].attrs["calendar"] for p, part in zip(paths, parts)}
+    if len(set(used.values())) > 1:
+        raise UserError(
+            f"variable {var!r}: its files use different calendars ({used}); convert them to one calendar first"
+        )
     da = (
         xr.concat(parts, dim="time", coords="minimal", compat="override", join="override", combine_attrs="override")
         if len(parts) > 1

@@ -26,6 +26,7 @@ No value in ``fields`` is NaN or infinite: the writer refuses such data.
 
     {"format": 1, "channels": [...], "units": [...], "long_names": [...], "levels": [...],
      "lat": [...], "lon": [...], "time_step_hours": int,  # or "time_step_months": int for monthly data
+     "calendar": "noleap",  # only for another calendar than the standard one (met2net/data/calendars.py)
      "shards": [{"file": "2010.h5", "first_time": "2010-01-01T00:00", "last_time": "2010-12-31T23:00",
                  "num_times": 8760, "sha256": "<hex>"}, ...],
      "conversion": {"settings": {...}, "root": "/data/era5", "sources": [{"path": "...", "size": int,

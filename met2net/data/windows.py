@@ -96,17 +96,18 @@ def window_step(base: TimeStep, step_hours: int, where: str | Path) -> TimeStep:
         return base
     if step_hours % base.size:
         raise ValueError(f"step_hours {step_hours}: expected a multiple of the shards' time step ({base})")
-    return TimeStep(step_hours)
+    return TimeStep(step_hours, calendar=base.calendar)
 
 
 class ShardWindowDataset(Dataset):
     """Normalised windows read from a shard directory, for the training years (or any years) only.
 
-    With ``step_hours`` k, windows use the frames whose hour since 1970-01-01T00 is a multiple of k (00, 06, 12,
-    18 UTC for k = 6), the axis a k-hourly conversion would have written, and ``stride`` counts frames of that
-    axis. Monthly shards (``time_step_months`` in the index) step by calendar months: every frame, ``step_hours``
-    1. Windows never cross a gap, nor a boundary between selected years with frames missing between them.
-    ``step`` is the windows' TimeStep.
+    With ``step_hours`` k, windows use the frames whose hour since 1970-01-01T00 (on the shards' calendar) is a
+    multiple of k (00, 06, 12, 18 UTC for k = 6), the axis a k-hourly conversion would have written, and ``stride``
+    counts frames of that axis; on the noleap calendar a window runs from 28 February straight into 1 March.
+    Monthly shards (``time_step_months`` in the index) step by calendar months: every frame, ``step_hours`` 1.
+    Windows never cross a gap, nor a boundary between selected years with frames missing between them. ``step`` is
+    the windows' TimeStep.
 
     ``mean`` and ``std`` have one entry per returned channel (after ``channels`` selects and orders shard
     channels). The reader holds no open file until the first item is read in each process, so the dataset can
@@ -156,7 +157,7 @@ class ShardWindowDataset(Dataset):
 
         times = self.reader.times
         keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
-        keep &= times.astype(np.int64) % step_hours == 0
+        keep &= self.step.ordinal(times) % step_hours == 0  # hours on the shards' calendar
         self.frames = np.flatnonzero(keep)  # global frame index of each frame on the subsampled axis
         self.starts = window_starts(times[self.frames], self.in_frames + self.out_frames, stride, self.step)
 
