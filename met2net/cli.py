@@ -298,7 +298,11 @@ def cmd_scale_run(args: argparse.Namespace) -> int:
         f"results in {out / 'results.csv'}"
     )
     from met2net.scaling.report import read_results, write_report
+    from met2net.scaling.results import recorded
 
+    failed = [name for name, status in recorded(out).items() if status != "ok"]
+    if failed:  # in this run or an earlier one: the sweep is not complete
+        print(f"failed point(s): {', '.join(failed)} (errors in results.csv; --retry-failed runs them again)")
     try:
         read_results(out / "results.csv")
     except UserError as e:  # no point has trained yet: nothing to report
@@ -308,7 +312,7 @@ def cmd_scale_run(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'report.md'} and plots in {out / 'plots'}")
     if not parity_ok:
         print("first losses differ across ZeRO stages beyond the tolerance (see the report)")
-    return 0 if parity_ok and not summary.failed else 1
+    return 0 if parity_ok and not failed else 1
 
 
 def cmd_scale_point(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ repeats run_train's frame (signals, build, train, teardown) around its own middl
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -81,6 +82,7 @@ class Probe:
         optimizer = innermost_optimizer(self.trainer.engine.optimizer)
         step = optimizer.step
 
+        @functools.wraps(step)  # keeps the LR scheduler's mark on it (it warns about a replaced step otherwise)
         def measured_step(*args: Any, **kwargs: Any) -> Any:
             result = step(*args, **kwargs)
             if not self.bytes and len(self.clock.steps) >= self.warmup:  # the first timed step: state exists
@@ -100,7 +102,7 @@ class Probe:
         t = self.trainer
         return {
             "rank": t.rank,
-            "host": socket.gethostname(),
+            "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),  # Slurm's node name, if any
             "device": str(t.device),
             **summarize(self.clock.steps, self.warmup, self.timed),
             **self.memory,
