@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from pathlib import Path
 
 from met2net.config import load_config
 from met2net.data.stats import parse_years
-from met2net.errors import UserError
+from met2net.errors import UserError, error_line
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +25,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from met2net.train import run_train
 
     return run_train(load_config(args.config, args.overrides)).exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from met2net.check import preflight
+
+    checklist = preflight(args.config, args.overrides, args.world_size, args.checksums, step=not args.no_step)
+    print(checklist.json(args.config) if args.json else checklist.text(args.config))
+    return 0 if checklist.ok else 2
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -336,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one schedule (implicit, stage1, stage2, end_to_end)")
     _config_args(train)
     train.set_defaults(func=cmd_train)
+    check = sub.add_parser(
+        "check", help="preflight a run without training: config, launch, data, run dir, checkpoint, memory, plan"
+    )
+    _config_args(check)
+    check.add_argument("--world-size", type=int, help="plan for this many ranks (default: the launcher's, else 1)")
+    check.add_argument("--checksums", action="store_true", help="also check every shard against its sha256")
+    check.add_argument("--no-step", action="store_true", help="leave out the timed synthetic forward/backward step")
+    check.add_argument("--json", action="store_true", help="the checklist as JSON")
+    check.set_defaults(func=cmd_check)
     submit = sub.add_parser("submit", help="submit stage one → stage two as dependent jobs (submitit: Slurm or local)")
     _config_args(submit)
     submit.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
@@ -532,26 +548,6 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug in met2net: its traceback is what a report needs
         print(f"met2net: error: {line}", file=sys.stderr)
         return 2
-
-
-STORAGE = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-}
-
-
-def error_line(e: BaseException) -> str | None:
-    """The one line an error the user can fix prints (exit code 2): a ``UserError`` (bad config, input, data or
-    checkpoint), a file that is missing, unreadable or a directory, a full or read-only disk. None for anything else:
-    a bug, which keeps its traceback."""
-    if isinstance(e, OSError) and e.errno in STORAGE:
-        return f"{STORAGE[e.errno]}: {e.filename or e}" + (f" ({e.strerror})" if e.filename else "")
-    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return f"{(e.strerror or type(e).__name__).lower()}: {e.filename}" if e.filename else str(e)
-    if isinstance(e, UserError):
-        return str(e)
-    return None
 
 
 if __name__ == "__main__":

@@ -98,13 +98,7 @@ def build_model(
     model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
     source = init_source(cfg, schedule, run_dir)
     if source and not resuming:
-        wanted = "stage1" if schedule.name == "stage2" else None
-        try:
-            checkpoint.init_from(model, source, wanted, cfg.model.__dict__)
-        except (FileNotFoundError, layout.CheckpointError) as e:  # say which setting named the source
-            where = "training.init_from" if cfg.training.init_from else "stage two starts from this run's stage one"
-            advice = "" if cfg.training.init_from else "; train stage1 in this run.dir first, or set training.init_from"
-            raise layout.CheckpointError(f"{where}: {e}{advice}") from None
+        checkpoint.init_from_source(model, source, bool(cfg.training.init_from), schedule.name, cfg.model.__dict__)
         schedule.start_from_other_weights(model)
     model.use_activation_checkpointing(cfg.deepspeed.activation_checkpointing)
     if cfg.training.channels_last and not deepspeed:  # DeepSpeed flattens and partitions parameters as contiguous

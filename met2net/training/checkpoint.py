@@ -230,6 +230,19 @@ def init_from(
     return meta
 
 
+def init_from_source(
+    model: torch.nn.Module, source: str | Path, explicit: bool, schedule: str, model_cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """``init_from`` at a stage's start: ``source`` is ``training.init_from`` (``explicit``) or, for stage two by
+    default, this run's directory (its stage-one checkpoint); an error says which of the two named it."""
+    try:
+        return init_from(model, source, "stage1" if schedule == "stage2" else None, model_cfg)
+    except (FileNotFoundError, CheckpointError) as e:
+        where = "training.init_from" if explicit else "stage two starts from this run's stage one"
+        advice = "" if explicit else "; train stage1 in this run.dir first, or set training.init_from"
+        raise CheckpointError(f"{where}: {e}{advice}") from None
+
+
 # -- the manager --------------------------------------------------------------------------------------------------
 class CheckpointManager:
     """Save and resume one stage's checkpoints on every rank of a run; the Trainer calls it with its progress

@@ -69,7 +69,8 @@ def resolve(path: str | Path, schedule: str | None, check_files: bool = True) ->
     the checksums itself (consolidation hashes while it reads)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint or run directory; check the path")
+        missing = f" ({p / 'checkpoints' / schedule / LATEST} is missing)" if schedule else ""
+        raise FileNotFoundError(f"{p}: no such checkpoint or run directory{missing}; check the path")
     if p.is_file():
         raise FileNotFoundError(
             f"{p}: is a file; expected a met2net checkpoint directory (step_<n>), a stage "

@@ -70,12 +70,8 @@ def acquire(run_dir: str | Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        info = _recorded_holder(fd)
         os.close(fd)
-        try:
-            info = json.loads(text) if text.strip() else {}
-        except ValueError:
-            info = {}
         raise _refusal(key, info) from None
     except OSError as e:
         os.close(fd)
@@ -91,6 +87,34 @@ def acquire(run_dir: str | Path) -> bool:
     os.pwrite(fd, json.dumps(holder()).encode(), 0)
     _held[key] = fd
     return True
+
+
+def _recorded_holder(fd: int) -> dict[str, Any]:
+    text = os.pread(fd, 4096, 0).decode(errors="replace")
+    try:
+        return json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+
+
+def check_free(run_dir: str | Path) -> None:
+    """Raise ``RunDirInUse`` when another process holds ``run_dir``'s lock, taking nothing and creating nothing
+    (``met2net check``): the lock is tried and dropped at once. No lock file, or no lock support: free."""
+    key = Path(run_dir).resolve()
+    if key in _held:
+        return
+    try:
+        fd = os.open(key / LOCK, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _refusal(key, _recorded_holder(fd)) from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)  # drops the lock if it was taken
 
 
 def release() -> None:

@@ -38,7 +38,7 @@ class StorageError(UserError):
     """A file could not be written because of where it goes (full, read-only, forbidden), not because of what it is."""
 
 
-def _existing(path: Path) -> Path:
+def existing(path: Path) -> Path:
     """``path``, or its nearest ancestor that exists (a directory that could not be created is not there)."""
     path = Path(path)
     while not path.exists() and path != path.parent:
@@ -48,7 +48,7 @@ def _existing(path: Path) -> Path:
 
 def probe(directory: Path) -> str | None:
     """Write, fsync and remove a 64 KiB file in ``directory``: the cause (``CAUSES``) if that fails, else None."""
-    path = _existing(directory) / f".met2net-write-probe-{os.getpid()}"
+    path = existing(directory) / f".met2net-write-probe-{os.getpid()}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -71,7 +71,7 @@ def cause(directory: Path, error: BaseException) -> str | None:
 
 def free_space(directory: Path) -> str:
     try:
-        free = shutil.disk_usage(_existing(directory)).free
+        free = shutil.disk_usage(existing(directory)).free
     except OSError:
         return ""
     return f"{free / 2**20:.1f} MiB free" if free < 2**30 else f"{free / 2**30:.1f} GiB free"
@@ -91,7 +91,7 @@ def storage_error(directory: Path, what: str, error: BaseException, after: str =
 def check_run_dir(run_dir: Path) -> None:
     """Refuse a run directory that cannot be one — a file, or a path through a file — before anything is created."""
     run_dir = Path(run_dir)
-    existing = _existing(run_dir)
-    if not existing.is_dir():
-        where = "is a file" if existing == run_dir else f"lies under {existing}, which is a file"
+    there = existing(run_dir)
+    if not there.is_dir():
+        where = "is a file" if there == run_dir else f"lies under {there}, which is a file"
         raise StorageError(f"run.dir {run_dir} {where}; set run.dir to a directory (it is created if missing)")

@@ -70,6 +70,15 @@ NEVER = {
         "deepspeed",
     ),
     "met2net/compat": ("met2net.training", "met2net.launch", "met2net.model", "met2net.cli"),
+    # the preflight runs the checks `met2net train` would meet, with no trainer, launcher or process group
+    "met2net/check.py": (
+        "met2net.cli",
+        "met2net.train",
+        "met2net.launch",
+        "met2net.training.loop",
+        "deepspeed",
+        "submitit",
+    ),
     # consolidation reads a checkpoint's files alone: no trainer, no launcher, and not DeepSpeed itself
     "met2net/consolidate": (
         "met2net.training.loop",
