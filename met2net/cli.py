@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from met2net.config import load_config
+from met2net.config import DataConfig, load_config, resolve_periods
 from met2net.data.stats import parse_years
 from met2net.errors import UserError, error_line
 
@@ -185,11 +185,16 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     from met2net.data.shards import read_index
     from met2net.distributed.mpi import world_comm
 
+    years, period = args.train_years, None
+    if args.train:  # a date range, as data.train: its years and, within them, its frames
+        split = DataConfig(train=list(args.train))
+        resolve_periods(split)
+        years, period = split.train_years, split.period("train")
     comm = world_comm()
-    moments = stats.compute_stats(args.shards, args.train_years, comm)
+    moments = stats.compute_stats(args.shards, years, comm, period)
     if comm is None or comm.Get_rank() == 0:
         channels = [str(c) for c in read_index(args.shards)["channels"]]
-        path = stats.write_stats(args.shards, moments, channels, args.train_years)
+        path = stats.write_stats(args.shards, moments, channels, years, args.train)
         print(stats.table(moments, channels))
         print(f"{int(moments.count[0])} values per channel; wrote {path}")
     return 0
@@ -456,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_data_convert)
     stats = data.add_parser("stats", help="per-channel statistics of the training years → stats.json (mpirun/srun)")
     stats.add_argument("shards", type=Path, help="shard directory (holds index.json)")
-    stats.add_argument("--train-years", type=parse_years, required=True, help="e.g. 2010-2015 or 2010,2012")
+    train = stats.add_mutually_exclusive_group(required=True)
+    train.add_argument("--train-years", type=parse_years, help="e.g. 2010-2015 or 2010,2012 (data.train_years)")
+    train.add_argument(
+        "--train", nargs=2, metavar=("START", "END"), help="a date range, ends inclusive: 2005-07 2010-06 (data.train)"
+    )
     stats.set_defaults(func=cmd_data_stats)
     plot = sub.add_parser("plot", help="PNG plots of training runs and evaluations").add_subparsers(
         dest="action", required=True

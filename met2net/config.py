@@ -7,6 +7,7 @@ key, and what to do about it.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import types
 import typing
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from met2net.errors import UserError  # imports nothing: the config stays free of met2net and torch
@@ -123,11 +125,35 @@ class DataConfig:
     train_years: list[int] = field(default_factory=lambda: [2010, 2011, 2012, 2013, 2014, 2015])
     val_years: list[int] = field(default_factory=lambda: [2016])
     test_years: list[int] = field(default_factory=lambda: [2017, 2018])
+    # A split as a date range [START, END] instead of whole years: ISO 8601, both ends inclusive at the precision
+    # written ('2010-06' is all of June, '2010-06-30T18' that hour); the split's *_years become the years it touches.
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
     step_hours: int = 1
     stride: int = 1
     subsample: int = 1
     seed: int = 0
     num_workers: int = 0
+
+    def period(self, split: str) -> tuple[np.datetime64, np.datetime64] | None:
+        """``data.<split>`` (train, val, test) as whole hours [start, end), or None when it is given by years."""
+        text = getattr(self, split)
+        if not text:
+            return None
+        example = f"e.g. data.{split}=[2005-07-01, 2010-06-30] or [2005-07, 2010-06]"
+        if len(text) != 2:
+            raise ConfigError(f"'data.{split}' must be [START, END] ({example}), got {text}")
+        try:
+            start, end = (np.datetime64(t) for t in text)
+        except ValueError:
+            raise ConfigError(f"'data.{split}' {text}: not ISO 8601 dates ({example})") from None
+        first, stop = start.astype("datetime64[h]"), (end + 1).astype("datetime64[h]")
+        first, stop = first + (first < start), stop + (stop < end + 1)  # whole hours inside the range
+        if stop <= first:
+            problem = "ends before it starts" if end < start else "holds no whole hour"
+            raise ConfigError(f"'data.{split}' {text} {problem} ({example})")
+        return first, stop
 
 
 @dataclass
@@ -212,6 +238,7 @@ def config_from_dict(raw: dict[str, Any], source: str, overrides: list[str] = ()
         node[leaf] = yaml.safe_load(value) if value.strip() else ""
         _apply(cfg, nested, "command line", prefix="")
     try:
+        resolve_periods(cfg.data)
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}{' + command line' if overrides else ''}: {e}") from None
@@ -278,6 +305,8 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, datetime.date):  # YAML reads 2010-06-30 as a date
+            return (value.replace(tzinfo=None) if isinstance(value, datetime.datetime) else value).isoformat()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})")
@@ -426,10 +455,42 @@ def validate(cfg: Config) -> None:
         _need(len(getattr(d, key)) > 0, f"data.{key}", "must list at least one year")
     splits = [set(d.train_years), set(d.val_years), set(d.test_years)]
     _need(
-        not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
+        any(d.period(s) for s in SPLITS)
+        or not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]),
         "data.train_years/val_years/test_years",
         "overlap: each year may be in one split only",
     )
+    spans = {s: [d.period(s)] if d.period(s) else [_year_span(y) for y in getattr(d, f"{s}_years")] for s in SPLITS}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = [(x, y) for x in spans[a] for y in spans[b] if x[0] < y[1] and y[0] < x[1]]
+        _need(
+            not both,
+            f"data.{a}/{b}",
+            f"overlap ({_span(both[0][0])} and {_span(both[0][1])}): each time may be in one split only"
+            if both
+            else "",
+        )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _year_span(year: int) -> tuple[np.datetime64, np.datetime64]:
+    return np.datetime64(f"{year:04d}", "h"), np.datetime64(f"{year + 1:04d}", "h")
+
+
+def _span(span: tuple[np.datetime64, np.datetime64]) -> str:
+    return f"{span[0]} .. {span[1] - 1}"
+
+
+def resolve_periods(d: DataConfig) -> None:
+    """A split given as a date range gets the years it touches as its ``*_years``: the shards convert writes, the
+    years stats reads (the range then picks the frames)."""
+    for split in SPLITS:
+        period = d.period(split)
+        if period is not None:
+            first, last = (t.astype("datetime64[Y]").astype(np.int64) + 1970 for t in (period[0], period[1] - 1))
+            setattr(d, f"{split}_years", list(range(int(first), int(last) + 1)))
 
 
 def _need(ok: bool, key: str, problem: str) -> None:

@@ -18,10 +18,11 @@ from met2net.config import Config, ConfigError
 from met2net.data.shards import ShardError, iso, read_index
 from met2net.data.stats import Moments, read_stats
 from met2net.data.timestep import TimeStep
-from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
+from met2net.data.windows import ShardWindowDataset, WindowDataset, in_split, window_starts
 from met2net.errors import UserError
 
 _SPLITS = {"train_years": "training", "val_years": "validation", "test_years": "test"}
+_SPLITS.update({k.removesuffix("_years"): v for k, v in _SPLITS.items()})
 
 
 class SplitTooShort(UserError):
@@ -36,6 +37,9 @@ def check_windows(
     if num_windows:
         return
     m, d = cfg.model, cfg.data
+    split = key.removesuffix("_years")
+    ranged = d.period(split) is not None
+    key = split if ranged else key  # a split given as a date range is named by it
     span = f"{iso(times[0])} .. {iso(times[-1])}, " if times.size else ""
     breaks = np.flatnonzero(~step.consecutive(times)) + 1
     longest = int(np.diff(np.r_[0, breaks, times.size]).max()) if times.size else 0
@@ -44,8 +48,8 @@ def check_windows(
     raise SplitTooShort(
         f"the {_SPLITS[key]} split (data.{key} {getattr(d, key)}) has {times.size} frames ({span}every "
         f"{step}) in {where}{gaps}, fewer than one window of {m.in_frames + m.out_frames} frames "
-        f"(model.in_frames {m.in_frames} + model.out_frames {m.out_frames}); add years to data.{key}{convert} "
-        "or shorten the window"
+        f"(model.in_frames {m.in_frames} + model.out_frames {m.out_frames}); "
+        f"{'widen the range' if ranged else 'add years to'} data.{key}{convert} or shorten the window"
     )
 
 
@@ -84,10 +88,16 @@ def _shard_splits(cfg: Config) -> Splits:
             f"{root}/stats.json has no statistics for {unknown} (it has {stats['channels']}); re-run met2net data "
             f"stats {root} --train-years ..."
         )
-    if sorted(stats["train_years"]) != sorted(d.train_years):
+    if sorted(stats["train_years"]) != sorted(d.train_years) or stats.get("train_period", []) != list(d.train):
+        given = f"'data.train' is {list(d.train)}" if d.train else f"'data.train_years' is {d.train_years}"
+        had = (
+            f"the period {stats['train_period']}"
+            if stats.get("train_period")
+            else f"train years {stats['train_years']}"
+        )
+        redo = f"--train {' '.join(d.train)}" if d.train else f"--train-years {','.join(map(str, d.train_years))}"
         raise ConfigError(
-            f"{root}/stats.json was computed for train years {stats['train_years']}, but "
-            f"'data.train_years' is {d.train_years}: re-run met2net data stats"
+            f"{root}/stats.json was computed for {had}, but {given}: re-run met2net data stats {root} {redo}"
         )
     mean = np.array([stats["mean"][stats["channels"].index(v)] for v in m.variables])
     std = np.array([stats["std"][stats["channels"].index(v)] for v in m.variables])
@@ -105,6 +115,7 @@ def _shard_splits(cfg: Config) -> Splits:
             mean=mean,
             std=std,
             channels=channels,
+            period=d.period(key.removesuffix("_years")),
         )
         check_windows(cfg, key, ds.reader.times[ds.frames], len(ds), root, ds.step)
         return ds
@@ -114,9 +125,9 @@ def _shard_splits(cfg: Config) -> Splits:
     )
 
 
-def synthetic_series(cfg: Config, years: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_series(cfg: Config, years: list[int], split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The built-in data of ``years`` for the config's variables and grid: times (datetime64[h]) and physical
-    fields (N, C, H, W)."""
+    fields (N, C, H, W); with ``split`` (train, val, test) given as a date range, only the times inside it."""
     from met2net.data import synthetic
 
     d, m = cfg.data, cfg.model
@@ -126,13 +137,14 @@ def synthetic_series(cfg: Config, years: list[int]) -> tuple[np.ndarray, np.ndar
             f"'model.variables' {unknown} are not in the built-in dataset (it has {list(synthetic.VARIABLES)})"
         )
     f = synthetic.generate(years, grid=tuple(m.grid), seed=d.seed, step_hours=d.step_hours, variables=m.variables)
-    return f.time, np.stack([f.fields[v] for v in m.variables], axis=1)
+    keep = in_split(f.time, years, d.period(split) if split else None)
+    return f.time[keep], np.stack([f.fields[v][keep] for v in m.variables], axis=1)
 
 
 def _synthetic_splits(cfg: Config) -> Splits:
     d, m = cfg.data, cfg.model
 
-    t_train, train = synthetic_series(cfg, d.train_years)
+    t_train, train = synthetic_series(cfg, d.train_years, "train")
     moments = Moments.of(train, channel_axis=1)
     mean, std = moments.mean, np.where(moments.std > 0, moments.std, 1.0)
 
@@ -144,6 +156,6 @@ def _synthetic_splits(cfg: Config) -> Splits:
         return WindowDataset(series, starts, m.in_frames, m.out_frames)
 
     train_split = dataset("train_years", t_train, train)  # checked in split order: train, val, test
-    val = dataset("val_years", *synthetic_series(cfg, d.val_years))
-    test = dataset("test_years", *synthetic_series(cfg, d.test_years)) if d.test_years else None
+    val = dataset("val_years", *synthetic_series(cfg, d.val_years, "val"))
+    test = dataset("test_years", *synthetic_series(cfg, d.test_years, "test")) if d.test_years else None
     return Splits(train_split, val, test, mean, std)

@@ -38,6 +38,7 @@ STATS_NAME = "stats.json"
 STATS_FORMAT = 1
 DEBUG_ENV = "MET2NET_STATS_DEBUG"
 _FIELDS = ("count", "mean", "m2", "min", "max")
+Period = tuple[np.datetime64, np.datetime64] | None  # [start, end) datetime64[h]: a split given as a date range
 _RELAYED = {c.__name__: c for c in (ShardError, UserError, ValueError, FileNotFoundError, OSError)}
 
 
@@ -122,8 +123,9 @@ def _check_finite(name: str, block: np.ndarray, times: np.ndarray, channels: lis
         )
 
 
-def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_frames: int) -> Moments:
-    """One shard's state: its frames of ``years`` read ``chunk_frames`` at a time, merged in time order."""
+def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_frames: int, period: Period) -> Moments:
+    """One shard's state: its frames of ``years`` (inside ``period`` if given) read ``chunk_frames`` at a time,
+    merged in time order."""
     out = Moments.empty(len(channels))
     with h5py.File(path, "r") as f:
         fields = f["fields"]
@@ -134,6 +136,8 @@ def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_fram
             )
         times = f["time"][()].astype("datetime64[h]")
         keep = np.isin(_years_of(times), years)
+        if period is not None:
+            keep &= (times >= period[0]) & (times < period[1])
         for start in range(0, times.size, chunk_frames):
             sel = np.flatnonzero(keep[start : start + chunk_frames])
             if sel.size == 0:
@@ -145,12 +149,15 @@ def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_fram
     return out
 
 
-def shard_moments(directory: str | Path, files: list[str], years: list[int], chunk_frames: int = 512) -> Moments:
-    """Moments of the frames of ``years`` in the given shard files of ``directory``, merged in file order."""
+def shard_moments(
+    directory: str | Path, files: list[str], years: list[int], chunk_frames: int = 512, period: Period = None
+) -> Moments:
+    """Moments of the frames of ``years`` (and inside ``period``: [start, end) datetime64[h], if given) in the given
+    shard files of ``directory``, merged in file order."""
     directory = Path(directory)
     channels = [str(c) for c in read_index(directory)["channels"]]
     wanted = np.asarray(sorted(set(years)), dtype=np.int64)
-    parts = [_file_moments(directory / name, wanted, channels, int(chunk_frames)) for name in files]
+    parts = [_file_moments(directory / name, wanted, channels, int(chunk_frames), period) for name in files]
     return Moments.merge_all(parts, len(channels))
 
 
@@ -191,8 +198,11 @@ def _debug(rank: int, size: int, files: list[str], states: dict[int, dict]) -> N
         )
 
 
-def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | None = None) -> Moments:
-    """Moments of every frame of ``train_years``; with ``comm``, split by shard across its ranks.
+def compute_stats(
+    directory: str | Path, train_years: list[int], comm: Comm | None = None, period: Period = None
+) -> Moments:
+    """Moments of every frame of ``train_years`` (inside ``period``, a training split given as a date range, if
+    given); with ``comm``, split by shard across its ranks.
 
     Per-shard states are merged in shard order on every rank, so the result does not depend on the rank count.
     """
@@ -203,7 +213,7 @@ def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | No
     mine = list(range(rank, len(files), size))
 
     def compute() -> dict[int, dict]:
-        return {i: shard_moments(directory, [files[i]], train_years).to_json() for i in mine}
+        return {i: shard_moments(directory, [files[i]], train_years, period=period).to_json() for i in mine}
 
     if size > 1:
         states = {i: s for part in _gather(comm, compute) for i, s in part.items()}
@@ -213,10 +223,14 @@ def compute_stats(directory: str | Path, train_years: list[int], comm: Comm | No
     total = Moments.merge_all([Moments.from_json(states[i]) for i in sorted(states)], len(index["channels"]))
     if not total.count.any():
         raise UserError(
-            f"no frame of the training years {sorted(set(train_years))} in {directory} "
+            f"no frame of the training years {sorted(set(train_years))}{_within(period)} in {directory} "
             f"(its shards cover {_coverage(index)}); give training years inside that span, or convert those years"
         )
     return total
+
+
+def _within(period: Period) -> str:
+    return "" if period is None else f" within {period[0]} .. {period[1] - 1}"
 
 
 def _coverage(index: dict) -> str:
@@ -227,14 +241,22 @@ def _coverage(index: dict) -> str:
 # -- stats.json -----------------------------------------------------------------------------------------------------
 
 
-def write_stats(directory: str | Path, moments: Moments, channels: list[str], train_years: list[int]) -> Path:
-    """Write ``stats.json`` beside index.json atomically; ``state`` keeps the mergeable form for later updates."""
+def write_stats(
+    directory: str | Path,
+    moments: Moments,
+    channels: list[str],
+    train_years: list[int],
+    train_period: list[str] | None = None,
+) -> Path:
+    """Write ``stats.json`` beside index.json atomically; ``state`` keeps the mergeable form for later updates;
+    ``train_period``: the training split's date range as the config gives it (``data.train``), if it is one."""
     if len(channels) != moments.count.size:
         raise ValueError(f"write_stats: {len(channels)} channel names for {moments.count.size} channels")
     doc = {
         "format": STATS_FORMAT,
         "channels": list(channels),
         "train_years": sorted(set(int(y) for y in train_years)),
+        **({"train_period": list(train_period)} if train_period else {}),
         "mean": moments.mean.tolist(),
         "std": moments.std.tolist(),
         "min": moments.min.tolist(),

@@ -79,6 +79,18 @@ def _frame_years(times: np.ndarray) -> np.ndarray:
     return times.astype("datetime64[Y]").astype(np.int64) + 1970
 
 
+def in_split(
+    times: np.ndarray, years: Sequence[int], period: tuple[np.datetime64, np.datetime64] | None = None
+) -> np.ndarray:
+    """Which ``times`` (datetime64) belong to a split: those of ``years`` and, for a split given as a date range
+    (``data.train`` ...: `DataConfig.period`), inside [start, end)."""
+    keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
+    if period is not None:
+        t = np.asarray(times).astype("datetime64[h]")
+        keep &= (t >= period[0]) & (t < period[1])
+    return keep
+
+
 def _runs(frames: np.ndarray) -> list[tuple[int, int]]:
     """(first, length) of each run of consecutive frame indices, so a window costs as few reads as possible."""
     cuts = np.flatnonzero(np.diff(frames) != 1) + 1
@@ -110,8 +122,9 @@ class ShardWindowDataset(Dataset):
     the windows' TimeStep.
 
     ``mean`` and ``std`` have one entry per returned channel (after ``channels`` selects and orders shard
-    channels). The reader holds no open file until the first item is read in each process, so the dataset can
-    be built in the parent and handed to DataLoader workers.
+    channels). ``period``: [start, end) hours that further restrict ``years`` (a split given as a date range). The
+    reader holds no open file until the first item is read in each process, so the dataset can be built in the
+    parent and handed to DataLoader workers.
     """
 
     def __init__(
@@ -126,6 +139,7 @@ class ShardWindowDataset(Dataset):
         mean: np.ndarray,
         std: np.ndarray,
         channels: Sequence[int] | None = None,
+        period: tuple[np.datetime64, np.datetime64] | None = None,
     ):
         if in_frames < 1 or out_frames < 1 or stride < 1 or step_hours < 1:
             raise ValueError(
@@ -156,7 +170,7 @@ class ShardWindowDataset(Dataset):
         self.in_frames, self.out_frames, self.step_hours = int(in_frames), int(out_frames), int(step_hours)
 
         times = self.reader.times
-        keep = np.isin(_frame_years(times), np.asarray(list(years), dtype=np.int64))
+        keep = in_split(times, years, period)
         keep &= self.step.ordinal(times) % step_hours == 0  # hours on the shards' calendar
         self.frames = np.flatnonzero(keep)  # global frame index of each frame on the subsampled axis
         self.starts = window_starts(times[self.frames], self.in_frames + self.out_frames, stride, self.step)

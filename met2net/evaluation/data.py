@@ -17,7 +17,7 @@ from met2net.data import synthetic
 from met2net.data.datasets import synthetic_series
 from met2net.data.shards import ShardReader
 from met2net.data.timestep import TimeStep
-from met2net.data.windows import ShardWindowDataset, WindowDataset, window_starts
+from met2net.data.windows import ShardWindowDataset, WindowDataset, in_split, window_starts
 from met2net.errors import UserError
 from met2net.evaluation.climatology import Climatology
 
@@ -53,12 +53,12 @@ def eval_data(
     """``leads`` target frames per window (``model.out_frames`` × rollout steps)."""
     years = split_years(cfg, split)
     if cfg.data.source == "shards":
-        return _from_shards(cfg, mean, std, years, leads, window_days)
-    return _from_synthetic(cfg, mean, std, years, leads, window_days)
+        return _from_shards(cfg, mean, std, years, leads, window_days, split)
+    return _from_synthetic(cfg, mean, std, years, leads, window_days, split)
 
 
 def _from_shards(
-    cfg: Config, mean: np.ndarray, std: np.ndarray, years: list[int], leads: int, window_days: int
+    cfg: Config, mean: np.ndarray, std: np.ndarray, years: list[int], leads: int, window_days: int, split: str
 ) -> EvalData:
     d, m = cfg.data, cfg.model
     root = Path(d.path)
@@ -72,14 +72,23 @@ def _from_shards(
         )
     channels = [meta.channels.index(v) for v in m.variables]
     windows = ShardWindowDataset(
-        root, years, m.in_frames, leads, d.stride, d.step_hours, mean=mean, std=std, channels=channels
+        root,
+        years,
+        m.in_frames,
+        leads,
+        d.stride,
+        d.step_hours,
+        mean=mean,
+        std=std,
+        channels=channels,
+        period=d.period(split),
     )
     step = windows.step
     by_time = {t: i for i, t in enumerate(reader.times)}
 
     def frames(years_: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        year = reader.times.astype("datetime64[Y]").astype(np.int64) + 1970
-        keep = np.flatnonzero(np.isin(year, years_) & (reader.times.astype(np.int64) % d.step_hours == 0))
+        in_train = in_split(reader.times, years_, d.period("train"))
+        keep = np.flatnonzero(in_train & (step.ordinal(reader.times) % d.step_hours == 0))
         for lo in range(0, keep.size, 256):
             idx = keep[lo : lo + 256]
             yield reader.times[idx], np.stack([reader.read(int(i), 1)[0][channels] for i in idx])
@@ -110,11 +119,11 @@ def _from_shards(
 
 
 def _from_synthetic(
-    cfg: Config, mean: np.ndarray, std: np.ndarray, years: list[int], leads: int, window_days: int
+    cfg: Config, mean: np.ndarray, std: np.ndarray, years: list[int], leads: int, window_days: int, split: str
 ) -> EvalData:
     d, m = cfg.data, cfg.model
 
-    times, series = synthetic_series(cfg, years)
+    times, series = synthetic_series(cfg, years, split)
     normalised = ((series - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
     step = TimeStep(d.step_hours)
     starts = window_starts(times, m.in_frames + leads, d.stride, step)
@@ -141,7 +150,7 @@ def _from_synthetic(
         [info[v]["long_name"] for v in m.variables],
         step,
         m.in_frames,
-        lambda: Climatology([synthetic_series(cfg, d.train_years)], step, window_days),
+        lambda: Climatology([synthetic_series(cfg, d.train_years, "train")], step, window_days),
         inputs_at,
     )
 

@@ -113,9 +113,10 @@ def evaluate(
     leads = rollout * cfg.model.out_frames
     data = eval_data(cfg, loaded.mean, loaded.std, split, leads, window_days)
     if len(data.windows) == 0:
+        given = getattr(cfg.data, split) or getattr(cfg.data, split + "_years")
         raise UserError(
-            f"the {split} split (years {getattr(cfg.data, split + '_years')}) has no window of "
-            f"{cfg.model.in_frames} + {leads} frames; add data or lower --rollout"
+            f"the {split} split (data.{split if getattr(cfg.data, split) else split + '_years'} {given}) has no "
+            f"window of {cfg.model.in_frames} + {leads} frames; add data or lower --rollout"
         )
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     loaded.model.to(device)
