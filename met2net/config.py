@@ -90,6 +90,8 @@ class TrainingConfig:
     # one tuned (without it stage two made forecasts worse: docs/architecture.md, Schedules)
     stage2_pred_loss_weight: float = 10.0
     channels_last: bool = True
+    # torch.compile each encoder, decoder and Translator block (trained and copies); off: eager (docs/performance.md)
+    compile: bool = False
     init_from: str = ""
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
     keep_last: int = 2  # checkpoints kept per stage, besides the best (training.best_by); 0: keep all
@@ -406,6 +408,12 @@ def validate(cfg: Config) -> None:
     )
     z = cfg.deepspeed
     _need(z.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {z.zero_stage}")
+    _need(
+        not (t.compile and z.zero_stage == 3),
+        "training.compile",
+        "is true with deepspeed.zero_stage=3, whose parameters are gathered by hooks on the modules that "
+        "torch.compile would trace through; use ZeRO 0-2 with training.compile, or set it to false",
+    )
     _need(
         z.gradient_accumulation >= 1, "deepspeed.gradient_accumulation", f"must be ≥ 1, got {z.gradient_accumulation}"
     )

@@ -38,6 +38,15 @@ def on_rank0(fn: Callable[..., T], rank: int, world_size: int, *args: Any) -> T 
     return result
 
 
+def host_group(world_size: int) -> dist.ProcessGroup | None:
+    """A gloo group over all ranks for the small agreements the loop makes every step (the stop flag): its tensors
+    stay on the host, so agreeing reads no CUDA tensor and does not wait for the device. Call it on every rank at
+    the same point (it is a collective). None: one process, or the default group is gloo already."""
+    if world_size == 1 or not dist.is_initialized() or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def gather_to_all(obj: T, world_size: int) -> list[T]:
     """Every rank's ``obj`` (it must pickle), in rank order, on every rank; ``[obj]`` on one process."""
     if world_size == 1:

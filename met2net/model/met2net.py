@@ -13,7 +13,7 @@ from torch import nn
 
 from met2net.config import ModelConfig
 from met2net.model.encoder import Decoder, Encoder
-from met2net.model.translator import PhaseDilatedConv2d, Translator
+from met2net.model.translator import PhaseDilatedConv2d, Translator, TranslatorBlock
 
 TRAINED = ("encoders_q", "decoders_q", "translator_q")
 COPIES = ("encoders_k", "decoders_k", "translator_k")
@@ -96,6 +96,15 @@ class Met2Net(nn.Module):
         for name in ("translator_q", "translator_k"):
             if hasattr(self, name):
                 getattr(self, name).checkpoint_blocks = on
+        return self
+
+    def compile_parts(self) -> Met2Net:
+        """``torch.compile`` every encoder, decoder and Translator block, trained and copies, in place
+        (``nn.Module.compile``: parameter names, state dicts and checkpoints stay as they are). The modules compile
+        at their first call; their random draws (DropPath) are not eager's."""
+        for m in self.modules():
+            if isinstance(m, (Encoder, Decoder, TranslatorBlock)):
+                m.compile()
         return self
 
     # --- momentum copies ---------------------------------------------------------------------

@@ -106,6 +106,8 @@ def build_model(
     schedule.configure(model)
     if not deepspeed:  # DeepSpeed moves the module to its device itself
         model.to(device)
+    if cfg.training.compile:
+        model.compile_parts()
     return model
 
 
@@ -121,11 +123,19 @@ def count_steps(cfg: Config, splits: Splits) -> int:
 
 
 def build_engine(
-    cfg: Config, model: Met2Net, total_steps: int, info: RankInfo, deepspeed: bool, run_dir: Path, load_universal: bool
+    cfg: Config,
+    model: Met2Net,
+    total_steps: int,
+    info: RankInfo,
+    deepspeed: bool,
+    run_dir: Path,
+    load_universal: bool,
+    device: torch.device,
 ) -> Engine:
-    """Our optimizer and LR schedule over the trained parameters, under DeepSpeed or the plain-PyTorch engine."""
+    """Our optimizer (with the kernels for ``device``) and LR schedule over the trained parameters, under DeepSpeed
+    or the plain-PyTorch engine."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, cfg.training)
+    optimizer = build_optimizer(trainable, cfg.training, device)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.training, total_steps)
     if not deepspeed:
         return LocalEngine(model, optimizer, lr_scheduler, cfg.training.grad_clip)
@@ -161,7 +171,7 @@ def build_trainer(cfg: Config) -> Trainer:
         cfg.deepspeed.zero_stage,
     )
     micro = micro_batch_size(cfg, info.world_size) if deepspeed else cfg.training.batch_size
-    engine = build_engine(cfg, model, total, info, deepspeed, run_dir, resume_mode == "universal")
+    engine = build_engine(cfg, model, total, info, deepspeed, run_dir, resume_mode == "universal", device)
     trainer = Trainer(
         cfg,
         run_dir,

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from met2net.compat import load_data
 from met2net.config import Config, ConfigError
 
 
@@ -89,7 +90,7 @@ class LocalEngine:
 
     def load_checkpoint(self, load_dir: str | Path, tag: str) -> tuple[Path, dict[str, Any]]:
         path = Path(load_dir) / tag / LOCAL_STATE
-        state = torch.load(path, map_location="cpu", weights_only=False)  # optimizer state holds Python objects
+        state = load_data(path, map_location="cpu")  # tensors, numbers, lists: data only
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -131,6 +132,12 @@ def deepspeed_config(cfg: Config, world_size: int, load_universal: bool = False)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage == 3:
         zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
+    if ds.zero_stage in (1, 2) and t.grad_clip == 0:
+        # without clipping, ZeRO 1/2 compute the global gradient norm only to skip steps with a non-finite gradient,
+        # reading it on the host every step (a wait for the device on GPUs) after one more all-reduce: off, a
+        # non-finite gradient is applied, as by the plain engine, ZeRO 0 and torch's own optimizers. ZeRO-3 reads
+        # it whatever the config says (docs/performance.md).
+        zero["compute_grad_norm"] = False
     conf = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_size(cfg, world_size),

@@ -4,6 +4,7 @@ The Trainer drives an ``Engine`` (backward, optimizer and LR steps: ``training/e
 trains and which loss: ``training/stages.py``) and a ``CheckpointManager`` (every file on disk:
 ``training/checkpoint.py``). It exposes its own progress — step, epoch, position in the epoch, RNG — as
 ``state_dict()``; ``training/build.py`` puts the pieces together. The loop knows nothing of Slurm or launchers.
+A step reads nothing back from the device: losses are read at log points only (``training/hot_path.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from met2net.config import Config
 from met2net.data.datasets import Splits
 from met2net.data.sampler import ShardedSampler, remap_state
 from met2net.data.windows import batch_loader
+from met2net.distributed.collectives import host_group
 from met2net.model.met2net import Met2Net
 from met2net.training.buffers import average_batchnorm_statistics
 from met2net.training.checkpoint import CheckpointManager
 from met2net.training.engine import Engine, engine_kind
+from met2net.training.hot_path import StepMeter, to_device
 from met2net.training.precision import autocast
 from met2net.training.preemption import Preempted, StopWatch
 from met2net.training.rng import derived_seed, rng_state, seed_everything, set_rng_state
-from met2net.training.run_log import RunLog, device_memory, regression_warning, regressions
+from met2net.training.run_log import RunLog, device_memory, progress_bar, regression_warning, regressions
 from met2net.training.stages import Schedule
 
 
@@ -53,7 +56,7 @@ class Trainer:
         self.step, self.epoch = 0, 0
         self.saved_step = -1  # the step of the newest checkpoint this run wrote
         self.start_val: dict[str, float] = {}  # validation of the weights this stage started from
-        self.stopwatch = StopWatch(self.cfg.training.time_limit)
+        self.stopwatch = StopWatch(self.cfg.training.time_limit, host_group(self.world_size))
         self.metrics_path = self.run_dir / "metrics.jsonl"
         board = self.run_dir / "tensorboard" / self.schedule.name if self.cfg.training.tensorboard else None
         self.run_log = RunLog(self.metrics_path, board)
@@ -72,49 +75,33 @@ class Trainer:
     # -- the run -------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         t = self.cfg.training
-        quiet = self.rank != 0 or not t.progress  # otherwise None: tqdm stays off without a TTY
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc=self.schedule.name,
-            disable=True if quiet else None,
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
+        bar = progress_bar(self.total_steps, self.step, self.schedule.name, quiet=self.rank != 0 or not t.progress)
         last_val: dict[str, float] = {}
         if self.started_from and self.step == 0:  # the yardstick this stage must not end worse than
             self.start_val = self.validate(split="val_start")
+        meter = StepMeter()  # this step's losses stay on the device until a log point reads them
         while self.step < self.total_steps:
             self.train_sampler.set_epoch(self.epoch)
+            meter.restart()
             for x, y in self.train_loader:
                 self.train_sampler.advance(x.shape[0])
-                tic = time.perf_counter()
                 boundary = self.engine.is_gradient_accumulation_boundary()
-                parts = self.train_step(x, y)
-                rate = x.shape[0] * self.world_size / (time.perf_counter() - tic)
+                meter.add(self.train_step(x, y), x.shape[0] * self.world_size)
                 if not boundary:
                     continue
                 self.step += 1
+                step_seconds = meter.lap()
                 bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.4f}", samples_s=f"{rate:.1f}")
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    self.log(
-                        {
-                            "split": "train",
-                            "epoch": self.epoch,
-                            "lr": self.engine.get_lr()[0],
-                            "samples_per_s": rate,
-                            **device_memory(self.device),
-                            **parts,
-                        }
-                    )
+                    self.log_train(meter.read(), bar)
                 if (t.val_every and self.step % t.val_every == 0) or self.step == self.total_steps:
                     last_val = self.validate()
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save(last_val)
                 if self.step >= self.total_steps:
                     break
-                self.stop_if_asked(time.perf_counter() - tic, last_val, bar)
+                meter.restart()
+                self.stop_if_asked(step_seconds, last_val, bar)
             else:
                 self.epoch += 1
                 if not t.val_every and self.step < self.total_steps:
@@ -124,7 +111,8 @@ class Trainer:
         self.report_regression(last_val)
         return last_val
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One micro-step; the detached loss terms, on the device and not read."""
         x, y = self.prepare(x), self.prepare(y)
         with autocast(self.cfg.training.precision, self.device):
             out = self.schedule.forward(self.model, x, y)
@@ -132,14 +120,20 @@ class Trainer:
         if self.engine.is_gradient_accumulation_boundary():
             self.schedule.after_backward(self.model)
         self.engine.step()
-        return {k: float(v) for k, v in out.parts.items()}
+        return out.parts
+
+    def log_train(self, values: dict[str, float], bar: tqdm) -> None:
+        """The train record: this step's loss terms and the samples/s since the last one (``StepMeter.read``)."""
+        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{values['samples_per_s']:.1f}")
+        lr = self.engine.get_lr()[0]
+        self.log({"split": "train", "epoch": self.epoch, "lr": lr, **device_memory(self.device), **values})
 
     def validate(self, split: str = "val") -> dict[str, float]:
-        """Validation losses over every rank's share of the validation windows, in float64 sums, logged as ``split``
-        (``val_start``: the weights a stage started from)."""
+        """Validation losses over every rank's share of the validation windows, in float64 sums (on the device, read
+        once), logged as ``split`` (``val_start``: the weights a stage started from)."""
         t = self.cfg.training
         self.sync_batchnorm()  # every rank validates the same model
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         count = 0
         for i, (x, y) in enumerate(self.val_loader):
             if t.val_batches and i >= t.val_batches:
@@ -147,14 +141,14 @@ class Trainer:
             with autocast(t.precision, self.device):
                 parts = self.schedule.validation_losses(self.model, self.prepare(x), self.prepare(y))
             for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * x.shape[0]
+                totals[k] = totals.get(k, 0.0) + v.double() * x.shape[0]
             count += x.shape[0]
+        sums = torch.stack([*totals.values(), torch.tensor(count, dtype=torch.float64, device=self.device)])
         if self.world_size > 1:  # every rank computes the same keys, in the same order
-            sums = torch.tensor([*totals.values(), count], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(sums)
-            totals, count = dict(zip(totals, sums[:-1].tolist())), int(sums[-1])
-        result = {k: v / max(count, 1) for k, v in totals.items()}
-        self.log({"split": split, "samples": count, **result})
+        *values, count = sums.tolist()
+        result = {k: v / max(count, 1) for k, v in zip(totals, values, strict=True)}
+        self.log({"split": split, "samples": int(count), **result})
         return result
 
     def save(self, val: dict[str, float]) -> Path:
@@ -168,7 +162,7 @@ class Trainer:
 
     def stop_if_asked(self, step_seconds: float, val: dict[str, float], bar: tqdm) -> None:
         """On a stop signal (any rank's) or before the time limit: checkpoint, then raise ``Preempted``."""
-        reason = self.stopwatch.should_stop(step_seconds, self.world_size, self.device)
+        reason = self.stopwatch.should_stop(step_seconds, self.world_size)
         if reason:
             bar.close()
             path = self.save(val)
@@ -241,7 +235,7 @@ class Trainer:
             average_batchnorm_statistics(self.model)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True).contiguous()
+        return to_device(x, self.device)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:

@@ -1,4 +1,11 @@
-"""Optimizer and learning-rate schedule (cosine with linear warm-up, per optimizer step)."""
+"""Optimizer and learning-rate schedule (cosine with linear warm-up, per optimizer step).
+
+The optimizer's kernels: torch's Adam/AdamW update every tensor in a Python loop unless told otherwise on the CPU.
+``foreach`` (one call per operation over all tensors) gives the same numbers, bitwise (tests/unit/test_optim.py),
+and is used on the CPU; on CUDA the ``fused`` kernel (one launch per step) is used. DeepSpeed takes either as our
+client optimizer: under ZeRO 1–3 it steps it on its flat fp32 partitions, which are on the same device. Its own
+``FusedAdam`` is not used (a CUDA extension, and one more optimizer to keep bitwise resumes for).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +27,17 @@ def lr_at(step: int, base_lr: float, min_lr: float, warmup_steps: int, total_ste
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+def optimizer_kernels(device: torch.device | str) -> dict[str, bool]:
+    """``fused`` on CUDA, ``foreach`` elsewhere (the CPU has a fused Adam too, with other roundings: not used)."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: TrainingConfig, device: torch.device | str = "cpu"
+) -> torch.optim.Optimizer:
+    """Adam or AdamW over ``params``, with the kernels for the device the step runs on (``optimizer_kernels``)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **optimizer_kernels(device))
 
 
 def build_lr_scheduler(

@@ -6,6 +6,12 @@ A signal only sets a flag. At the next optimizer-step boundary the ranks agree b
 a requeue; a run started again in the same run directory resumes from that checkpoint. SIGUSR1 is
 what our sbatch scripts forward before the time limit, SIGUSR2 what submitit's jobs get; SIGTERM comes
 with ``scancel``, ``scontrol requeue`` and preemption (the job is ending or requeued anyway).
+
+The flag is all-reduced every step as a host tensor in a gloo group (``collectives.host_group``). Under NCCL it
+would sit in device memory, and reading it would wait for every kernel queued before it: a host synchronisation per
+step. A gloo all-reduce of 4 bytes waits only for the other ranks' hosts (one network round trip: ~0.5 ms over
+loopback on the loaded 2-core development machine, docs/scaling.md), not for any device. Checking every k steps
+instead would delay a stop by up to k steps.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import signal
 import time
 from types import FrameType
+from typing import Any
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
@@ -41,8 +48,9 @@ class Preempted(Exception):
 class StopWatch:
     """The flag that signals set, and the time budget."""
 
-    def __init__(self, time_limit_s: float = 0.0):
+    def __init__(self, time_limit_s: float = 0.0, group: Any = None):
         self.requested: str | None = _early[-1] if _early else None
+        self.group = group  # where the ranks agree: a gloo group, or None for the default group (gloo on the CPU)
         self.time_limit_s = time_limit_s
         self.started = time.monotonic()
         self.longest_step = 0.0
@@ -59,7 +67,7 @@ class StopWatch:
             return False
         return time.monotonic() - self.started + 2 * self.longest_step >= self.time_limit_s
 
-    def should_stop(self, step_seconds: float, world_size: int, device: str = "cpu") -> str | None:
+    def should_stop(self, step_seconds: float, world_size: int) -> str | None:
         """Why every rank stops now (the same answer on all ranks), or None."""
         reason = self.requested or ("time limit" if self.out_of_time(step_seconds) else None)
         if world_size == 1:
@@ -67,8 +75,6 @@ class StopWatch:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor(
-            [0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32, device=device
-        )
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([0 if reason is None else 1 + (self.requested is not None)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return {0: None, 1: "time limit", 2: "signal"}[int(flag)]

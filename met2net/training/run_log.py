@@ -15,6 +15,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 SCALAR_SPLITS = ("train", "val")
 NOT_SCALARS = ("step", "time")  # the event's step and wall time, not values of their own
 
@@ -60,6 +62,19 @@ class RunLog:
                 continue
             self._writer.add_scalar(f"{record['split']}/{key}", value, step, walltime=record.get("time"))
         self._writer.flush()
+
+
+def progress_bar(total: int, initial: int, name: str, quiet: bool) -> tqdm:
+    """The run's progress on the terminal (off when ``quiet``, and without a TTY); the loop sets the loss and
+    samples/s it shows at log points only."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=name,
+        disable=True if quiet else None,  # None: tqdm stays off without a TTY
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
 
 
 def device_memory(device: Any) -> dict[str, float]:

@@ -67,6 +67,7 @@ def test_override_types_are_checked():
         (["data.val_years=[2015]"], "data.train_years/val_years/test_years", "overlap"),
         (["training.epochs=0"], "training.max_steps", "set one of them"),
         (["data.source=shards"], "data.path", "index.json"),
+        (["training.compile=true", "deepspeed.zero_stage=3"], "training.compile", "use ZeRO 0-2"),
     ],
 )
 def test_impossible_values_name_key_and_fix(overrides, key, fix):

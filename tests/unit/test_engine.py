@@ -51,3 +51,13 @@ def test_precision_and_clipping_flow_through(tmp_path):
 def test_zero_stage_is_validated():
     with pytest.raises(ConfigError, match="'deepspeed.zero_stage' must be 0, 1, 2 or 3, got 4"):
         load_config(None, ["deepspeed.zero_stage=4"])
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_zero_computes_the_gradient_norm_only_to_clip(stage, clip):
+    """ZeRO 1/2 would read the global gradient norm on the host every step only to skip non-finite steps; without
+    clipping they skip computing it (tests/unit/test_hot_path.py: no read per step)."""
+    cfg = load_config(None, [f"deepspeed.zero_stage={stage}", f"training.grad_clip={clip}"])
+    zero = deepspeed_config(cfg, 2)["zero_optimization"]
+    assert zero.get("compute_grad_norm", True) == (stage in (0, 3) or clip > 0)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from met2net.config import load_config
-from met2net.training.optim import build_lr_scheduler, build_optimizer, lr_at
+from met2net.training.optim import build_lr_scheduler, build_optimizer, lr_at, optimizer_kernels
+from tests.conftest import small_config
 
 
 def test_warmup_then_cosine_to_min():
@@ -40,3 +41,31 @@ def test_scheduler_steps_per_optimizer_step():
         opt.step()
         sched.step()
     assert seen == pytest.approx([lr_at(s, 0.5, 0.05, 2, 10) for s in range(10)])
+
+
+def test_foreach_adam_gives_the_plain_loop_numbers_bitwise():
+    """The CPU's optimizer kernel (foreach) against torch's per-tensor loop, over a few implicit steps of the model."""
+    from met2net.model.met2net import Met2Net
+    from met2net.training.stages import make_schedule
+
+    cfg = small_config("model.drop_path=0", "training.lr=0.01")
+    assert optimizer_kernels("cpu") == {"foreach": True} and optimizer_kernels("cuda:0") == {"fused": True}
+    weights = Met2Net(cfg.model).state_dict()
+    trained = []
+    for foreach in (False, True):
+        model, schedule = Met2Net(cfg.model), make_schedule(cfg)
+        model.load_state_dict(weights)
+        schedule.configure(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = build_optimizer(trainable, cfg.training) if foreach else torch.optim.Adam(trainable, 0.01, foreach=False)
+        assert opt.defaults["foreach"] is foreach
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randn(2, 2, 3, 8, 16, generator=g), torch.randn(2, 2, 3, 8, 16, generator=g)
+            schedule.forward(model, x, y).loss.backward()
+            schedule.after_backward(model)
+            opt.step()
+            opt.zero_grad()
+        trained.append(model.state_dict())
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in weights)
+    assert any(not torch.equal(weights[k], trained[1][k]) for k in weights)
