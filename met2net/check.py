@@ -242,6 +242,8 @@ def preflight(
         if ckpt is not None:
             meta = checkpoint.load_meta(ckpt)
             checkpoint.check_resumable(ckpt, cfg.model.__dict__)
+            if checkpoint.unsafe_files(ckpt):  # what training would refuse to unpickle
+                raise checkpoint.untrusted(ckpt, UserError("a file that is not data"))
             mode = universal.resume_mode(ckpt, meta, world, "deepspeed" if deepspeed else "local", ds.zero_stage)
             how = " through DeepSpeed's universal form" if mode == "universal" else ""
             detail = f"resumes from {ckpt} (step {meta.get('step')}, intact){how}" + "".join(f"; {s}" for s in skipped)

@@ -41,3 +41,27 @@ def check_versions(*packages: str) -> None:
             warnings.warn(message, stacklevel=2)
         else:
             raise RuntimeError(message)
+
+
+def numpy_globals() -> list[object]:
+    """What a pickled NumPy array or scalar names (its reconstructor, ``ndarray``, ``dtype`` and the dtype classes):
+    data, never code. Allowed in ``load_data`` for the NumPy RNG state and NumPy numbers in a checkpoint."""
+    import numpy as np
+
+    kinds = (np.float64, np.float32, np.int64, np.int32, np.uint32, np.uint64, np.bool_)
+    return [
+        np.array(0).__reduce__()[0],  # numpy(._core).multiarray._reconstruct, wherever this NumPy keeps it
+        np.float64(0).__reduce__()[0],  # numpy(._core).multiarray.scalar
+        np.ndarray,
+        np.dtype,
+        *(type(np.dtype(k)) for k in kinds),
+    ]
+
+
+def load_data(path: str | os.PathLike, **kwargs: object) -> object:
+    """``torch.load`` with ``weights_only=True``: tensors, plain Python data and NumPy arrays and numbers load; a file
+    that names any other Python object (a pickle that would run code) raises ``pickle.UnpicklingError`` unloaded."""
+    import torch
+
+    with torch.serialization.safe_globals(numpy_globals()):
+        return torch.load(path, weights_only=True, **kwargs)

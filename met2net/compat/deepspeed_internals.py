@@ -119,22 +119,24 @@ def fit_universal_to_every_stage(out: Path) -> None:
         if have and name not in have:
             os.link(out / have[0], out / name)
     zero = out / "zero"
+    # DeepSpeed's own files, written by this run's DeepSpeed: the optimizer state names DeepSpeed objects (LossScaler,
+    # ZeroStageEnum), so it loads as DeepSpeed itself loads its checkpoints (TorchCheckpointEngine: weights_only=False)
     global_state = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
     step_files = sorted(zero.glob("*/step.pt"))
     if "optimizer_state_dict" not in global_state:  # from ZeRO-1/2
-        step = torch.load(step_files[0], map_location="cpu", weights_only=False) if step_files else None
+        step = torch.load(step_files[0], map_location="cpu", weights_only=True) if step_files else None
         global_state["optimizer_state_dict"] = {
             "state": {0: {"step": step}} if step is not None else {},
             "param_groups": global_state["param_groups"],
         }
     else:  # from ZeRO-3: flat tensors per parameter, no ds_version
-        engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)
+        engine_state = torch.load(out / have[0], map_location="cpu", weights_only=False)  # DeepSpeed's engine state
         global_state.setdefault("ds_version", engine_state["ds_version"])
         shapes = {n: shape for group in engine_state["param_shapes"] for n, shape in group.items()}
         state = global_state["optimizer_state_dict"].get("state")
         for param_dir in (p for p in zero.iterdir() if p.is_dir()):
             for f in param_dir.glob("*.pt"):
-                value = torch.load(f, map_location="cpu", weights_only=False)
+                value = torch.load(f, map_location="cpu", weights_only=True)  # a tensor per file
                 if f.name != "step.pt" and torch.is_tensor(value):
                     torch.save({"param": value.view(shapes[param_dir.name]), "cat_dim": 0}, f)
             if not step_files and state:

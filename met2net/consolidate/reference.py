@@ -113,7 +113,8 @@ def load_reference_file(
 
 
 def _torch_load(path: Path, weights_only: bool) -> Any:
-    try:
+    """``torch.load``; ``weights_only`` False only for a file the user vouched for (--trust-pickle)."""
+    try:  # weights_only as the caller says: see load_reference_file
         return torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
     except RuntimeError as e:
         if "mmap" not in str(e) and "zip" not in str(e):

@@ -13,7 +13,7 @@ import torch
 
 from met2net.config import Config, ConfigError, config_from_dict
 from met2net.model.met2net import Met2Net
-from met2net.training.checkpoint import load_meta, resolve
+from met2net.training.checkpoint import load_meta, load_weights, resolve
 from met2net.training.layout import stage_dir
 
 # which stage of a run directory is its forecaster: stage two ends a pipeline round; implicit and end_to_end train
@@ -88,4 +88,4 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
         state, meta = load_consolidated(path)
         return state, meta, path
     ckpt = find_checkpoint(path)
-    return torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True), load_meta(ckpt), ckpt
+    return load_weights(ckpt), load_meta(ckpt), ckpt

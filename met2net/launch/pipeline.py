@@ -168,6 +168,8 @@ def plan_pipeline(
             "CUDA_VISIBLE_DEVICES (use --gpu-layout node)"
         )
     run_dir = Path(cfg.run.dir).resolve()
+    if folder is not None:
+        plan.check_path("folder", folder)
     stage_list = plan.parse_stages(stages if isinstance(stages, str) else ",".join(stages))
     jobs = plan.make_plan(run_dir, stage_list, rounds, overrides)
     return Pipeline(

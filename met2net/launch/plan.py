@@ -10,12 +10,30 @@ round r-1's last stage (weights only).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from met2net.config import SCHEDULES  # the one list of schedules (met2net.config imports no torch)
 from met2net.errors import UserError
+
+SLURM_NAME = re.compile(r"[A-Za-z0-9_.,:+@-]*")
+"""What a partition or account may hold (several partitions: comma-separated). Values go into the sbatch script
+submitit writes; anything else (a blank, a quote, ``$``, ``;``, a line break that would start a shell line after its
+``#SBATCH`` comment) is refused rather than quoted."""
+
+
+def check_path(what: str, path: str | Path) -> None:
+    """A path written into a batch script (submitit's ``#SBATCH --output``, the tab-separated plan of
+    ``slurm/pipeline.sh``): shell metacharacters are quoted there, but a control character such as a line break
+    would end the ``#SBATCH`` comment it stands in, so it is refused."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+        raise UserError(
+            f"{what} {str(path)!r} holds a line break or another control character, which a batch script cannot "
+            "carry; choose a path without one"
+        )
+
 
 GPU_BIND = {"node": (), "task": ("--gpu-bind=single:1",)}
 """What each GPU layout adds to ``srun`` (``slurm/job.sh`` maps ``GPU_LAYOUT`` the same way): ``node``, every task
@@ -51,6 +69,12 @@ class Resources:
                 f"--signal-delay {self.signal_delay_s} s must be shorter than --time "
                 f"{self.time_min} min, or the warning comes before the job starts working"
             )
+        for option, value in (("--partition", self.partition), ("--account", self.account)):
+            if not SLURM_NAME.fullmatch(value):
+                raise UserError(
+                    f"{option} {value!r}: expected a Slurm name (letters, digits and _ . , : + @ -; several "
+                    "partitions comma-separated)"
+                )
         if self.gpu_layout not in GPU_BIND:
             raise UserError(f"--gpu-layout {self.gpu_layout!r}: expected one of {', '.join(GPU_BIND)}")
         if self.gpu_layout == "task" and not self.gpus_per_node:
@@ -114,6 +138,7 @@ def make_plan(
     """One job per (round, stage), each after the previous one."""
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
+    check_path("run.dir", run_dir)
     if rounds > 1 and stages[0] not in ("stage1", "stage2"):
         raise UserError(
             f"--rounds {rounds}: rounds alternate stage one and stage two; "

@@ -105,7 +105,7 @@ def convert_reference_state_dict(
 def load_reference_weights(model: torch.nn.Module, path: str) -> list[str]:
     """Load a reference checkpoint file (plain or Lightning) into ``model``; strict on
     every key and shape, so a checkpoint of another configuration fails clearly."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # a state dict: tensors only
     ref = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     ours, dropped = convert_reference_state_dict(ref)
     expected = model.state_dict()

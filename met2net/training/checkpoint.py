@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 import met2net
+from met2net.compat import load_data, numpy_globals
 from met2net.compat.deepspeed_internals import gathered
 from met2net.data.atomic import atomic_write, fsync, sha256_file
 from met2net.distributed.collectives import barrier, on_rank0
@@ -182,6 +184,39 @@ def unreadable_files(ckpt: Path) -> list[str]:
     return bad
 
 
+def untrusted(ckpt: Path, error: BaseException) -> CheckpointError:
+    """The error for a file of ``ckpt`` that would run code when unpickled (``load_data`` refused it)."""
+    return CheckpointError(
+        f"{ckpt}: {'; '.join(unsafe_files(ckpt)) or error}. met2net loads a checkpoint as data and never runs code "
+        "from it, so this file was not written by met2net (altered, or from a source you should not trust). "
+        "Use an earlier step (move this one away) or another checkpoint"
+    )
+
+
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """``ckpt``'s gathered weights (``model.pt``), as data only."""
+    try:
+        return torch.load(Path(ckpt) / "model.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise untrusted(ckpt, e) from None
+
+
+def unsafe_files(ckpt: Path) -> list[str]:
+    """The files of ``ckpt`` that met2net loads as data (``model.pt``, ``engine.pt``, ``rng_rank*``,
+    ``batchnorm_rank*``) naming Python objects that are not data, each as "<file> names <objects>"."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in numpy_globals()}
+    found = []
+    for path in sorted(Path(ckpt).glob("*.pt")):
+        if path.name.startswith(("model", "engine", "rng_rank", "batchnorm_rank")):
+            try:
+                names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed
+            except (RuntimeError, OSError, ValueError):  # not a zip archive: unreadable_files names it
+                continue
+            if names:
+                found.append(f"{path.name} names {', '.join(sorted(names))}")
+    return found
+
+
 # -- loading weights ----------------------------------------------------------------------------------------------
 def model_differences(meta: dict[str, Any], model_cfg: dict[str, Any]) -> str:
     """The ``model`` settings in which a checkpoint's ``meta`` and a config differ, as one phrase ('' if none)."""
@@ -226,7 +261,7 @@ def init_from(
     if state is not None:
         model.load_state_dict(fit_to_model(state, model.state_dict().keys()))
     else:
-        model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(load_weights(ckpt))
     return meta
 
 
@@ -339,15 +374,17 @@ class CheckpointManager:
                     )
                 on_rank0(universal.convert, self.rank, self.world_size, ckpt)
                 _, client = engine.load_checkpoint(ckpt, tag=universal.UNIVERSAL)
-                universal.restore_untrained(model, torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+                universal.restore_untrained(model, load_weights(ckpt))
             else:
                 _, client = engine.load_checkpoint(ckpt.parent, tag=ckpt.name)
             rng = None
             if saved_world == self.world_size:
-                rng = torch.load(ckpt / f"rng_rank{self.rank}.pt", weights_only=False)  # Python/NumPy RNG tuples
+                rng = load_data(ckpt / f"rng_rank{self.rank}.pt")  # Python and NumPy RNG states: tuples, an array
                 own = ckpt / f"batchnorm_rank{self.rank}.pt"
                 if own.exists():  # older checkpoints: the engine's (rank 0's) statistics
                     set_batchnorm_statistics(model, torch.load(own, weights_only=True))
+        except pickle.UnpicklingError as e:  # a file that would run code when unpickled: never loaded
+            raise untrusted(ckpt, e) from None
         except (OSError, RuntimeError, KeyError, EOFError) as e:
             bad = unreadable_files(ckpt)
             raise CheckpointError(

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from met2net import cli
 from met2net.data.shards import ShardMeta, shard_entry, write_index, write_shard
@@ -128,6 +129,31 @@ def remove(name: str) -> Callable[[dict[str, Path]], None]:
     return lambda p: Path(name.format(**p)).unlink()
 
 
+class Payload:
+    """Unpickled, it would run a shell command: what a hostile checkpoint file holds."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return os.system, (self.command,)
+
+
+def hostile(name: str) -> Callable[[dict[str, Path]], None]:
+    """``{ckpt}/NAME`` replaced by a pickle that would run ``touch {root}/pwned``, and the checkpoint's checksums
+    made to match it (anyone who can write a checkpoint can recompute them: they catch damage, not intent)."""
+
+    def setup(p: dict[str, Path]) -> None:
+        torch.save({"state": Payload(f"touch {p['root']}/pwned")}, p["ckpt"] / name)
+        meta = json.loads((p["ckpt"] / "meta.json").read_text())
+        meta["files"][name] = hashlib.sha256((p["ckpt"] / name).read_bytes()).hexdigest()
+        text = json.dumps(meta, indent=2)
+        (p["ckpt"] / "meta.json").write_text(text)
+        (p["ckpt"] / "COMPLETE").write_text(hashlib.sha256(text.encode()).hexdigest())
+
+    return setup
+
+
 def nan_in_shard(p: dict[str, Path]) -> None:
     with h5py.File(p["shards"] / "2010.h5", "r+") as f:
         f["fields"][3, 1, 2, 2] = np.nan
@@ -223,6 +249,10 @@ CASES: dict[str, Case] = {
     "ckpt-resume-damaged": Case(RESUME, "{stage}", flip_bit("{ckpt}/engine.pt")),
     "ckpt-resume-meta": Case(RESUME, "{stage}", truncate("{ckpt}/meta.json")),
     "ckpt-resume-other-model": Case(RESUME + " model.hid_s=8", "model.hid_s"),
+    "ckpt-resume-hostile-rng": Case(RESUME, "rng_rank0.pt", hostile("rng_rank0.pt")),
+    "ckpt-resume-hostile-engine": Case(RESUME, "engine.pt", hostile("engine.pt")),
+    "ckpt-init-hostile-weights": Case(TRAIN + " training.init_from={stage}", "model.pt", hostile("model.pt")),
+    "ckpt-evaluate-hostile-weights": Case("evaluate {run} -o {root}/ev --split val", "model.pt", hostile("model.pt")),
     "ckpt-evaluate-missing": Case("evaluate {root}/nothing -o {root}/ev", "{root}/nothing"),
     "ckpt-evaluate-override": Case("evaluate {run} -o {root}/ev --split val model.hid_s=8", "model.hid_s"),
     "ckpt-consolidate-missing": Case("consolidate {root}/nothing -o {root}/out", "{root}/nothing"),
@@ -358,3 +388,4 @@ def test_a_bad_input_is_one_line_naming_it_exit_code_2_and_nothing_changed(
     assert message and holds_in_order(line, message), f"docs/troubleshooting.md says {message!r}; got {line!r}"
     after = snapshot(root)
     assert [name for name, digest in before.items() if after.get(name) != digest] == []
+    assert not (root / "pwned").exists()  # nothing in a hostile file ran

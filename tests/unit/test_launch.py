@@ -333,7 +333,7 @@ def test_plan_command_gives_pipeline_sh_its_plan():
     assert out.splitlines() == plan.shell_lines(jobs, ("training.lr=1e-3",))
     bad = subprocess.run([*cmd[:3], "--run-dir=/r a", "--rounds=2"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot be empty or contain blanks" in bad.stderr and not bad.stdout
-    with pytest.raises(ValueError, match="holds a tab or line break"):
+    with pytest.raises(ValueError, match="holds a line break or another control character"):
         plan.shell_lines(plan.make_plan("/r\nx", ("stage1",)))
 
 
@@ -497,3 +497,66 @@ def test_failed_local_job_raises_and_the_cli_exits_1(monkeypatch, capsys, tmp_pa
     out = capsys.readouterr().out
     assert code == 1 and "met2net-stage1 (job" in out and "failed; the jobs after it were not started" in out
     assert "ZeroDivisionError" in out and "watch with" not in out
+
+
+# -- hostile values (issue 16, item 7): what reaches a shell or an sbatch script is quoted, or refused ---------------
+HOSTILE = "a b$(touch pwned1)`touch pwned2`;touch pwned3 'q\"&|>x<*"
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--partition", "gpu\ntouch pwned"),  # after #SBATCH, a new line is a shell line of the batch script
+        ("--partition", "gpu;touch pwned"),
+        ("--account", "acc$(touch pwned)"),
+        ("--account", "two words"),
+    ],
+)
+def test_slurm_names_with_metacharacters_are_refused(option, value, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["submit", str(ROOT / "configs/quickstart.yaml"), "--dry-run", option, value, f"run.dir={tmp_path / 'r'}"]
+    assert cli.main(args) == 2
+    assert f"{option} {value!r}: expected a Slurm name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_dir_with_a_line_break_is_refused(tmp_path, capsys):
+    """A line break reaches run.dir from a config file (YAML folds one given on the command line into a blank)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f'run: {{dir: {json.dumps(str(tmp_path / "r"))[:-1]}\\ntouch pwned"}}\n')
+    assert cli.main(["submit", str(config), "--dry-run"]) == 2
+    assert "holds a line break or another control character" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="folder"):
+        plan_pipeline(str(ROOT / "configs/quickstart.yaml"), [f"run.dir={tmp_path}"], folder=tmp_path / "f\rx")
+
+
+def test_a_hostile_run_dir_and_config_values_run_nothing(tmp_path):
+    """submitit's batch script for a run directory full of shell metacharacters, run by bash with ``srun`` (and the
+    interpreter it starts) replaced by a stub that records its arguments: the path arrives as one word, intact, and
+    nothing in it ran. A hostile config value travels inside the pickled job, never through a shell."""
+    run_dir = tmp_path / HOSTILE
+    value = "data.path=$(touch pwned4);x"
+    pipeline = plan_pipeline(str(ROOT / "configs/quickstart.yaml"), [value, f"run.dir={run_dir}"], rounds=1)
+    script = pipeline.sbatch_script(0)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    (bin_dir / "srun").chmod(0o755)
+    (tmp_path / "job.sh").write_text(script)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args")}
+    out = subprocess.run(["bash", "job.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    folder = pipeline.folder
+    assert str(folder) == f"{run_dir}/submitit"
+    assert (tmp_path / "args").read_text().splitlines() == [
+        "--unbuffered",
+        "--output",
+        f"{folder}/%j_%t_log.out",
+        sys.executable,
+        "-u",
+        "-m",
+        "submitit.core._submit",
+        str(folder),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args", "bin", "job.sh"]  # no pwned*, no a b…
+    assert value in pipeline.jobs[0].overrides
