@@ -26,7 +26,15 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import reconvert, shards
-from met2net.data.netcdf import coordinate_names, find_files, open_source, open_variable, source_times, with_our_names
+from met2net.data.netcdf import (
+    OpenSources,
+    coordinate_names,
+    find_files,
+    open_source,
+    open_variable,
+    source_times,
+    with_our_names,
+)
 from met2net.data.stats import STATS_NAME
 from met2net.data.synthetic import VARIABLES
 from met2net.data.timestep import TimeStep, of_times
@@ -97,8 +105,10 @@ def read_year(
     subsample: int,
     allow_gaps: bool,
     coords: Mapping[str, str] | None = None,
+    opened: OpenSources | None = None,
 ) -> Year:
-    """Every variable's data for ``year``, checked to share time axis and grid.
+    """Every variable's data for ``year``, checked to share time axis and grid; ``opened``: sources kept open across
+    years.
 
     Only ``year``'s times are read from each source, one variable at a time into the shard's array, so memory stays
     at about one shard plus one variable's year, however many years a source file holds.
@@ -113,7 +123,7 @@ def read_year(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
-        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year=year)
+        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year, opened)
         axes = _Axes.of(src.name, paths, da)
         if first is None:
             first = axes
@@ -287,17 +297,20 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
     names = {f"{y}.h5" for y in mine}
     reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
-    for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
-        name = f"{year}.h5"
-        if name in reusable:
-            entries.append(reusable[name])
-            continue
-        data = read_year(year, job.sources, job.files, cfg.data.subsample, cfg.data.allow_gaps, cfg.data.coords)
-        sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
-        entries.append(shards.shard_entry(target / name, data.times, sha))
-        print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
-        steps.update([data.step] if data.step else [])
-        meta = data.meta
+    with OpenSources(cfg.data.coords) as opened:
+        for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
+            name = f"{year}.h5"
+            if name in reusable:
+                entries.append(reusable[name])
+                continue
+            d = cfg.data
+            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
+            sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
+            entries.append(shards.shard_entry(target / name, data.times, sha))
+            print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
+            steps.update([data.step] if data.step else [])
+            meta = data.meta
+            del data
     if comm is not None:
         gathered = comm.gather((entries, steps, meta), root=0)
         if rank != 0:

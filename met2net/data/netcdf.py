@@ -15,6 +15,7 @@ came from.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +39,7 @@ COORD_ALIASES = {
     "level": ("level", "pressure_level", "isobaricInhPa", "plev", "lev"),
 }
 _REQUIRED = ("time", "lat", "lon")
+NETCDF_CHUNK_CACHE = 4 << 20  # bytes per variable while a source is open (see _open_netcdf)
 ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")  # what the root of a Zarr store holds: v2, v2 array, v3
 _SPACING_RTOL = 1e-4
 
@@ -329,12 +331,25 @@ def open_source(path: Path) -> xr.Dataset:
             with warnings.catch_warnings():  # stores without consolidated metadata open fine, only slower
                 warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated", RuntimeWarning)
                 return xr.open_zarr(path, chunks=None)  # lazily indexed without dask
-        return xr.open_dataset(path, engine="netcdf4", chunks=None)
+        return _open_netcdf(path)
     except (OSError, ValueError, TypeError) as err:
         raise UserError(
             f"{path}: cannot be read as a netCDF file or a Zarr store ({type(err).__name__}: {err}); check that the "
             "file is complete, or narrow data.variables[].file_glob to the data files"
         ) from None
+
+
+def _open_netcdf(path: Path) -> xr.Dataset:
+    """``path`` through netCDF4 with a small chunk cache: a conversion reads each chunk once, so netCDF-C's default
+    (64 MiB per variable) would only hold memory while the file stays open across years."""
+    import netCDF4
+
+    saved = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(NETCDF_CHUNK_CACHE)
+    try:
+        return xr.open_dataset(path, engine="netcdf4", chunks=None)
+    finally:
+        netCDF4.set_chunk_cache(*saved)
 
 
 def source_times(ds: xr.Dataset, where: str) -> tuple[np.ndarray, str]:
@@ -359,29 +374,74 @@ def _positions(times: np.ndarray, year: int) -> slice | np.ndarray:
     return idx
 
 
+class OpenSources:
+    """Sources kept open across the years of one conversion, so a multi-year file is opened and its time axis decoded
+    once rather than once per year (the data themselves are still read a year at a time). At most ``size`` are open
+    at once, the least recently used closed first; use as a context manager, which closes them all."""
+
+    def __init__(self, coords: Mapping[str, str] | None = None, size: int = 16):
+        self.coords, self.size = dict(coords or {}), size
+        self._open: OrderedDict[Path, tuple[xr.Dataset, np.ndarray, str]] = OrderedDict()
+
+    def get(self, path: Path) -> tuple[xr.Dataset, np.ndarray, str]:
+        """``path`` opened with our axis names and levels in hPa, its times (datetime64) and calendar."""
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        raw = open_source(path)
+        try:
+            ds = _in_hpa(with_our_names(raw, coordinate_names(raw, str(path), self.coords)))
+            times, calendar = source_times(ds, str(path))
+            entry = (ds.assign_coords(time=("time", times, {"calendar": calendar})), times, calendar)
+        except BaseException:
+            raw.close()
+            raise
+        self._open[path] = entry
+        while len(self._open) > self.size:
+            self._open.popitem(last=False)[1][0].close()
+        return entry
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1][0].close()
+
+    def __enter__(self) -> OpenSources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _read_one(
-    path: Path, var: str, level: int | None, coords: Mapping[str, str] | None = None, year: int | None = None
+    path: Path,
+    var: str,
+    level: int | None,
+    coords: Mapping[str, str] | None = None,
+    year: int | None = None,
+    sources: OpenSources | None = None,
 ) -> xr.DataArray:
-    """One source's ``var`` (of ``year`` only, when given) in memory on the normalised grid; the source is closed
-    before returning. Only the selected times are read: a multi-year file costs one year's memory per call."""
-    with open_source(path) as ds:
-        ds = _in_hpa(with_our_names(ds, coordinate_names(ds, str(path), coords)))
-        times, calendar = source_times(ds, str(path))
-        if var not in ds.data_vars:
-            raise UserError(
-                f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
-                f"fix 'var' in its data.variables entry"
-            )
-        da = ds[var].assign_coords(time=("time", times, {"calendar": calendar}))
-        if year is not None:
-            da = da.isel(time=_positions(times, year))
-        da = _select_level(da, level, path, var)
-        if set(da.dims) != {"time", "lat", "lon"}:
-            raise UserError(
-                f"{path}: variable {var!r} has dims {da.dims} after level selection; "
-                f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
-            )
-        da = da.load()  # the selected times only, in the file's own order and dtype
+    """One source's ``var`` (of ``year`` only, when given) in memory on the normalised grid. Only the selected
+    times are read: a multi-year file costs one year's memory per call. The source is taken from ``sources`` (kept
+    open for the next year), or opened and closed before returning."""
+    if sources is None:
+        with OpenSources(coords, size=1) as once:
+            return _read_one(path, var, level, coords, year, once)
+    ds, times, _ = sources.get(path)
+    if var not in ds.data_vars:
+        raise UserError(
+            f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
+            f"fix 'var' in its data.variables entry"
+        )
+    da = ds[var]
+    if year is not None:
+        da = da.isel(time=_positions(times, year))
+    da = _select_level(da, level, path, var)
+    if set(da.dims) != {"time", "lat", "lon"}:
+        raise UserError(
+            f"{path}: variable {var!r} has dims {da.dims} after level selection; "
+            f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
+        )
+    da = da.load()  # the selected times only, in the file's own order and dtype
     da.encoding["source"] = str(path)
     da = normalise_grid(da).transpose("time", "lat", "lon")
     return da.astype(np.float32, copy=False)
@@ -403,17 +463,19 @@ def open_variable(
     level: int | None = None,
     coords: Mapping[str, str] | None = None,
     year: int | None = None,
+    sources: OpenSources | None = None,
 ) -> xr.DataArray:
     """Read ``var`` from sources (netCDF files or Zarr stores) into one (time, lat, lon) float32 array, time
     ascending; ``coords``: the files' names of our axes where the common ones do not fit (``data.coords``); ``year``:
     read that year's times only (the rest of a multi-year source is never read).
 
-    Loads eagerly and closes each source, so no handles outlive the call (safe with forked data-loader workers).
+    Loads eagerly; without ``sources`` (kept open by the caller) each source is closed before returning, so no
+    handles outlive the call (safe with forked data-loader workers).
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
-    parts = [_read_one(p, var, level, coords, year) for p in paths]
+    parts = [_read_one(p, var, level, coords, year, sources) for p in paths]
     _check_same_grid(parts, paths, var)
     used = {str(p): part["time"].attrs["calendar"] for p, part in zip(paths, parts)}
     if len(set(used.values())) > 1:
