@@ -39,6 +39,11 @@ def is_whole(param: nn.Parameter) -> bool:
     return param.data.numel() == param.ds_numel and param.data.data_ptr() != param.ds_tensor.data_ptr()
 
 
+def whole_numel(param: nn.Parameter) -> int:
+    """The parameter's full size, also for a ZeRO-3 parameter whose data is empty on this rank now."""
+    return param.ds_numel if is_zero3(param) else param.numel()
+
+
 def is_gathered(param: nn.Parameter) -> bool:
     return param.data.numel() == param.ds_numel
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from met2net.compat.deepspeed_internals import is_zero3, partition
+from met2net.compat.deepspeed_internals import is_zero3, partition, whole_numel
 
 MIB = 2**20
 
@@ -51,8 +51,8 @@ def innermost_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def trainable_count(model: torch.nn.Module) -> int:
-    """Trained parameters, whole (a ZeRO-3 parameter's size is ``ds_numel``, its data may be empty here)."""
-    return sum(p.ds_numel if is_zero3(p) else p.numel() for p in model.parameters() if p.requires_grad)
+    """Trained parameters, whole (a ZeRO-3 parameter's data may be empty here)."""
+    return sum(whole_numel(p) for p in model.parameters() if p.requires_grad)
 
 
 def held_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
