@@ -131,6 +131,7 @@ def read_year(
             fields = np.empty((da.sizes["time"], len(sources), *frame), dtype=np.float32)
         else:
             _same_axes(first, axes, year)
+        _check_complete(da, src, axes, year)
         fields[:, c] = da.values[:, ::subsample, ::subsample]
         units.append(str(da.attrs.get("units", "")))
         long_names.append(str(da.attrs.get("long_name", src.var)))
@@ -146,6 +147,23 @@ def read_year(
         lon=first.lon[::subsample],
     )
     return Year(times, fields, meta, step)
+
+
+def _check_complete(da: xr.DataArray, src: VariableSource, axes: _Axes, year: int) -> None:
+    """Refuse missing values (NaN after xarray applied the file's _FillValue/missing_value, or inf) naming the
+    source, the variable, how many there are and where the first is, before anything of the year is written."""
+    bad = ~np.isfinite(da.values)
+    if not bad.any():
+        return
+    t, i, j = np.argwhere(bad)[0]
+    frames = int(bad.any(axis=(1, 2)).sum())
+    raise UserError(
+        f"{axes.files}: variable {src.var!r} ({src.name}) has {int(bad.sum())} missing (NaN or inf) values in {year}, "
+        f"in {frames} of {bad.shape[0]} frames, the first at {str(axes.times[t])[:16]}, lat {axes.lat[i]:g}, lon "
+        f"{axes.lon[j]:g}; nothing written. Shards hold complete fields (met2net has no masking option yet): fill "
+        f"them in the source (xarray: ds[{src.var!r}].fillna(value) or .interpolate_na('time')), or leave "
+        f"{src.name!r} out of model.variables"
+    )
 
 
 def _same_axes(a: _Axes, b: _Axes, year: int) -> None:

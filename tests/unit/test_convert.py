@@ -104,10 +104,15 @@ def test_time_gaps_are_errors_unless_allowed(tree, tmp_path):
     assert read_index(tmp_path / "out")["shards"][0]["num_times"] == HOURS - 2
 
 
-def test_nan_is_refused_with_shard_channel_and_time(tree, tmp_path):
+def test_missing_values_are_refused_naming_file_variable_count_and_place(tree, tmp_path):
     path = next((tree / "relative_humidity").glob("*2011*"))
-    rewrite(path, lambda ds: ds.assign(r=ds.r.where(ds.time != np.datetime64("2011-01-01T03"))))
-    with pytest.raises(ShardError, match=r"2011\.h5: channel 'r' has NaN values at 2011-01-01T03:00"):
+    first = np.datetime64("2011-01-01T03")
+    rewrite(path, lambda ds: ds.assign(r=ds.r.where((ds.time != first) | (ds.lat > 0))))  # southern half, 1 frame
+    with pytest.raises(
+        ValueError,
+        match=r"relative_humidity_2011_11\.25deg\.nc'\]: variable 'r' \(r\) has 256 missing \(NaN or inf\) values in "
+        r"2011, in 1 of 24 frames, the first at 2011-01-01T03:00, lat -84\.375, lon 0; nothing written.*fillna",
+    ):
         convert(tree, cfg(), tmp_path / "out", progress=False)
     assert not list((tmp_path / "out").glob("2011.h5*")) and not (tmp_path / "out" / "index.json").exists()
 
@@ -241,7 +246,7 @@ def test_failed_forced_reconvert_leaves_the_old_shards_byte_identical(tree, tmp_
     before = snapshot(out)
     path = next((tree / "2m_temperature").glob("*2011*"))
     rewrite(path, lambda ds: ds.assign(t2m=ds.t2m.where(ds.time != np.datetime64("2011-01-01T03"))))
-    with pytest.raises(ShardError, match="2011.h5: channel 't2m' has NaN"):
+    with pytest.raises(ValueError, match=r"variable 't2m' \(t2m\) has 512 missing \(NaN or inf\) values in 2011"):
         convert(tree, cfg("model.variables=[u10,t2m]"), out, progress=False, force=True)
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nc", "out"]
