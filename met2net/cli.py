@@ -89,7 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if ev.rank == 0:
         files = write_outputs(ev, args.out)
         if not args.no_plots:
-            files += write_plots(ev, Path(args.out))
+            files += write_plots(ev, Path(args.out), args.map_variables, args.map_leads)
         print(f"evaluated {ev.source}")
         print(summary(ev))
         print(
@@ -336,6 +336,17 @@ def cmd_scale_point(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def _leads(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers separated by commas, e.g. 6,24") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="met2net", description=__doc__)
     # the deepspeed launcher passes --local_rank before the command; LOCAL_RANK in the environment says the same
@@ -404,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=0, help="windows per forward (default training.batch_size)")
     evaluate.add_argument("--climatology-window", type=int, default=15, help="days either side smoothed (default 15)")
     evaluate.add_argument("--no-plots", action="store_true")
+    evaluate.add_argument(
+        "--map-variables",
+        type=_names,
+        metavar="VAR,VAR",
+        help="variables to map (truth, forecast, error of the first window; default all)",
+    )
+    evaluate.add_argument(
+        "--map-leads",
+        type=_leads,
+        metavar="LEAD,LEAD",
+        help="lead times to map, in hours (months for monthly data); default the first, middle and last",
+    )
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=... data.test_years=[2018]")
     evaluate.set_defaults(func=cmd_evaluate)
     predict = sub.add_parser("predict", help="forecasts from chosen initial times → CF netCDF")

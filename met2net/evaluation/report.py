@@ -8,11 +8,13 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from met2net.data.atomic import atomic_write
+from met2net.errors import UserError
 from met2net.evaluation.evaluate import MODELS, Evaluation
 
 COLUMNS = ("variable", "lead_hours", "metric", "model", "value")  # lead_months for monthly data
@@ -151,22 +153,49 @@ def summary(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def write_plots(ev: Evaluation, out: str | Path) -> list[Path]:
-    """Scores against lead (from ``metrics.csv``) and maps of the first window's truth, forecast and error at the
-    first, middle and last lead, under ``out/plots``."""
+def map_choice(
+    ev: Evaluation, variables: Sequence[str] | None = None, leads: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """Indices of the variables and leads to map: by default every variable at the first, middle and last lead;
+    a name or lead the evaluation does not have is an error listing those it has."""
+    names = list(variables) if variables else list(ev.variables)
+    unknown = [v for v in names if v not in ev.variables]
+    if unknown:
+        raise UserError(
+            f"--map-variables: {', '.join(unknown)} not among the model's variables ({', '.join(ev.variables)})"
+        )
+    if leads:
+        absent = [lead for lead in leads if lead not in ev.leads]
+        if absent:
+            raise UserError(
+                f"--map-leads: {', '.join(map(str, absent))} not among this evaluation's leads in {ev.lead_unit} "
+                f"({', '.join(map(str, ev.leads))}; --rollout K gives leads up to K × out_frames)"
+            )
+        chosen = [ev.leads.index(lead) for lead in leads]
+    else:
+        chosen = sorted({0, len(ev.leads) // 2, len(ev.leads) - 1})
+    return [ev.variables.index(v) for v in names], chosen
+
+
+def write_plots(
+    ev: Evaluation, out: str | Path, map_variables: Sequence[str] | None = None, map_leads: Sequence[int] | None = None
+) -> list[Path]:
+    """Scores against lead (from ``metrics.csv``) and maps of the first window's truth, forecast and error for
+    ``map_variables`` at ``map_leads`` (default: every variable at the first, middle and last lead), under
+    ``out/plots``."""
     from met2net.evaluation.plots import plot_maps, plot_scores
 
+    chosen, leads = map_choice(ev, map_variables, map_leads)  # before any file: a wrong name fails fast
     plots = Path(out) / "plots"
     files = plot_scores(Path(out) / "metrics.csv", plots)
     if ev.sample:
-        leads = sorted({0, len(ev.leads) // 2, len(ev.leads) - 1})
         files += plot_maps(
-            ev.sample["truth"][leads],
-            ev.sample["forecast"][leads],
+            ev.sample["truth"][leads][:, chosen],
+            ev.sample["forecast"][leads][:, chosen],
             ev.lat,
             ev.lon,
-            ev.variables,
-            ev.units,
+            [ev.variables[c] for c in chosen],
+            [ev.units[c] for c in chosen],
             [ev.leads[i] for i in leads],
             plots,
             title=f"first {ev.split} window",

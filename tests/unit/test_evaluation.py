@@ -13,14 +13,15 @@ import pytest
 import torch
 import xarray as xr
 
-from met2net.cli import main
+from met2net.cli import build_parser, main
 from met2net.config import ConfigError, load_config
 from met2net.data import synthetic
+from met2net.errors import UserError
 from met2net.evaluation.climatology import Climatology, calendar_index
 from met2net.evaluation.evaluate import evaluate, forecast
 from met2net.evaluation.metrics import latitude_weights, score_sums, scores
 from met2net.evaluation.predict import predict
-from met2net.evaluation.report import write_outputs
+from met2net.evaluation.report import write_outputs, write_plots
 from met2net.evaluation.source import load_source
 from met2net.train import run_train
 from tests.e2e.test_train_cli import ROOT, TINY
@@ -178,6 +179,27 @@ def test_outputs_and_command_line(run, tmp_path, capsys):
     assert "| t2m |" in (tmp_path / "ev/report.md").read_text()
 
 
+def test_maps_of_chosen_variables_and_leads(run, tmp_path, capsys):
+    ev = evaluate(run, progress=False)
+    write_outputs(ev, tmp_path)
+    files = write_plots(ev, tmp_path, ["t2m", "r"], [48])
+    maps = sorted(p for p in files if p.name.startswith("map_"))
+    assert [p.name for p in maps] == ["map_r_48h.png", "map_t2m_48h.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files)
+    default = [p.name for p in write_plots(ev, tmp_path) if p.name.startswith("map_")]
+    assert len(default) == len(ev.variables) * 2  # every variable at the first and last of two leads
+    with pytest.raises(UserError, match=r"--map-variables: z500 not among the model's variables \(u10, v10, t2m"):
+        write_plots(ev, tmp_path / "bad", ["t2m", "z500"])
+    with pytest.raises(UserError, match=r"--map-leads: 12 not among this evaluation's leads in hours \(24, 48;"):
+        write_plots(ev, tmp_path / "bad", None, [12, 24])
+    assert not (tmp_path / "bad").exists()  # refused before any file
+    args = build_parser().parse_args(["evaluate", "RUN", "k=v", "--map-variables", "t2m,r", "--map-leads", "24,48"])
+    assert (args.map_variables, args.map_leads, args.overrides) == (["t2m", "r"], [24, 48], ["k=v"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "RUN", "--map-leads", "6h"])
+    assert "'6h': expected whole numbers separated by commas" in capsys.readouterr().err
+
+
 def test_a_failed_write_leaves_the_previous_outputs(run, tmp_path):
     ev = evaluate(run, progress=False)
     write_outputs(ev, tmp_path)
@@ -197,6 +219,11 @@ def test_forecasts_as_cf_netcdf_equal_the_model(run, tmp_path):
     assert ds["time"].values[1, 0] == np.datetime64("2012-06-02T00")  # valid time = init + lead
     assert ds["forecast_period"].values[-1] == np.timedelta64(48, "h")
     loaded = load_source(run)
+    assert (
+        ds.attrs["source"].startswith("met2net ") and "implicit, step 4" in ds.attrs["checkpoint"]
+    )  # model, checkpoint
+    assert str(run / "checkpoints/implicit/step_4") in ds.attrs["checkpoint"]
+    assert json.loads(ds.attrs["config"]) == loaded.cfg.to_dict()  # and the full config
     cfg = loaded.cfg
     f = synthetic.generate([2012], grid=tuple(cfg.model.grid), step_hours=24, variables=cfg.model.variables)
     series = np.stack([f.fields[v] for v in cfg.model.variables], axis=1)
@@ -206,6 +233,33 @@ def test_forecasts_as_cf_netcdf_equal_the_model(run, tmp_path):
     expected = y * loaded.std[:, None, None] + loaded.mean[:, None, None]
     got = np.stack([ds[v].values[1] for v in cfg.model.variables], axis=1)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_a_consolidated_file_scores_and_forecasts_as_its_checkpoint(run, tmp_path, monkeypatch):
+    """`met2net evaluate` and `predict` from model.safetensors + met2net.json (issue 13, loading): the same table and
+    the same forecasts as from the checkpoint it was made of, and nothing is unpickled on the way."""
+    from met2net.consolidate import consolidate
+
+    ckpt = run / "checkpoints/implicit/step_4"
+    out = consolidate(ckpt, tmp_path / "consolidated")
+    expected, expected_forecast = evaluate(ckpt, progress=False).table(), predict(ckpt, ["2012-06-01T00"])
+    variables = load_source(ckpt).cfg.model.variables
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    for source in (out, out / "model.safetensors"):  # the directory, or the file alone (its header has the metadata)
+        ev = evaluate(source, progress=False)
+        assert ev.count == 366 - 4 + 1
+        table = ev.table()
+        assert sorted(table) == sorted(expected)
+        for model, metrics in expected.items():
+            for metric, values in metrics.items():
+                np.testing.assert_array_equal(table[model][metric], values, err_msg=f"{model} {metric}")
+        ds = predict(source, ["2012-06-01T00"])
+        for v in variables:
+            np.testing.assert_array_equal(ds[v].values, expected_forecast[v].values, err_msg=v)
 
 
 @pytest.mark.parametrize(

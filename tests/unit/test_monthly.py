@@ -20,6 +20,7 @@ from met2net.data.shards import read_index
 from met2net.data.stats import compute_stats, write_stats
 from met2net.data.timestep import TimeStep
 from met2net.data.windows import ShardWindowDataset, window_starts
+from met2net.errors import UserError
 from met2net.evaluation.climatology import Climatology
 from met2net.evaluation.evaluate import evaluate
 from met2net.evaluation.predict import predict
@@ -161,3 +162,10 @@ def test_monthly_evaluation_and_forecasts_count_leads_in_months(run, tmp_path):
     with xr.open_dataset(tmp_path / "f.nc") as back:
         assert list(back["forecast_period"].values) == [1, 2]
         assert str(back["time"].values[0, 1])[:10] == "2003-03-01"
+    # an init the shards cannot serve: its input frames lie before the first month, or after the last
+    with pytest.raises(UserError, match=r"init time 2000-01-01T00: the shards in .* lack input frame\(s\) \['1999-"):
+        predict(run, ["2000-01-01T00"])
+    with pytest.raises(
+        UserError, match=r"lack input frame\(s\) \['2004-05-01T00', '2004-06-01T00'\] \(they cover 2000"
+    ):
+        predict(run, ["2004-06-01T00"])
