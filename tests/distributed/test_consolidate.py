@@ -228,3 +228,40 @@ def as_if_four_ranks(path: Path) -> None:
     inner[key] = [g[: g.numel() // 2].clone() for g in inner[key]]
     inner["partition_count"] = [4] if isinstance(inner["partition_count"], list) else 4
     torch.save(state, path)
+
+
+def train_stage_one(rank: int, world: int, run_dir: str, extra: tuple[str, ...]) -> torch.Tensor:
+    """Stage one on every rank; the live engine's forecast of the fixed batch after it."""
+    from met2net.training.build import build_trainer
+
+    cfg = tiny_config(run_dir, "stage1", *extra)
+    trainer = build_trainer(cfg)
+    trainer.train()
+    trainer.sync_batchnorm()
+    return trainer.model.predict(batch(cfg))
+
+
+@pytest.mark.distributed
+def test_a_zero0_deepspeed_checkpoint_of_2_ranks_consolidates(tmp_path):
+    """ZeRO-0 under DeepSpeed keeps the whole module (and optimizer) in mp_rank_00_model_states.pt: the file holds
+    exactly those weights and the gathered model.pt's, and a model from it predicts bitwise what the engine did."""
+    live = run_ranks(train_stage_one, 2, tmp_path, str(tmp_path / "run"), ("deepspeed.zero_stage=0",))[0]
+    ckpt = tmp_path / "run/checkpoints/stage1/step_2"
+    out = consolidate(ckpt, tmp_path / "all", weights="all")
+    ours, meta = load_consolidated(out)
+    assert (meta["source"]["engine"], meta["source"]["zero_stage"], meta["source"]["world_size"]) == ("deepspeed", 0, 2)
+    module = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]  # DeepSpeed's own file
+    params = {n for n, _ in Met2Net(model_config(meta["config"])).named_parameters()}
+    assert params <= set(module) and [k for k in params if not torch.equal(ours[k], module[k].float())] == []
+    gathered = torch.load(ckpt / "model.pt", weights_only=True)
+    assert set(ours) == set(gathered) and [k for k in ours if not torch.equal(ours[k], gathered[k])] == []
+    assert all(ours[k].dtype == torch.float32 for k in params) and verify_consolidated(out) == []
+    state, inference = load_consolidated(consolidate(ckpt, tmp_path / "inference"))
+    model = Met2Net(model_config(inference["config"]), with_copies=False)
+    model.load_state_dict(state)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks ran
+    try:
+        assert torch.equal(model.predict(batch(tiny_config("unused", "stage1"))), live)
+    finally:
+        torch.set_num_threads(threads)
