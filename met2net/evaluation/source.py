@@ -66,8 +66,11 @@ def load_source(source: str | Path, overrides: list[str] = ()) -> Loaded:
     trained = {k: v for k, v in state.items() if k.startswith(TRAINED)}
     try:
         model.load_state_dict(trained)
-    except RuntimeError as e:
-        raise ConfigError(f"{where}: its weights do not fit the model its config describes ({e})") from None
+    except RuntimeError:
+        raise ConfigError(
+            f"{where}: its weights do not fit the model its config describes ({misfit(trained, model, cfg)}); "
+            "a checkpoint's weights and its meta.json belong together: evaluate the checkpoint they came from"
+        ) from None
     model.eval()
     description = f"{where} ({meta.get('schedule', '?')}, step {meta.get('step', '?')})"
     return Loaded(
@@ -78,6 +81,36 @@ def load_source(source: str | Path, overrides: list[str] = ()) -> Loaded:
         description,
         meta,
     )
+
+
+def misfit(state: dict[str, torch.Tensor], model: Met2Net, cfg: Config) -> str:
+    """Why ``state`` does not load into ``model``, in one line: the config values its shapes contradict (as
+    ``met2net consolidate`` names them), else the first tensors whose shapes differ and the count of missing and
+    unexpected ones; never torch's list of every tensor."""
+    from met2net.consolidate.format import ConsolidateError, infer_model
+
+    try:
+        found, where = infer_model({k: tuple(v.shape) for k, v in state.items()})
+    except ConsolidateError:
+        found, where = {}, {}
+    m = cfg.model
+    said = {k: len(m.variables) if k == "variables" else getattr(m, k) for k in found}
+    wrong = [f"model.{k}: config {said[k]!r}, weights {found[k]!r} ({where[k]})" for k in found if said[k] != found[k]]
+    if wrong:
+        return "; ".join(wrong)
+    expected = model.state_dict()
+    shapes = [
+        f"{k}: weights {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    parts = shapes[:3] + ([f"{len(shapes) - 3} more shapes differ"] if len(shapes) > 3 else [])
+    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:

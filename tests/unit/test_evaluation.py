@@ -126,6 +126,26 @@ def test_calendar_and_climatology_by_day_and_hour():
         Climatology([(times, fields)], 12, window_days=0)  # 29 February never occurs in 2010–2011
 
 
+def test_a_misfit_is_named_in_one_line():
+    from met2net.evaluation.source import misfit
+    from met2net.model.met2net import Met2Net
+
+    cfg = load_config(ROOT / "configs/quickstart.yaml", TINY)
+    model = Met2Net(cfg.model, with_copies=False)
+    state = dict(model.state_dict())
+    name = next(k for k in state if k.startswith("decoders_q.") and k.endswith("weight"))
+    state[name] = torch.zeros(3, *state[name].shape)  # a shape no config gives
+    del state["translator_q.conv_out.bias"]
+    state["translator_q.extra"] = torch.zeros(1)
+    said = misfit(state, model, cfg)
+    assert said.startswith(f"{name}: weights (3, ") and "\n" not in said
+    assert "1 tensor(s) missing, e.g. translator_q.conv_out.bias; 1 unexpected, e.g. translator_q.extra" in said
+    wider = load_config(ROOT / "configs/quickstart.yaml", [*TINY, "model.hid_s=8"])
+    assert misfit(dict(model.state_dict()), Met2Net(wider.model, with_copies=False), wider).startswith(
+        "model.hid_s: config 8, weights "
+    )
+
+
 # -- a trained model ------------------------------------------------------------------------------------------------
 def test_persistence_and_climatology_rows_are_those_of_the_data(run):
     """The persistence MSE at every lead equals the one computed directly from the built-in data."""
@@ -268,6 +288,11 @@ def test_a_consolidated_file_scores_and_forecasts_as_its_checkpoint(run, tmp_pat
         ("other model", "cannot be overridden .model.hid_t"),
         ("empty split", "'data.test_years' is empty"),
         ("no statistics", "no normalisation statistics"),
+        (
+            "weights of another model",
+            r"step_4: its weights do not fit the model its config describes \(model.hid_t: "
+            r"config 32, weights 16 \(translator_q.conv_in.weight \(16, 8, 1, 1\)",
+        ),
         ("init outside", r"init time 2012-01-01T12: not on the data.s 24-hourly axis"),
     ],
 )
@@ -278,17 +303,21 @@ def test_clear_errors(run, tmp_path, what, match):
     elif what == "empty split":
         with pytest.raises(ConfigError, match=match):
             evaluate(run, overrides=["data.test_years=[]"], progress=False)
-    elif what == "no statistics":
+    elif what in ("no statistics", "weights of another model"):
         import shutil
 
-        copy = tmp_path / "ckpt"
+        copy = tmp_path / "step_4"
         shutil.copytree(run / "checkpoints/implicit/step_4", copy)
         meta = json.loads((copy / "meta.json").read_text())
-        del meta["stats"]
+        if what == "no statistics":
+            del meta["stats"]
+        else:  # a checkpoint whose config names another model than its weights are
+            meta["config"]["model"]["hid_t"] = 32
         (copy / "meta.json").write_text(json.dumps(meta))
         (copy / "COMPLETE").write_text("")  # an older checkpoint: no checksums to check
-        with pytest.raises(ConfigError, match=match):
+        with pytest.raises(ConfigError, match=match) as error:
             evaluate(copy, progress=False)
+        assert "\n" not in str(error.value)  # one line, not torch's list of every tensor
     else:
         with pytest.raises(ValueError, match=match):
             predict(run, ["2012-01-01T12"])
