@@ -1,11 +1,21 @@
-"""Samples/s of the optimised implicit step against the literal reference-order step.
+"""Samples/s of the optimised implicit step against the literal reference-order step, and how close each comes to
+this machine's matrix-product peak.
 
-Both run side by side in one process on the same weights and batches (mv5 5.625° by
-default): the literal step is the reference's order and layers (separate E_k(x), the
-zero-weight prediction term with its backward, plain PyTorch layers, NCHW); the optimised
-one is `met2net.training.stages.Implicit` with fast kernels and channels-last. Before
-timing, the first step's losses and gradients are compared (fp32 must agree to 1e-5
-relative). Timings alternate literal/optimised steps so drift hits both alike.
+Both steps run side by side in one process on the same weights and batches (mv5 5.625° by default): the literal
+step is the reference's order and layers (separate E_k(x), the zero-weight prediction term with its backward, plain
+PyTorch layers, NCHW); the optimised one is `met2net.training.stages.Implicit` with fast kernels and channels-last.
+Each runs in fp32 and under bf16 autocast. Before timing, the first step's losses and gradients are compared with
+the literal fp32 step (fp32 must agree to 1e-5 relative). Timed steps alternate between all variants of a batch, so
+drift hits them alike.
+
+Utilisation: the step's necessary work (`met2net/model/flops.py`: five Translator passes and the codecs, counted
+from the config; FlopCounterMode's count of each step's own work is printed beside it) over the step's time, as a
+fraction of this machine's matrix-product rates in the step's precision: the best of the Translator's own GEMM
+shapes (as `torch.mm`, and its 1×1 convolution as the model runs it) and a large square product. The rates are
+measured right after every timed step, averaged over as long as the step took, and the median of the per-step
+fractions is reported, so that a shared machine's load of the moment hits step and yardstick alike; a best-of-5
+table of the rates, before and after the steps, shows the machine's best and how much the load moved. The header
+names the CPU and the kernels oneDNN chose (from its verbose log).
 
     .venv/bin/python tools/bench/step.py [--batches 1 2 4] [--precisions fp32 bf16] [--steps 3]
 """
@@ -14,28 +24,38 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from met2net.config import load_config
+from met2net.config import Config, load_config
+from met2net.model.flops import flop_counter, implicit_step_flops, implicit_step_macs
 from met2net.model.met2net import Met2Net
 from met2net.training.precision import autocast
 from met2net.training.reference_step import LiteralImplicit
-from met2net.training.stages import Implicit
+from met2net.training.stages import Implicit, Schedule
 
 ROOT = Path(__file__).resolve().parents[2]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+SQUARE = 2048
 
 
 class Runner:
-    def __init__(self, model: Met2Net, schedule, precision: str):
+    def __init__(self, model: Met2Net, schedule: Schedule, precision: str):
         self.model, self.schedule, self.precision = model, schedule, precision
         schedule.configure(model)
-        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False):
+    def step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> tuple[dict, dict | None]:
         with autocast(self.precision, torch.device("cpu")):
             out = self.schedule.forward(self.model, x, y)
         out.loss.backward()
@@ -55,72 +75,281 @@ def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (diff / sum((b[k] ** 2).sum() for k in b)).sqrt().item()
 
 
+# -- the machine ------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's name, family/model and the flags that decide the matrix kernels (from /proc/cpuinfo)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()) if v}
+    flags = set(field.get("flags", "").split())
+    present = [f for f in CPU_FLAGS if f in flags]
+    absent = [f for f in CPU_FLAGS if f not in flags]
+    return (
+        f"{field.get('model name', 'unknown CPU')} (family {field.get('cpu family', '?')}, model "
+        f"{field.get('model', '?')}), {os.cpu_count()} logical CPUs; flags: {' '.join(present) or 'none'}"
+        f" (absent: {' '.join(absent) or 'none'})"
+    )
+
+
+def onednn_log(fn: Callable[[], object]) -> str:
+    """What oneDNN's verbose mode prints (to the C stdout) while ``fn`` runs."""
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                fn()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return log.read()
+
+
+def onednn_kernels() -> str:
+    """oneDNN's ISA and the implementation it runs for a 1×1 convolution (channels-last, as the Translator's) and
+    a matrix product, fp32 and bf16; a product that oneDNN does not run went to MKL."""
+    x = torch.randn(1, 256, 16, 160).to(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 1, 1).to(memory_format=torch.channels_last)
+    a, b = torch.randn(2560, 256), torch.randn(256, 256)
+    isa, found = "", []
+    for name, dtype in DTYPES.items():
+        for op, fn in (
+            ("conv 1×1", lambda d=dtype: F.conv2d(x.to(d), w.to(d))),
+            ("matmul", lambda d=dtype: a.to(d) @ b.to(d)),
+        ):
+            log = onednn_log(fn)
+            isa = isa or next(iter(re.findall(r"isa:([^,\n]+)", log)), "")
+            kinds = {"conv 1×1": "convolution", "matmul": "matmul"}
+            impl = [line.split(",")[6] for line in log.splitlines() if f",exec,cpu,{kinds[op]}," in line]
+            found.append(f"{op} {name}: {impl[-1] if impl else 'not oneDNN (MKL)'}")
+    return f"oneDNN ISA: {isa or 'unknown'}; kernels: " + "; ".join(found)
+
+
+# -- matrix-product peaks ---------------------------------------------------------------------------------------------
+def best_rate(fn: Callable[[], object], flops: float, repeats: int = 5, min_seconds: float = 0.1) -> float:
+    """GFLOP/s of ``fn`` (``flops`` per call): best of ``repeats`` loops of at least ``min_seconds``."""
+    fn()
+    tic, calls = time.perf_counter(), 0
+    while time.perf_counter() - tic < min_seconds:
+        fn()
+        calls += 1
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - tic) / calls)
+    return flops / best / 1e9
+
+
+def gemm_shapes(cfg: Config, batch: int) -> list[tuple[str, int, int, int]]:
+    """(name, M, K, N) of the Translator's matrix products at ``batch`` (M = batch × variables × latent pixels): its
+    1×1 convolutions D→D and D↔4D forward, and their weight gradients (reduction over M)."""
+    d = cfg.model.hid_t
+    m = batch * len(cfg.model.variables) * cfg.model.latent_grid[0] * cfg.model.latent_grid[1]
+    return [
+        ("D→D", m, d, d),
+        ("D→4D", m, d, 4 * d),
+        ("4D→D", m, 4 * d, d),
+        ("D×D weight grad", d, m, d),
+        ("D×4D weight grad", d, m, 4 * d),
+    ]
+
+
+class Peaks:
+    """The products whose rates are this machine's yardstick, with their operands made once per precision: the
+    Translator's shapes as torch.mm, its D→D 1×1 convolution as the model runs it (channels-last), and a large
+    square product."""
+
+    def __init__(self, cfg: Config, batch: int, precisions: list[str]):
+        self.products: dict[str, dict[str, tuple[Callable[[], object], float]]] = {}
+        h, w = cfg.model.latent_grid
+        for precision in precisions:
+            dtype = DTYPES[precision]
+            shapes = [(f"mm {name} {m}×{k}·{k}×{n}", m, k, n) for name, m, k, n in gemm_shapes(cfg, batch)]
+            for label, m, k, n in [*shapes, (f"mm square {SQUARE}³", SQUARE, SQUARE, SQUARE)]:
+                a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+                self.products.setdefault(label, {})[precision] = (lambda a=a, b=b: a @ b, 2.0 * m * k * n)
+            _, m, d, _ = gemm_shapes(cfg, batch)[0]
+            x = torch.randn(m // (h * w), d, h, w, dtype=dtype).to(memory_format=torch.channels_last)
+            wt = torch.randn(d, d, 1, 1, dtype=dtype).to(memory_format=torch.channels_last)
+            label = f"conv 1×1 D→D channels-last ({m} pixels)"
+            self.products.setdefault(label, {})[precision] = (lambda x=x, wt=wt: F.conv2d(x, wt), 2.0 * m * d * d)
+
+    def measure(self, precision: str | None = None, repeats: int = 5, min_seconds: float = 0.1) -> dict[str, dict]:
+        """{product: {precision: GFLOP/s}} (one precision, or all)."""
+        return {
+            label: {
+                p: best_rate(fn, flops, repeats, min_seconds) for p, (fn, flops) in by.items() if precision in (None, p)
+            }
+            for label, by in self.products.items()
+        }
+
+    def adjacent(self, precision: str, seconds: float) -> tuple[float, float]:
+        """(best Translator-shape rate, square rate) averaged over ``seconds`` right now, shared out among the
+        products: the yardstick of a step just timed, measured for as long as the step ran, so that it sees the
+        same load on a shared machine (a best-of-N burst would catch its quiet moments)."""
+        rates: dict[str, dict[str, float]] = {}
+        for label, by in self.products.items():
+            fn, flops = by[precision]
+            tic, calls = time.perf_counter(), 0
+            while calls == 0 or time.perf_counter() - tic < seconds / len(self.products):
+                fn()
+                calls += 1
+            rates[label] = {precision: flops * calls / (time.perf_counter() - tic) / 1e9}
+        return peak_of(rates, precision)
+
+
+def peak_of(rates: dict[str, dict[str, float]], precision: str) -> tuple[float, float]:
+    """(best rate over the Translator's shapes, the square product's rate) in ``precision``."""
+    shapes = [r[precision] for label, r in rates.items() if "square" not in label and precision in r]
+    square = next(r[precision] for label, r in rates.items() if "square" in label)
+    return max(shapes), square
+
+
+# -- the steps --------------------------------------------------------------------------------------------------------
+def runners(base: Met2Net, cfg: Config, precisions: list[str]) -> dict[tuple[str, str], Runner]:
+    """(step, precision) → a Runner on a copy of the same weights; the literal fp32 step first (the yardstick)."""
+    out = {}
+    for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
+        literal = copy.deepcopy(base).use_fast_kernels(False)
+        out[("literal", precision)] = Runner(literal, LiteralImplicit(cfg), precision)
+        if precision in precisions:
+            fast = copy.deepcopy(base).to(memory_format=torch.channels_last)
+            out[("optimised", precision)] = Runner(fast, Implicit(cfg), precision)
+    return out
+
+
+def first_steps(group: dict, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str, str], dict]:
+    """Each variant's first step (its warm-up), counted by FlopCounterMode, with its loss and gradients compared
+    with the literal fp32 step's; an fp32 optimised step more than 1e-5 off stops the bench."""
+    checks: dict[tuple[str, str], dict] = {}
+    for key, runner in group.items():
+        with flop_counter() as counter:
+            parts, grads = runner.step(x, y, keep_grads=True)
+        checks[key] = {"flops": counter.get_total_flops() / x.shape[0], "loss": parts["loss"].item(), "grads": grads}
+    ref = checks[("literal", "fp32")]
+    for key, c in checks.items():
+        c["loss_rel"] = abs(c["loss"] - ref["loss"]) / ref["loss"]
+        c["grad_rel"] = rel_diff(c["grads"], ref["grads"])
+        if key == ("optimised", "fp32") and (c["loss_rel"] > 1e-5 or c["grad_rel"] > 1e-5):
+            raise SystemExit(
+                f"fp32 optimised step disagrees with the literal one: loss {c['loss_rel']:.2e}, "
+                f"gradients {c['grad_rel']:.2e} (relative)"
+            )
+    return checks
+
+
+def timed_steps(
+    group: dict, x: torch.Tensor, y: torch.Tensor, steps: int, peaks: Peaks, flops: float
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Per variant, the median over ``steps`` rounds of: seconds per step, and the step's rate of necessary work
+    (``flops`` per step) as a fraction of the Translator-shape and square product rates measured right after it, for
+    as long (``Peaks.adjacent``) — side by side, so that the machine's load of the moment hits both. The variants
+    alternate within each round."""
+    rounds: dict[tuple[str, str], list[tuple[float, float, float]]] = {key: [] for key in group}
+    for _ in range(steps):
+        for (step, precision), runner in group.items():
+            tic = time.perf_counter()
+            runner.step(x, y)
+            seconds = time.perf_counter() - tic
+            shape_peak, square_peak = peaks.adjacent(precision, seconds)
+            rate = flops / seconds / 1e9
+            rounds[(step, precision)].append((seconds, rate / shape_peak, rate / square_peak))
+    return {
+        key: {
+            "seconds": statistics.median(r[0] for r in rs),
+            "of_shape": statistics.median(r[1] for r in rs),
+            "of_square": statistics.median(r[2] for r in rs),
+        }
+        for key, rs in rounds.items()
+    }
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs/mv5_5.625.yaml"))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
     args = ap.parse_args()
+    precisions = [p for p in DTYPES if p == "fp32" or p in args.precisions]  # the literal fp32 step is the yardstick
     cfg = load_config(args.config, ["model.drop_path=0"])  # deterministic, so the check is exact
     torch.manual_seed(0)
     base = Met2Net(cfg.model)
+    print(f"CPU: {cpu_model()}", flush=True)
+    print(f"{onednn_kernels()}", flush=True)
+    necessary = implicit_step_flops(cfg.model)
+    macs = implicit_step_macs(cfg.model)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model.grid} grid, "
-        f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames"
+        f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames; necessary work "
+        f"{necessary / 1e9:.1f} GFLOP per sample ("
+        + ", ".join(f"{k} {2 * v / 1e9:.1f}" for k, v in macs.items())
+        + ")",
+        flush=True,
     )
-    rows = []
+    step_rows, peak_rows = [], []
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
         y = torch.randn(x.shape, generator=g)
-        literal = Runner(copy.deepcopy(base).use_fast_kernels(False), LiteralImplicit(cfg), "fp32")
-        lit_parts, lit_grads = literal.step(x, y, keep_grads=True)
-        for precision in args.precisions:
-            fast = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision)
-            parts, grads = fast.step(x, y, keep_grads=True)
-            loss_rel = abs(parts["loss"].item() - lit_parts["loss"].item()) / lit_parts["loss"].item()
-            grad_rel = rel_diff(grads, lit_grads)
-            if precision == "fp32" and (loss_rel > 1e-5 or grad_rel > 1e-5):
-                raise SystemExit(
-                    f"fp32 optimised step disagrees with the literal one: loss {loss_rel:.2e}, "
-                    f"gradients {grad_rel:.2e} (relative)"
-                )
-            times: dict[str, list[float]] = {"literal": [], "optimised": []}
-            for _ in range(args.steps):
-                for name, runner in (("literal", literal), ("optimised", fast)):
-                    tic = time.perf_counter()
-                    runner.step(x, y)
-                    times[name].append(time.perf_counter() - tic)
-            lit_s, fast_s = statistics.median(times["literal"]), statistics.median(times["optimised"])
-            rows.append((batch, precision, lit_s, fast_s, loss_rel, grad_rel))
-            print(
-                f"batch {batch} {precision}: literal fp32 {lit_s:.3f} s/step ({batch / lit_s:.2f} samples/s), "
-                f"optimised {fast_s:.3f} s/step ({batch / fast_s:.2f} samples/s), ratio {lit_s / fast_s:.2f}×; "
-                f"first step vs literal: loss {loss_rel:.1e}, gradients {grad_rel:.1e} (relative)",
-                flush=True,
+        peaks = Peaks(cfg, batch, precisions)
+        before = peaks.measure()
+        group = runners(base, cfg, args.precisions)
+        checks = first_steps(group, x, y)
+        timed = timed_steps(group, x, y, args.steps, peaks, necessary * batch)
+        after = peaks.measure()
+        for label in before:
+            peak_rows.append([batch, label, *[f"{before[label][p]:.0f} / {after[label][p]:.0f}" for p in precisions]])
+        lit_fp32 = timed[("literal", "fp32")]["seconds"]
+        for (step, precision), t in timed.items():
+            c = checks[(step, precision)]
+            step_rows.append(
+                [
+                    batch,
+                    precision,
+                    step,
+                    f"{t['seconds']:.3f}",
+                    f"{batch / t['seconds']:.3f}",
+                    f"{lit_fp32 / t['seconds']:.2f}×",
+                    f"{necessary * batch / t['seconds'] / 1e9:.0f}",
+                    f"{100 * t['of_shape']:.0f} %",
+                    f"{100 * t['of_square']:.0f} %",
+                    f"{c['flops'] / 1e9:.1f}",
+                    f"{c['loss_rel']:.1e}",
+                    f"{c['grad_rel']:.1e}",
+                ]
             )
+            print(" | ".join(map(str, step_rows[-1])), flush=True)
+    print("\nmatrix-product rates, GFLOP/s, best of 5 before / after the steps\n")
+    print(table(["batch", "product", *precisions], peak_rows))
+    print(
+        "\nsteps: median s/step; GFLOP/s of the necessary work; median of its ratio to the best Translator-shape and "
+        "the square product rates averaged over as long right after each step\n"
+    )
     header = [
         "batch",
         "precision",
-        "literal fp32 s/step",
-        "optimised s/step",
-        "speed-up",
+        "step",
+        "s/step",
+        "samples/s",
+        "vs literal fp32",
+        "GFLOP/s",
+        "% of shape peak",
+        "% of square peak",
+        "counted GFLOP/sample",
         "loss rel. diff",
         "grad rel. diff",
     ]
-    print("\n| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
-    for batch, precision, lit_s, fast_s, loss_rel, grad_rel in rows:
-        cells = [
-            batch,
-            precision,
-            f"{lit_s:.3f}",
-            f"{fast_s:.3f}",
-            f"{lit_s / fast_s:.2f}×",
-            f"{loss_rel:.1e}",
-            f"{grad_rel:.1e}",
-        ]
-        print("| " + " | ".join(map(str, cells)) + " |")
+    print(table(header, step_rows))
 
 
 if __name__ == "__main__":
