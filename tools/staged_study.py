@@ -107,11 +107,21 @@ def train_and_evaluate(name: str, stages: list[tuple[str, int]], args: argparse.
     return evals
 
 
+LEAD_COLUMNS = {"lead_hours": "h", "lead_months": "months"}  # metrics.csv's lead column → its unit
+
+
+def lead_column(path: Path) -> str:
+    """``lead_hours``, or ``lead_months`` for monthly data (docs/evaluation.md)."""
+    with path.open() as f:
+        return next(c for c in csv.DictReader(f).fieldnames or () if c in LEAD_COLUMNS)
+
+
 def read_scores(path: Path) -> dict[tuple[str, str, str, int], float]:
-    """(model, metric, variable, lead_hours) → value, from an evaluation's metrics.csv."""
+    """(model, metric, variable, lead) → value, from an evaluation's metrics.csv."""
+    lead = lead_column(path)
     with path.open() as f:
         return {
-            (r["model"], r["metric"], r["variable"], int(r["lead_hours"])): float(r["value"])
+            (r["model"], r["metric"], r["variable"], int(r[lead])): float(r["value"])
             for r in csv.DictReader(f)
             if r["metric"] in METRICS
         }
@@ -130,11 +140,12 @@ def training_seconds(variant: Path) -> float:
     return total
 
 
-def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
+def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) -> None:
     """results.md (per variable: RMSE, latitude-weighted RMSE and ACC at three leads for every row and the
     baselines; the goal check), rows.csv (every score of every row) and one plot of rmse_w against lead per
     variable (the final model of every variant and the baselines)."""
     scores = rows[0][3]
+    unit = LEAD_COLUMNS[lead]
     variables = sorted({k[2] for k in scores}, key=[k[2] for k in scores].index)
     leads = sorted({k[3] for k in scores})
     shown = sorted({leads[0], leads[(len(leads) - 1) // 2], leads[-1]})
@@ -144,7 +155,7 @@ def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
         "",
         f"`{shlex.join(['.venv/bin/python', 'tools/staged_study.py', *sys.argv[1:]])}`",
         "",
-        f"Every variant: {args.steps} optimizer steps × batch {batch} in total. Test split; leads in hours.",
+        f"Every variant: {args.steps} optimizer steps × batch {batch} in total. Test split; leads in {lead[5:]}.",
         "",
     ]
     lines += [
@@ -156,24 +167,24 @@ def write_report(args: argparse.Namespace, batch: int, rows: list) -> None:
         lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent:.0f} s |")
     lines += ["", "Commands: `<variant>/commands.txt`.", ""]
     for var in variables:
-        header = " | ".join(f"{m} {lead} h" for m in METRICS for lead in shown)
+        header = " | ".join(f"{m} {n} {unit}" for m in METRICS for n in shown)
         lines += [f"## {var}", "", f"| model | {header} |", "|---|" + "---:|" * (len(METRICS) * len(shown))]
         for label, model, s in table:
             cells = [s.get((model, m, var, lead)) for m in METRICS for lead in shown]
             lines.append(f"| {label} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells) + " |")
         lines.append("")
-    lines += goal_check(rows, variables, leads)
+    lines += goal_check(rows, variables, leads, unit)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     with (args.out / "rows.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["row", "model", "metric", "variable", "lead_hours", "value"])
+        w.writerow(["row", "model", "metric", "variable", lead, "value"])
         for _, label, _, s in rows:
             w.writerows([label, *k, v] for k, v in sorted(s.items()))
-    plot(args.out, rows, variables, leads)
+    plot(args.out, rows, variables, leads, unit)
     print(f"report: {args.out / 'results.md'}")
 
 
-def goal_check(rows: list, variables: list[str], leads: list[int]) -> list[str]:
+def goal_check(rows: list, variables: list[str], leads: list[int], unit: str) -> list[str]:
     """Issue 12's goal, on rmse_w: a final model beats persistence and climatology at every lead for every
     variable, and (besides implicit) is within 5 % of the implicit schedule's (mean over leads, per variable)."""
     finals = {name: s for name, _, final, s in rows if final}
@@ -181,7 +192,7 @@ def goal_check(rows: list, variables: list[str], leads: list[int]) -> list[str]:
     out = ["## Goal check (rmse_w)", ""]
     for name, s in finals.items():
         lost = [
-            f"{v} {lead} h vs {b}"
+            f"{v} {lead} {unit} vs {b}"
             for v in variables
             for lead in leads
             for b in BASELINES
@@ -201,7 +212,7 @@ def goal_check(rows: list, variables: list[str], leads: list[int]) -> list[str]:
     return [*out, ""]
 
 
-def plot(out: Path, rows: list, variables: list[str], leads: list[int]) -> None:
+def plot(out: Path, rows: list, variables: list[str], leads: list[int], unit: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +225,7 @@ def plot(out: Path, rows: list, variables: list[str], leads: list[int]) -> None:
             ax.plot(leads, [s[("met2net", "rmse_w", var, lead)] for lead in leads], marker="o", label=name)
         for b, style in zip(BASELINES, ("--", ":"), strict=True):
             ax.plot(leads, [finals[0][1][(b, "rmse_w", var, lead)] for lead in leads], "k" + style, label=b)
-        ax.set(xlabel="lead (h)", ylabel="rmse_w", title=var)
+        ax.set(xlabel=f"lead ({unit})", ylabel="rmse_w", title=var)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"rmse_w_{var}.png", dpi=100)
@@ -234,12 +245,13 @@ def main() -> None:
     args.data_overrides = [o for o in args.overrides if o.startswith("data.")]
     ensure_data(args.config, args.overrides, args.out)
     cfg = load_config(args.config, args.overrides)
-    rows = []
+    rows, lead = [], "lead_hours"
     for name, stages in variants(args.steps, args.rounds, args.end_to_end):
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
+            lead = lead_column(e / "metrics.csv")
             rows.append((name, label, i == len(stages) - 1, read_scores(e / "metrics.csv")))
-    write_report(args, cfg.training.batch_size, rows)
+    write_report(args, cfg.training.batch_size, rows, lead)
 
 
 if __name__ == "__main__":
