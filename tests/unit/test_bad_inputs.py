@@ -356,17 +356,28 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_a_bad_input_is_one_line_naming_it_exit_code_2_and_nothing_changed(
-    case_id: str, template: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-):
-    case = CASES[case_id]
+def make_world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A copy of the template under ``tmp_path / "w"`` with its config written, and no launcher variables."""
     root = tmp_path / "w"
     shutil.copytree(template, root)
     p = paths(root)
     p["cfg"].write_text(CONFIG.format(**p))
     for name in [n for n in os.environ if LAUNCH_VARS.match(n)]:
         monkeypatch.delenv(name)
+    return p
+
+
+@pytest.fixture
+def world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    return make_world(template, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_a_bad_input_is_one_line_naming_it_exit_code_2_and_nothing_changed(
+    case_id: str, world: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    case = CASES[case_id]
+    root, p = tmp_path / "w", world
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
     if case.setup:

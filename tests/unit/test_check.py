@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import shlex
-import shutil
 from pathlib import Path
 
 import h5py
@@ -20,12 +19,10 @@ from met2net.config import Config, load_config
 from met2net.model.met2net import Met2Net, count_parameters
 from tests.unit.test_bad_inputs import (
     CASES,
-    CONFIG,
-    LAUNCH_VARS,
     ROOT,
     documented,
     holds_in_order,
-    paths,
+    make_world,
     run_cli,
     snapshot,
     template,  # noqa: F401 - the module-scoped fixture of tiny shards and a trained run
@@ -36,13 +33,7 @@ NAMES = ("config", "launch", "model", "data", "run directory", "checkpoint", "st
 
 @pytest.fixture
 def world(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:  # noqa: F811
-    root = tmp_path / "w"
-    shutil.copytree(template, root)
-    p = paths(root)
-    p["cfg"].write_text(CONFIG.format(**p))
-    for name in [n for n in os.environ if LAUNCH_VARS.match(n)]:
-        monkeypatch.delenv(name)
-    return p
+    return make_world(template, tmp_path, monkeypatch)
 
 
 def check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, dict]:
