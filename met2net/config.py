@@ -28,6 +28,7 @@ BEST_BY = ("loss", "forecast_mse", "rec", "latent")  # and forecast_mse/<variabl
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("synthetic", "shards")
+MISSING_POLICIES = ("error", "mean", "zero")  # or a finite number: data.missing (met2net/data/masks.py)
 COORD_AXES = ("time", "lat", "lon", "level")  # the axes data.coords may name (met2net/data/netcdf.py)
 
 
@@ -123,6 +124,9 @@ class DataConfig:
     # The source files' names of our axes where no common name fits, e.g. {time: timestep, lat: FNOCY, lon: FNOCX};
     # an axis left out is found by its usual names (met2net/data/netcdf.py, COORD_ALIASES).
     coords: dict[str, str] = field(default_factory=dict)
+    # Missing values (NaN) per model variable: error (the default), or fill them with mean, zero or a number and mask
+    # them out of the statistics, the loss and the metrics, e.g. {sst: mean} (met2net/data/masks.py).
+    missing: dict[str, str] = field(default_factory=dict)
     allow_gaps: bool = False
     train_years: list[int] = field(default_factory=lambda: [2010, 2011, 2012, 2013, 2014, 2015])
     val_years: list[int] = field(default_factory=lambda: [2016])
@@ -459,6 +463,13 @@ def validate(cfg: Config) -> None:
     _need(not repeated, "data.coords", f"names {repeated[0]!r} for two axes: {d.coords}" if repeated else "")
     names = [v.name for v in d.variables]
     _need(len(set(names)) == len(names), "data.variables", f"lists a variable twice: {names}")
+    for name, policy in d.missing.items():
+        _need(name in cfg.model.variables, f"data.missing.{name}", f"is not in model.variables {cfg.model.variables}")
+        _need(
+            policy in MISSING_POLICIES or _is_number(policy),
+            f"data.missing.{name}",
+            f"must be one of {', '.join(MISSING_POLICIES)} or a number (the fill value), got {policy!r}",
+        )
     for key in ("train_years", "val_years"):
         _need(len(getattr(d, key)) > 0, f"data.{key}", "must list at least one year")
     splits = [set(d.train_years), set(d.val_years), set(d.test_years)]
@@ -499,6 +510,14 @@ def resolve_periods(d: DataConfig) -> None:
         if period is not None:
             first, last = (t.astype("datetime64[Y]").astype(np.int64) + 1970 for t in (period[0], period[1] - 1))
             setattr(d, f"{split}_years", list(range(int(first), int(last) + 1)))
+
+
+def _is_number(text: str) -> bool:
+    """A finite number as a config string (a YAML number becomes one): a fill value of data.missing."""
+    try:
+        return bool(np.isfinite(float(text)))
+    except ValueError:
+        return False
 
 
 def _need(ok: bool, key: str, problem: str) -> None:
