@@ -250,11 +250,25 @@ def cmd_scale_project(args: argparse.Namespace) -> int:
 def cmd_scale_calibrate(args: argparse.Namespace) -> int:
     from met2net.scaling.calibration import calibrate, read_measured, validate
 
-    fit = calibrate(read_measured(args.points), args.latency_us)
+    if (args.points is None) == (args.sweep_results is None):
+        raise UserError("give either a CSV of measured points or --from a sweep's results.csv, not both")
+    latency = args.latency_us
+    if args.sweep_results is not None:
+        from met2net.scaling.calibration import default_latency, from_rows, markdown
+        from met2net.scaling.report import latest_rows
+
+        points = from_rows(latest_rows(args.sweep_results))
+        if args.validate is None:  # every point held out once (leave-one-out), as the sweep's report does
+            print(markdown(points, latency))
+            return 0
+        latency = default_latency(points, latency)
+    else:
+        points = read_measured(args.points)
+    fit = calibrate(points, latency)
     print(
         f"compute {fit.compute_s_per_sample * 1e3:.4g} ms per sample, effective bandwidth "
         f"{fit.link.bandwidth_gbs:.4g} GB/s, latency {fit.link.latency_us:.4g} µs per ring step"
-        + (" (given)" if args.latency_us is not None else "")
+        + ("" if latency is None else " (given)" if args.latency_us is not None else " (fixed: < 3 world sizes)")
     )
     if args.validate:
         held = read_measured(args.validate)
@@ -284,7 +298,7 @@ def cmd_scale_comm(args: argparse.Namespace) -> int:
 def cmd_scale_report(args: argparse.Namespace) -> int:
     from met2net.scaling.report import write_report
 
-    text, parity_ok = write_report(args.out, args.tolerance, with_plots=not args.no_plots)
+    text, parity_ok = write_report(args.out, args.tolerance, not args.no_plots, args.latency_us)
     print(text, end="")
     print(
         f"wrote {Path(args.out) / 'report.md'}"
@@ -524,7 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     proj.set_defaults(func=cmd_scale_project)
     cal = scale.add_parser("calibrate", help="fit compute per sample, bandwidth and latency to measured steps")
     cal.add_argument(
-        "points", help="CSV: world_size, zero_stage, batch_per_rank, parameters, bytes_per_element, step_s"
+        "points", nargs="?", help="CSV: world_size, zero_stage, batch_per_rank, parameters, bytes_per_element, step_s"
+    )
+    cal.add_argument(
+        "--from",
+        dest="sweep_results",
+        metavar="RESULTS_CSV",
+        help="a sweep's results.csv instead: fit all its points, each held out once (or --validate CSV)",
     )
     cal.add_argument("--validate", metavar="CSV", help="held-out points: the fit's relative error on each")
     cal.add_argument("--latency-us", type=float, help="fix the latency (needed with only world sizes 1 and 2)")
@@ -543,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("out", help="sweep directory holding results.csv")
     rep.add_argument("--tolerance", type=float, default=1e-4, help="relative, first losses across ZeRO stages")
     rep.add_argument("--no-plots", action="store_true", help="the tables only")
+    rep.add_argument(
+        "--latency-us", type=float, help="the calibration's latency per ring step (default: fitted; 0 with < 3 sizes)"
+    )
     rep.set_defaults(func=cmd_scale_report)
     run = scale.add_parser(
         "run", help="train every point of a sweep file, one row each in OUT/results.csv, then the report"

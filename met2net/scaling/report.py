@@ -7,8 +7,9 @@ file.
 results.csv has one row per point: ``world_size, zero_stage, micro_batch, samples_per_s, peak_memory_mib,
 first_losses`` (the first training losses, ``;``-separated) and optionally ``accumulation`` (default 1), ``name``,
 ``status`` (only ``ok`` rows are measured points; a point's last row counts) and the step-time split
-(``data_s`` … ``other_s``); other columns are ignored. ``met2net scale run`` writes all of them
-(``results.py``).
+(``data_s`` … ``other_s``); with ``step_s`` and ``trainable_parameters`` also, the projection model calibrated on
+the points and each point's held-out error (``calibration.py``); other columns are ignored. ``met2net scale run``
+writes all of them (``results.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from met2net.errors import UserError
+from met2net.scaling.calibration import SWEEP_COLUMNS, from_rows
+from met2net.scaling.calibration import markdown as calibration_markdown
 from met2net.scaling.table import read_rows
 from met2net.scaling.timing import SPLIT
 
@@ -238,9 +241,11 @@ def report(
     tolerance: float = DEFAULT_TOLERANCE,
     failed: Sequence[tuple[str, str]] = (),
     plots: Sequence[str] = (),
+    calibration: str = "",
 ) -> tuple[str, bool]:
     """The Markdown report and whether every parity check passed. ``failed``: (name, error) of failed points;
-    ``plots``: PNG paths relative to the report, shown at its end."""
+    ``plots``: PNG paths relative to the report, shown at its end; ``calibration``: the calibrated projection's
+    section (``calibration.markdown``), left out when empty."""
     checks = parity(points)
     split, held = split_table(points), held_table(points)
     sections = [
@@ -262,6 +267,7 @@ def report(
             if split
             else []
         ),
+        *(["## Calibrated projection model\n\n" + calibration] if calibration else []),
         *(["## Failed points\n\n" + failed_table(failed)] if failed else []),
         *(["## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plots)] if plots else []),
     ]
@@ -281,9 +287,20 @@ def report(
     return text + "\n", all(c.ok(tolerance) for c in checks)
 
 
-def write_report(out: str | Path, tolerance: float = DEFAULT_TOLERANCE, with_plots: bool = True) -> tuple[str, bool]:
+def calibration_section(path: str | Path, latency_us: float | None = None) -> str:
+    """The calibrated projection's section for a results.csv with a sweep's step times and trained parameters
+    (``met2net scale run`` writes them); empty for a file without them."""
+    rows = latest_rows(path)
+    if not all(c in rows[0] for c in SWEEP_COLUMNS):
+        return ""
+    return calibration_markdown(from_rows(rows), latency_us)
+
+
+def write_report(
+    out: str | Path, tolerance: float = DEFAULT_TOLERANCE, with_plots: bool = True, latency_us: float | None = None
+) -> tuple[str, bool]:
     """``out/report.md`` (and ``out/plots/*.png``) from ``out/results.csv``: the report's text and whether parity
-    held."""
+    held. ``latency_us`` fixes the calibration's latency (default: fitted, or 0 with fewer than three world sizes)."""
     out = Path(out)
     path = out / "results.csv"
     points = read_results(path)
@@ -292,6 +309,6 @@ def write_report(out: str | Path, tolerance: float = DEFAULT_TOLERANCE, with_plo
         from met2net.scaling.plots import write_plots
 
         plots = [str(p.relative_to(out)) for p in write_plots(points, out / "plots")]
-    text, ok = report(points, tolerance, read_failed(path), plots)
+    text, ok = report(points, tolerance, read_failed(path), plots, calibration_section(path, latency_us))
     (out / "report.md").write_text(text)
     return text, ok
