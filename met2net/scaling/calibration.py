@@ -8,7 +8,8 @@ measurements had are folded into B and α, so points should come from one link r
 across nodes).
 
 A sweep's ``results.csv`` rows are measured points too (``from_rows``): b = micro-batch × accumulation, S = the trained
-parameters (the gradients every stage communicates) × 4 bytes in fp32, 2 in bf16. ``leave_one_out`` gives each point
+parameters (the gradients every stage communicates) × 4 bytes, in bf16 too (met2net's bf16 is autocast around the
+forward: weights and gradients stay fp32, ``training/precision.py``). ``leave_one_out`` gives each point
 the error of the model fitted to all the others: with the handful of points a sweep on a few ranks has, every point is
 held out once rather than a few being set aside for good.
 """
@@ -131,13 +132,14 @@ def default_latency(points: Sequence[Measured], latency_us: float | None) -> flo
     return 0.0
 
 
-BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2}  # a precision's communicated gradient element
+# a precision's communicated gradient element: fp32 in both (bf16 is autocast; DeepSpeed's own bf16 mode is off)
+BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 4}
 SWEEP_COLUMNS = ("world_size", "zero_stage", "micro_batch", "trainable_parameters", "step_s")
 
 
 def from_rows(rows: Sequence[dict[str, str]]) -> list[Measured]:
     """Measured points from a sweep's results.csv rows (``met2net scale run``): the rows with status ok (or none);
-    b = micro_batch × accumulation, S = trainable_parameters × the precision's bytes (fp32 when not named)."""
+    b = micro_batch × accumulation, S = trainable_parameters × the precision's bytes (``BYTES_PER_ELEMENT``)."""
     points = []
     for r in rows:
         if (r.get("status") or "ok") != "ok":

@@ -96,7 +96,7 @@ def test_calibrate_command(tmp_path, capsys):
 
 # A sweep's results.csv (met2net scale run's columns, those calibration reads and a few it ignores), with step times
 # the model gives at 20 ms per sample and 0.1 GB/s (latency 0): 1 and 2 ranks, ZeRO 0–3, two batches, one bf16 point
-# and one failed point. S = 50,000 trained parameters × 4 B (2 B in bf16).
+# and one failed point. S = 50,000 trained parameters × 4 B (in bf16 too: autocast leaves the gradients fp32).
 SWEEP_TRUE = Calibration(0.02, Link(0.1, 0.0))
 SWEEP_POINTS = [  # name, ranks, ZeRO, micro-batch, accumulation, precision
     ("a", 1, 0, 2, 1, "fp32"),
@@ -115,8 +115,8 @@ def sweep_csv(tmp_path, slow=None, factor=1.0):
         "samples_per_s,peak_memory_mib,first_losses"
     ]
     for name, n, z, mb, ga, precision in SWEEP_POINTS:
-        b, e = mb * ga, {"fp32": 4, "bf16": 2}[precision]
-        step = SWEEP_TRUE.predict(Measured(n, z, b, 50_000, e, 0.0)) * (factor if name == slow else 1.0)
+        b = mb * ga
+        step = SWEEP_TRUE.predict(Measured(n, z, b, 50_000, 4, 0.0)) * (factor if name == slow else 1.0)
         lines.append(f"{name},ok,{n},{z},{mb},{ga},{precision},50000,{step!r},{n * b / step!r},800,0.5;0.4")
     lines.append("g,failed,2,3,8,1,fp32,,,,,")  # failed: no measurements, not a point
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
@@ -131,7 +131,7 @@ def test_sweep_rows_are_measured_points(tmp_path):
     assert [p.name for p in points] == ["a", "b", "c", "d", "e", "f"]  # the failed row left out
     d, f = points[3], points[5]
     assert (d.world_size, d.zero_stage, d.batch_per_rank, d.parameters, d.bytes_per_element) == (2, 1, 4, 50_000, 4)
-    assert f.bytes_per_element == 2  # bf16 communicates 2-byte gradients
+    assert f.bytes_per_element == 4  # met2net's bf16 is autocast: its gradients are fp32 all the same
     # 2 ranks, ZeRO 1, 4 per rank: 4 · 20 ms + 2·1/2 · 200,000 B / 1e8 B/s = 80 + 2 ms
     assert d.step_s == pytest.approx(0.082, rel=1e-12)
 
@@ -151,12 +151,12 @@ def test_sweep_calibration_recovers_known_parameters_and_holds_each_point_out(tm
 
 
 def test_held_out_error_of_a_slow_point_is_its_own(tmp_path):
-    # point d measured 1.25× the model's step: the fit without it is exact, so d's held-out error is 1/1.25 − 1
+    # point d measured 1.1× the model's step: the fit without it is exact, so d's held-out error is 1/1.1 − 1
     from met2net.scaling.calibration import from_rows, leave_one_out
     from met2net.scaling.report import latest_rows
 
-    held = {h.point.name: h for h in leave_one_out(from_rows(latest_rows(sweep_csv(tmp_path, "d", 1.25))), 0.0)}
-    assert held["d"].error == pytest.approx(-0.2, rel=1e-9)
+    held = {h.point.name: h for h in leave_one_out(from_rows(latest_rows(sweep_csv(tmp_path, "d", 1.1))), 0.0)}
+    assert held["d"].error == pytest.approx(1 / 1.1 - 1, rel=1e-9)
     assert held["d"].predicted_s == pytest.approx(0.082, rel=1e-9)
     assert all(abs(h.error) > 1e-6 for name, h in held.items() if name != "d")  # the slow point pulls the others' fits
 
@@ -174,17 +174,17 @@ def test_held_out_point_the_others_cannot_determine(tmp_path):
 def test_report_and_calibrate_command_print_the_held_out_errors(tmp_path, capsys):
     from met2net.cli import main
 
-    path = sweep_csv(tmp_path, "d", 1.25)
+    path = sweep_csv(tmp_path, "d", 1.1)
     assert main(["scale", "report", str(tmp_path), "--no-plots"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "## Calibrated projection model" in text
     assert "fitted by least squares to the 6 measured points" in text and "α = 0 (fixed" in text
-    # d: measured 82 ms × 1.25 = 102.5 ms, predicted 82 ms by the fit to the other five
-    assert "| d | 2 | 1 | 4 | 102.5 | 82.0 | -20.0% |" in text
+    # d: measured 82 ms × 1.1 = 90.2 ms, predicted 82 ms by the fit to the other five
+    assert "| d | 2 | 1 | 4 | 90.2 | 82.0 | -9.1% |" in text
     assert "Held-out error over 6 point(s): median |error|" in text
     capsys.readouterr()
     assert main(["scale", "calibrate", "--from", str(path)]) == 0
-    assert "| d | 2 | 1 | 4 | 102.5 | 82.0 | -20.0% |" in capsys.readouterr().out
+    assert "| d | 2 | 1 | 4 | 90.2 | 82.0 | -9.1% |" in capsys.readouterr().out
     # a fixed split: fit the sweep, validate on a points CSV of the model's own steps
     (tmp_path / "held.csv").write_text(
         "world_size,zero_stage,batch_per_rank,parameters,bytes_per_element,step_s\n"
