@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument("--gpus-per-node", type=int, default=8)
     proj.add_argument("--intra-gbs", type=float, default=150.0, help="GB/s within a node (default 150)")
     proj.add_argument("--intra-latency-us", type=float, default=2.0)
-    proj.add_argument("--inter-gbs", type=float, default=25.0, help="GB/s between nodes, per GPU (default 25)")
+    proj.add_argument("--inter-gbs", type=float, default=25.0, help="a ring's bus GB/s between nodes (default 25)")
     proj.add_argument("--inter-latency-us", type=float, default=5.0)
     proj.add_argument("--overlap", type=float, default=0.0, help="fraction of communication hidden behind backward")
     proj.add_argument("--target", type=float, default=0.9, help="efficiency the global batch column reaches")

@@ -39,7 +39,7 @@ class Link:
 
 @dataclass(frozen=True)
 class Network:
-    """The node's links (``intra``, e.g. NVLink), the links between nodes (``inter``, one GPU's share of the NICs)
+    """The node's links (``intra``, e.g. NVLink), the links between nodes (``inter``: what a ring gets through them)
     and how many GPUs a node holds."""
 
     intra: Link
