@@ -1,5 +1,7 @@
+import json
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from met2net.data.sampler import ShardedSampler
 from met2net.data.shards import ShardMeta, shard_entry, write_index, write_shard
-from met2net.data.windows import ShardWindowDataset
+from met2net.data.windows import ShardWindowDataset, batch_loader
 
 C, H, W = 3, 4, 5
 IN, OUT = 3, 2
@@ -189,3 +191,77 @@ def test_loader_resumes_mid_epoch_with_workers_and_ranks_never_overlap(source, n
         sampler.set_epoch(0)
         shares.append(set(sampler.indices().tolist()))
     assert not shares[0] & shares[1] and len(shares[0]) == len(ds) // 2
+
+
+# -- the loader's batches against a plain read of the shards ---------------------------------------------------------
+
+# odd grid sizes so that numpy's vector loops have remainders; statistics that are not powers of two, so every
+# division rounds
+GRID = (4, 7, 13)
+GRID_MEAN = np.array([271.3, -0.7, 3.1e-3, 101325.0])
+GRID_STD = np.array([13.7, 0.3, 7.9e-4, 977.0])
+
+
+@pytest.fixture(scope="module", params=[None, "gzip"], ids=["memory-mapped", "gzip"])
+def holey(request, tmp_path_factory):
+    """Two hourly shards, the first running into the second (windows span both files), the second missing 03:00
+    (with step_hours 2 a window's frames are then unequally spaced in the files); contiguous shards are
+    memory-mapped by the reader, gzip ones read through h5py."""
+    directory = tmp_path_factory.mktemp("holey")
+    c, h, w = GRID
+    meta = ShardMeta(
+        channels=["t", "u", "q", "sp"],
+        units=["K", "m s**-1", "1", "Pa"],
+        long_names=["t", "u", "q", "sp"],
+        levels=[850, 850, 850, -1],
+        lat=np.linspace(-80.0, 80.0, h),
+        lon=np.linspace(0.0, 360.0, w, endpoint=False),
+    )
+    after = hours("2011-01-01T00", 31)
+    times = {"2010": hours("2010-12-31T06", 18), "2011": np.delete(after, 3)}
+    rng = np.random.default_rng(5)
+    entries = []
+    for name, t in times.items():
+        fields = (GRID_MEAN[:, None, None] + GRID_STD[:, None, None] * rng.standard_normal((len(t), c, h, w))).astype(
+            np.float32
+        )
+        path = directory / f"{name}.h5"
+        entries.append(shard_entry(path, t, write_shard(path, t, fields, meta, compression=request.param)))
+    write_index(directory, meta, 1, entries)
+    return directory
+
+
+def plain_read(directory) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of every shard in index order, read whole with h5py, and the frames' hours."""
+    fields, times = [], []
+    for entry in json.loads((directory / "index.json").read_text())["shards"]:
+        with h5py.File(directory / entry["file"], "r") as f:
+            fields.append(f["fields"][()])
+            times.append(f["time"][()].astype("datetime64[h]"))
+    return np.concatenate(fields), np.concatenate(times)
+
+
+@pytest.mark.parametrize(
+    "step_hours, channels, num_workers",
+    [(1, None, 0), (2, None, 0), (1, [3, 0, 2], 0), (2, [1], 0), (2, [2, 1], 2)],
+)
+def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(holey, step_hours, channels, num_workers):
+    pick = slice(None) if channels is None else channels
+    ds = ShardWindowDataset(
+        holey, [2010, 2011], IN, OUT, 1, step_hours, mean=GRID_MEAN[pick], std=GRID_STD[pick], channels=channels
+    )
+    spans_files = [ds.times(j)[0].item().year != ds.times(j)[-1].item().year for j in range(len(ds))]
+    unequal = [len(set(np.diff(ds.frames[s : s + IN + OUT]).tolist())) > 1 for s in ds.starts]
+    assert any(spans_files) and any(unequal) == (step_hours == 2)  # both read paths are exercised
+    fields, times = plain_read(holey)
+    mean = GRID_MEAN[pick].astype(np.float32)[:, None, None]
+    std = GRID_STD[pick].astype(np.float32)[:, None, None]
+    sampler = ShardedSampler(len(ds), rank=0, world_size=1, seed=3)
+    order = sampler.indices()
+    batches = list(batch_loader(ds, sampler, 4, drop_last=False, num_workers=num_workers))
+    assert sum(len(x) for x, _ in batches) == len(ds) > 8
+    for k, (x, y) in enumerate(batches):
+        windows = [fields[np.searchsorted(times, ds.times(j))][:, pick] for j in order[4 * k : 4 * k + 4]]
+        want = torch.from_numpy((np.stack(windows) - mean) / std)
+        assert x.dtype == y.dtype == want.dtype == torch.float32
+        assert torch.equal(x, want[:, :IN]) and torch.equal(y, want[:, IN:])

@@ -3,19 +3,33 @@
 Writes one year of synthetic hourly shards (mv5 5.625°: 5 variables, 32×64) into a temporary
 directory, then measures side by side in one run, on shuffled 12 → 12 windows in batches of 16:
 
-- raw: `ShardReader.read` of random 24-frame windows in this process (h5py, page cache);
+- raw: `ShardReader.read` of random 24-frame windows in this process, one array per window (the
+  yardstick of issue 17; malloc hands back the same ~1 MB block every time, so it stays in cache);
+- raw into batches: the same reads into one (16, 24, C, H, W) array per batch, no normalisation:
+  what any loader that hands over a fresh batch must at least do;
 - loader: `ShardWindowDataset` + `ShardedSampler` through `batch_loader` (the training loop's
-  DataLoader) with 0, 1, 2 workers, delivering normalised float32 batches ready for the model;
+  DataLoader) with 0, 1, 2 … workers, delivering normalised float32 batches ready for the model;
+- previous loader (0 workers): the same, normalising the whole batch with (C, 1, 1) broadcasting
+  after all reads, as before (checked to give the same values, bit for bit);
 - step: samples/s of the optimised training step (as `tools/bench/step.py`, fp32, channels-last).
 
-    .venv/bin/python tools/bench/loader.py [--batches 200] [--workers 0 1 2] [--step-batch 2]
+The variants take turns, a block of batches each, for several rounds, so that a load that changes
+during the run (a shared machine) hits them alike; ratios are taken within each round, and the
+medians over rounds are printed. Workers prefetch while other variants run: the batches a worker
+variant has waiting are taken untimed before each of its blocks.
+
+    .venv/bin/python tools/bench/loader.py [--batches 20] [--rounds 5] [--workers 0 1 2] [--step-batch 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +46,10 @@ from met2net.training.stages import Implicit
 ROOT = Path(__file__).resolve().parents[2]
 T_IN = T_OUT = 12
 BATCH = 16
+PREFETCH = 2  # DataLoader's default prefetch_factor: batches each worker has ready
+# The fastest training step docs/performance.md records for this model: Intel Xeon, optimised fp32, batch 4,
+# 6.405 s/step (issue 17 reports 1.36 s/step at batch 1 in bf16 on an idle AMD EPYC: 0.74 samples/s).
+FASTEST_DOCUMENTED_STEP = 4 / 6.405  # samples/s
 
 
 def write_year(directory: Path, year: int = 2010) -> None:
@@ -50,27 +68,44 @@ def write_year(directory: Path, year: int = 2010) -> None:
     write_index(directory, meta, 1, [shard_entry(path, f.time, write_shard(path, f.time, fields, meta))])
 
 
-def raw_rate(directory: Path, windows: int) -> float:
-    reader = ShardReader(directory)
-    starts = np.random.default_rng(0).integers(0, len(reader) - T_IN - T_OUT, windows)
-    reader.read(0, T_IN + T_OUT)
-    tic = time.perf_counter()
+class PreviousLoader(ShardWindowDataset):
+    """The dataset as it normalised before: the whole batch after all its reads, with (C, 1, 1) broadcasting."""
+
+    def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.empty((len(i), T_IN + T_OUT, len(self.mean), *self.reader.meta.shape[1:]))
+        out = batch.numpy()
+        for b, j in enumerate(i):
+            self._read_window(int(j), out[b])
+        np.subtract(out, self.mean, out=out)
+        np.divide(out, self.std, out=out)
+        return batch[:, :T_IN], batch[:, T_IN:]
+
+
+def dataset(directory: Path, cls: type[ShardWindowDataset] = ShardWindowDataset) -> ShardWindowDataset:
+    rng = np.random.default_rng(1)  # statistics that make every division round, as real ones do
+    mean, std = rng.normal(size=5) * 100, rng.uniform(0.3, 30, size=5)
+    return cls(directory, [2010], T_IN, T_OUT, 1, mean=mean, std=std)
+
+
+def batches(ds: ShardWindowDataset, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of a seeded shuffle (one DataLoader iterator per epoch; persistent workers)."""
+    sampler = ShardedSampler(len(ds), rank=0, world_size=1, seed=0)
+    loader = batch_loader(ds, sampler, BATCH, drop_last=True, num_workers=workers)
+    for epoch in range(1 << 30):
+        sampler.set_epoch(epoch)
+        yield from loader
+
+
+def raw_windows(reader: ShardReader, starts: np.ndarray) -> None:
     for s in starts:
         reader.read(int(s), T_IN + T_OUT)
-    return windows / (time.perf_counter() - tic)
 
 
-def loader_rate(directory: Path, workers: int, batches: int) -> float:
-    dataset = ShardWindowDataset(directory, [2010], T_IN, T_OUT, 1, mean=np.zeros(5), std=np.ones(5))
-    sampler = ShardedSampler(len(dataset), rank=0, world_size=1, seed=0)
-    loader = batch_loader(dataset, sampler, BATCH, drop_last=True, num_workers=workers)
-    it = iter(loader)
-    for _ in range(max(2, workers * 2)):  # warm-up: workers started, files opened
-        next(it)
-    tic = time.perf_counter()
-    for _ in range(batches):
-        x, y = next(it)
-    return batches * BATCH / (time.perf_counter() - tic)
+def raw_batch(reader: ShardReader, starts: np.ndarray) -> np.ndarray:
+    out = torch.empty((len(starts), T_IN + T_OUT, *reader.meta.shape)).numpy()  # allocated as the loader does
+    for b, s in enumerate(starts):
+        reader.read(int(s), T_IN + T_OUT, out=out[b])
+    return out
 
 
 def step_rate(batch: int) -> float:
@@ -92,22 +127,92 @@ def step_rate(batch: int) -> float:
     return batch / times[-1]
 
 
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, default=200, help="timed batches per loader variant")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--step-batch", type=int, default=2, help="batch of the training-step measurement")
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per variant and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    cores = os.cpu_count() or 1
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[w for w in (0, 1, 2, 4) if w <= cores], help="(default: ≤ cores)"
+    )
+    ap.add_argument("--step-batch", type=int, default=2, help="batch of the training-step measurement (0: skip)")
     args = ap.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {cores} cores; load average before: {loadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         write_year(directory)
-        raw = raw_rate(directory, args.batches * BATCH)
-        step = step_rate(args.step_batch)
-        print(f"raw 24-frame window reads: {raw:,.0f} windows/s; training step (fp32, 1 process): {step:.2f} samples/s")
-        print("\n| workers | loader samples/s | vs raw read | vs training step |\n|---|---|---|---|")
-        for w in args.workers:
-            rate = loader_rate(directory, w, args.batches)
-            print(f"| {w} | {rate:,.0f} | {rate / raw:.0%} | {rate / step:,.0f}× |", flush=True)
+        reader = ShardReader(directory)
+        current, previous = dataset(directory), dataset(directory, PreviousLoader)
+        probe = ShardedSampler(len(current), 0, 1, seed=0).indices()[:BATCH].tolist()
+        same = all(torch.equal(a, b) for a, b in zip(current[probe], previous[probe]))
+        print(f"new and previous loader give the same batch, bit for bit: {same}")
+        rng = np.random.default_rng(0)
+
+        def reads(fn: Callable[[ShardReader, np.ndarray], object]) -> Callable[[], float]:
+            def block() -> float:
+                starts = rng.integers(0, len(reader) - T_IN - T_OUT, (args.batches, BATCH))
+                tic = time.perf_counter()
+                for row in starts:
+                    fn(reader, row)
+                return args.batches * BATCH / (time.perf_counter() - tic)
+
+            return block
+
+        def loads(ds: ShardWindowDataset, workers: int) -> Callable[[], float]:
+            it = batches(ds, workers)
+            for _ in range(max(2, workers * PREFETCH)):  # warm-up: workers started, files opened
+                next(it)
+
+            def block() -> float:
+                for _ in range(workers * PREFETCH):  # ready while other variants ran
+                    next(it)
+                tic = time.perf_counter()
+                for _ in range(args.batches):
+                    next(it)
+                return args.batches * BATCH / (time.perf_counter() - tic)
+
+            return block
+
+        variants = {"raw": reads(raw_windows), "raw into batches": reads(raw_batch)}
+        variants["previous loader, 0 workers"] = loads(previous, 0)
+        variants.update({f"loader, {w} workers": loads(current, w) for w in args.workers})
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, block in variants.items():
+                rates[name].append(block())
+        print(f"load average after: {loadavg()}")
+        step = step_rate(args.step_batch) if args.step_batch else float("nan")
+
+    def median(name: str, over: str | None = None) -> float:
+        base = rates[over] if over else [1.0] * args.rounds
+        return statistics.median(a / b for a, b in zip(rates[name], base))
+
+    raw = median("raw")
+    print(
+        f"\nmedians over {args.rounds} rounds of {args.batches} batches of {BATCH}; ratios within each round. "
+        f"raw: {raw:,.0f} windows/s; training step here (fp32, batch {args.step_batch}): {step:.2f} samples/s; "
+        f"fastest documented step: {FASTEST_DOCUMENTED_STEP:.2f} samples/s\n"
+    )
+    print(
+        "| variant | samples/s | per worker | vs raw | vs raw into batches | vs 1 worker | per worker vs fastest step |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    one = "loader, 1 workers" if "loader, 1 workers" in rates else None
+    for name in rates:
+        rate = median(name)
+        workers = int(name.split(", ")[1].split()[0]) if name.startswith("loader") else 0
+        per = rate / max(workers, 1)
+        scale = f"{median(name, one):.2f}×" if one and workers else ""
+        fastest = f"{per / FASTEST_DOCUMENTED_STEP:,.0f}×" if name.startswith("loader") else ""
+        print(
+            f"| {name} | {rate:,.0f} | {per:,.0f} | {median(name, 'raw'):.0%} | {median(name, 'raw into batches'):.0%} "
+            f"| {scale} | {fastest} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
