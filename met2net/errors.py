@@ -18,14 +18,19 @@ STORAGE = {
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
 }
+STORAGE_ADVICE = {
+    errno.ENOSPC: "free space there, or write to another file system",
+    errno.EDQUOT: "free space within your quota (quota -s; lfs quota), or write where you have one",
+    errno.EROFS: "the file system is mounted read-only: write to a writable one",
+}
 
 
 def error_line(e: BaseException) -> str | None:
     """The one line an error the user can fix prints (exit code 2): a ``UserError`` (bad config, input, data or
     checkpoint), a file that is missing, unreadable or a directory, a full or read-only disk. None for anything else:
     a bug, which keeps its traceback."""
-    if isinstance(e, OSError) and e.errno in STORAGE:
-        return f"{STORAGE[e.errno]}: {e.filename or e}" + (f" ({e.strerror})" if e.filename else "")
+    if isinstance(e, OSError) and e.errno in STORAGE:  # the file that could not be written, and what to do
+        return f"{STORAGE[e.errno]}: {e.filename or e}; {STORAGE_ADVICE[e.errno]}"
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return f"{(e.strerror or type(e).__name__).lower()}: {e.filename}" if e.filename else str(e)
     if isinstance(e, UserError):

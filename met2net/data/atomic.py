@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from met2net.errors import STORAGE
+
 # The temporary names `atomic_write` gives (``.<name>.<pid>-<8 hex>.tmp``): a run killed mid-write (SIGKILL, a node
 # lost) leaves one behind, and the next run recognises it by this pattern alone.
 TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
@@ -27,18 +29,25 @@ def fsync(path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` on a unique hidden temporary name in the same folder, make it durable, then rename
     it over ``path``. The temporary file is removed on any failure (Ctrl-C included); it is not pre-created,
-    so the result gets the usual umask permissions."""
+    so the result gets the usual umask permissions. A full or read-only file system is raised as an ``OSError``
+    naming ``path`` itself (one line): the writer's own error names the hidden temporary file, and h5py's spans
+    several lines of its internals."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        fsync(path.parent)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even to unlink what is not there
+            pass
+        if isinstance(e, OSError) and e.errno in STORAGE:
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
         raise
-    fsync(path.parent)
     return path
 
 

@@ -37,7 +37,7 @@ from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.rng import seed_everything
 from met2net.training.stages import Schedule, make_schedule
 from met2net.training.startup import check_placement, format_report, rank_record, startup_report
-from met2net.training.storage import check_run_dir
+from met2net.training.storage import check_run_dir, write_run_file
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def build_trainer(cfg: Config) -> Trainer:
         deepspeed_config(cfg, info.world_size, resume_mode == "universal") if deepspeed else None,
     )
     if info.rank == 0:  # the run is accepted: only now does its config replace the one there
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        write_run_file(run_dir / "config.yaml", cfg.to_yaml())
         print(format_report(report), flush=True)
     trainer.log(
         {

@@ -11,6 +11,7 @@ the steps the stopped run logged after its checkpoint are logged again by the re
 from __future__ import annotations
 
 import json
+import os
 import weakref
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,23 @@ class RunLog:
                 ) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        """One record, on disk when this returns (events flushed too: a killed job loses nothing it logged)."""
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """One record, on disk when this returns (events flushed too: a killed job loses nothing it logged). A write
+        that fails (full disk, read-only file system) is cut back off, so the file stays whole lines — the records
+        before it readable, and the next run's appended after a line end — and is raised naming the file (the
+        buffered writer's error names none)."""
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+            except OSError as e:
+                os.ftruncate(fd, start)
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
+        finally:
+            os.close(fd)
         if self.tensorboard_dir is not None and record.get("split") in SCALAR_SPLITS:
             self._write_scalars(record)
 

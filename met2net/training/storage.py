@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from met2net.data.atomic import atomic_write
 from met2net.errors import UserError
 
 CAUSES = {
@@ -95,3 +96,9 @@ def check_run_dir(run_dir: Path) -> None:
     if not there.is_dir():
         where = "is a file" if there == run_dir else f"lies under {there}, which is a file"
         raise StorageError(f"run.dir {run_dir} {where}; set run.dir to a directory (it is created if missing)")
+
+
+def write_run_file(path: Path, text: str) -> Path:
+    """A run directory's own file (``config.yaml``) replaced whole or not at all: a full or read-only disk leaves the
+    previous one as it was (a plain write left it empty) and is raised naming ``path`` (``atomic_write``)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
