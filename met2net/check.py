@@ -221,7 +221,7 @@ def preflight(
             run_lock.check_free(run_dir)
         if cause := storage.probe(run_dir):
             raise storage.StorageError(f"run.dir {run_dir}: cannot write there: {cause}. {storage.ADVICE[cause]}")
-        every = t.max_steps // t.checkpoint_every if t.max_steps and t.checkpoint_every else 1
+        every = t.schedule_max_steps // t.checkpoint_every if t.schedule_max_steps and t.checkpoint_every else 1
         kept = (t.keep_last or every) + 2  # and the best, and the one being written
         need, free = kept * checkpoint_bytes(parameters, trained), shutil.disk_usage(storage.existing(run_dir)).free
         if free < need:
@@ -271,7 +271,7 @@ def preflight(
     def plan() -> tuple[str, dict[str, Any], Any]:
         micro = micro_batch_size(cfg, world) if deepspeed else t.batch_size
         per_epoch = len(splits.train) // t.batch_size if splits is not None else None
-        steps = t.max_steps or (t.epochs * per_epoch if per_epoch else None)
+        steps = t.schedule_max_steps or (t.epochs * per_epoch if per_epoch else None)
         engine = f"DeepSpeed ZeRO-{ds.zero_stage}" if deepspeed else "plain PyTorch"
         when = f"every {t.checkpoint_every} steps" if t.checkpoint_every else "at the end"
         estimate = ""
@@ -325,7 +325,7 @@ def _duration(seconds: float) -> str:
 def _config(path: str, overrides: list[str]) -> tuple[str, dict[str, Any], Config]:
     cfg = load_config(path, overrides)
     t = cfg.training
-    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epoch(s)"
+    length = f"{t.schedule_max_steps} steps" if t.schedule_max_steps else f"{t.epochs} epoch(s)"
     detail = f"{path}: {t.schedule}, {length}, batch {t.batch_size}, {cfg.data.source} data, run.dir {cfg.run.dir}"
     return detail, {"schedule": t.schedule}, cfg
 

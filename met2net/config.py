@@ -21,6 +21,7 @@ import yaml
 from met2net.errors import UserError  # imports nothing: the config stays free of met2net and torch
 
 SCHEDULES = ("implicit", "stage1", "stage2", "end_to_end")
+STAGED = ("stage1", "stage2")  # the explicit pipeline's schedules (training.stage_steps)
 # The loss terms each schedule's validation measures besides the forecast MSE of D_q T_q E_q (training/stages.py reads
 # them from here); their sum is the validation record's `loss` (end_to_end: the forecast MSE itself).
 VALIDATION_TERMS = {"implicit": ("rec", "latent"), "stage1": ("rec",), "stage2": ("latent",), "end_to_end": ()}
@@ -81,6 +82,10 @@ class TrainingConfig:
     warmup_steps: int = 0
     epochs: int = 50
     max_steps: int = 0
+    # optimizer steps of each stage of the staged pipeline when max_steps is 0, e.g. {stage1: 60, stage2: 120}
+    # (max_steps, when set, is every schedule's: one override shortens any run); a stage left out trains by epochs.
+    # The quick start gives stage two twice stage one's steps: docs/results.md, "The defaults".
+    stage_steps: dict[str, int] = field(default_factory=dict)
     batch_size: int = 16
     val_every: int = 0
     val_batches: int = 0
@@ -89,7 +94,7 @@ class TrainingConfig:
     pred_loss_weight: float = 0.0  # implicit's w·MSE(D_k T_q E_k x, y); 0 in the paper
     # stage two's forecast through the frozen decoders: keeps the Translator readable by the decoders that stage
     # one tuned (without it stage two made forecasts worse: docs/architecture.md, Schedules)
-    stage2_pred_loss_weight: float = 10.0
+    stage2_pred_loss_weight: float = 100.0
     channels_last: bool = True
     # torch.compile each encoder, decoder and Translator block (trained and copies); off: eager (docs/performance.md)
     compile: bool = False
@@ -102,6 +107,11 @@ class TrainingConfig:
     progress: bool = True
     best_by: str = "forecast_mse"  # the validation key (lowest wins) that names the `best` checkpoint
     tensorboard: bool = False  # also write the train/val records as TensorBoard events in <run>/tensorboard/
+
+    @property
+    def schedule_max_steps(self) -> int:
+        """This schedule's step budget: training.max_steps, else its training.stage_steps entry (0: by epochs)."""
+        return self.max_steps or self.stage_steps.get(self.schedule, 0)
 
 
 @dataclass
@@ -373,10 +383,19 @@ def validate(cfg: Config) -> None:
     for key in ("warmup_steps", "max_steps", "val_every", "val_batches", "epochs", "checkpoint_every", "keep_last"):
         _need(getattr(t, key) >= 0, f"training.{key}", f"must be ≥ 0, got {getattr(t, key)}")
     _need(
-        t.epochs > 0 or t.max_steps > 0,
+        t.epochs > 0 or t.schedule_max_steps > 0,
         "training.max_steps",
         "training.epochs and training.max_steps are both 0: set one of them",
     )
+    unknown = [k for k in t.stage_steps if k not in STAGED]
+    _need(
+        not unknown,
+        "training.stage_steps",
+        f"names {unknown}: only the staged schedules {', '.join(STAGED)} have their own step counts "
+        "(the others train training.max_steps)",
+    )
+    bad = {k: v for k, v in t.stage_steps.items() if v < 1}
+    _need(not bad, "training.stage_steps", f"must be ≥ 1 step per stage, got {bad}")
     _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
     _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
     _need(t.time_limit >= 0, "training.time_limit", f"must be ≥ 0 seconds, got {t.time_limit}")

@@ -2,12 +2,13 @@
 rounds (scored after every stage), end-to-end, persistence and climatology → ``OUT/results.md``, ``OUT/rows.csv``,
 ``OUT/rmse_w_<variable>.png``.
 
-    .venv/bin/python tools/staged_study.py [-o runs/staged_study] [--steps 400] [--rounds 1 2 3]
+    .venv/bin/python tools/staged_study.py [-o runs/staged_study] [--steps 360] [--rounds 1 2 3] [--split 1:2]
         [--config configs/quickstart.yaml] [key=value ...]
 
 Every variant trains ``--steps`` optimizer steps of ``training.batch_size`` in total: implicit and end-to-end in one
-run; staged with R rounds as R × (stage one, stage two) of ``steps / (2R)`` steps each, round r+1's stage one
-starting from round r's stage two (as ``slurm/pipeline.sh --rounds R`` does). Each variant runs the ``met2net``
+run; staged with R rounds as R × (stage one, stage two), each round's ``steps / R`` split between its two stages as
+``--split`` says (default: the config's ``training.stage_steps`` ratio, else 1:1), round r+1's stage one starting
+from round r's stage two (as ``slurm/pipeline.sh`` with ``ROUNDS=R`` does). Each variant runs the ``met2net``
 commands a user would, printed and kept in ``OUT/<variant>/commands.txt``; a finished variant (its evaluations
 written) is skipped when the study is run again. The built-in dataset is generated, converted and its statistics
 computed first when ``data.path`` holds no shards (``configs/quickstart.yaml``'s years: 2010 trains, 2011 validates,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -67,16 +69,44 @@ def ensure_data(cfg_path: Path, overrides: list[str], out: Path) -> None:
     run([*MET2NET, "data", "stats", str(shards), "--train-years", train], log, commands)
 
 
-def variants(steps: int, rounds: list[int], end_to_end: bool = True) -> list[tuple[str, list[tuple[str, int]]]]:
-    """(name, [(schedule, steps) per stage in order]) of every variant; every variant sums to ``steps``."""
+def variants(
+    steps: int, rounds: list[int], end_to_end: bool = True, split: tuple[int, int] = (1, 1)
+) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(name, [(schedule, steps) per stage in order]) of every variant; every variant sums to ``steps``; each round's
+    steps are shared between stage one and stage two as ``split``."""
     out = [("implicit", [("implicit", steps)])]
     for r in rounds:
-        if steps % (2 * r):
-            sys.exit(f"--steps {steps} does not split into {r} rounds of two stages: choose a multiple of {2 * r}")
-        out.append((f"staged_{r}r", [(s, steps // (2 * r)) for _ in range(r) for s in ("stage1", "stage2")]))
+        unit = r * sum(split)
+        if steps % unit:
+            sys.exit(
+                f"--steps {steps} does not split into {r} rounds of stage one : stage two = {split[0]}:{split[1]}: "
+                f"choose a multiple of {unit}"
+            )
+        one, two = (steps // unit * share for share in split)
+        out.append((f"staged_{r}r", [(s, n) for _ in range(r) for s, n in (("stage1", one), ("stage2", two))]))
     if end_to_end:
         out.append(("end_to_end", [("end_to_end", steps)]))
     return out
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    """``A:B`` → (A, B), both positive."""
+    try:
+        one, two = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--split {text!r}: expected A:B, e.g. 1:2") from None
+    if one < 1 or two < 1:
+        raise argparse.ArgumentTypeError(f"--split {text!r}: both shares must be ≥ 1")
+    return one, two
+
+
+def config_split(stage_steps: dict[str, int]) -> tuple[int, int]:
+    """The ratio of the config's ``training.stage_steps`` in lowest terms (60, 120 → 1:2); 1:1 without both."""
+    if "stage1" not in stage_steps or "stage2" not in stage_steps:
+        return 1, 1
+    one, two = stage_steps["stage1"], stage_steps["stage2"]
+    g = math.gcd(one, two)
+    return one // g, two // g
 
 
 def train_and_evaluate(name: str, stages: list[tuple[str, int]], args: argparse.Namespace) -> list[Path]:
@@ -236,17 +266,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out", type=Path, default=ROOT / "runs/staged_study")
     parser.add_argument("--config", type=Path, default=ROOT / "configs/quickstart.yaml")
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps of every variant in total")
+    parser.add_argument("--steps", type=int, default=360, help="optimizer steps of every variant in total")
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True, help="the ablation too")
+    parser.add_argument("--split", type=parse_split, help="stage one : stage two steps in each round, e.g. 1:2")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_overrides = [o for o in args.overrides if o.startswith("data.")]
     ensure_data(args.config, args.overrides, args.out)
     cfg = load_config(args.config, args.overrides)
+    split = args.split or config_split(cfg.training.stage_steps)
     rows, lead = [], "lead_hours"
-    for name, stages in variants(args.steps, args.rounds, args.end_to_end):
+    for name, stages in variants(args.steps, args.rounds, args.end_to_end, split):
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
             lead = lead_column(e / "metrics.csv")

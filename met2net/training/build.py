@@ -119,7 +119,7 @@ def count_steps(cfg: Config, splits: Splits) -> int:
             f"the training split has {len(splits.train)} windows, fewer than one batch "
             f"(training.batch_size={t.batch_size}); add data.train_years or lower the batch"
         )
-    return t.max_steps or t.epochs * steps_per_epoch
+    return t.schedule_max_steps or t.epochs * steps_per_epoch
 
 
 def build_engine(
@@ -154,6 +154,7 @@ def build_trainer(cfg: Config) -> Trainer:
     run_dir = prepare_run_dir(cfg, info.rank, info.world_size)
     splits = build_splits(cfg)
     schedule = make_schedule(cfg)
+    schedule.use_mask(splits.valid, device)  # points filled for missing values count in no loss
     t = cfg.training
     checkpoints = CheckpointManager(
         layout.stage_dir(run_dir, schedule.name), info.rank, info.world_size, t.keep_last, t.best_by

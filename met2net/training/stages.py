@@ -5,7 +5,7 @@
 - stage1: trains E_q, D_q through the frozen T_k. loss MSE(D_q T_k E_q x, y).
   E_k, D_k ← E_q, D_q after backward.
 - stage2: trains T_q on frozen E_k. loss MSE(T_q E_k x, E_k y) + w·MSE(D_k T_q E_k x, y), w =
-  training.stage2_pred_loss_weight (10): the forecast through the decoders stage one tuned, without which
+  training.stage2_pred_loss_weight (100): the forecast through the decoders stage one tuned, without which
   stage two made forecasts worse. T_k ← T_q after backward.
 - stage1 and stage2 started from another stage's weights first copy the modules they read frozen
   (stage1: T_k ← T_q; stage2: E_k, D_k ← E_q, D_q): ``start_from_other_weights``.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +58,25 @@ class Schedule:
         self.pred_weight = getattr(cfg.training, self.pred_weight_key)
         self.reference_backward = cfg.momentum.reference_backward
         self.variables = list(cfg.model.variables)  # names of the per-variable validation errors, in channel order
+        self.weights: torch.Tensor | None = None  # (C, H, W) weights of the pixel-space MSE; None: the plain mean
+
+    def use_mask(self, valid: np.ndarray | None, device: torch.device) -> None:
+        """Leave out of every pixel-space loss term (reconstruction, forecast) the points that a missing-value policy
+        filled (``valid`` (C, H, W) False; met2net/data/masks.py): the MSE becomes the mean over variables of each
+        variable's mean over its valid points, so a variable's weight does not depend on how much of it is land. None
+        keeps F.mse_loss itself (every number as without masks). The latent term has no points and is unchanged: its
+        target is the encoding of the filled field, whose fill the config decides."""
+        if valid is None:
+            self.weights = None
+            return
+        v = torch.as_tensor(np.asarray(valid), dtype=torch.float32, device=device)
+        self.weights = v / (v.sum(dim=(1, 2), keepdim=True).clamp(min=1.0) * v.shape[0])
+
+    def mse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The MSE of two (B, T, C, H, W) fields over the points that count (``use_mask``)."""
+        if self.weights is None:
+            return F.mse_loss(a, b)
+        return (a.float() - b.float()).square().mul(self.weights).sum() / (a.shape[0] * a.shape[1])
 
     def configure(self, model: Met2Net) -> None:
         """requires_grad on exactly the trained modules; every module in train mode."""
@@ -90,13 +110,13 @@ class Schedule:
         try:
             with torch.no_grad():
                 forecast = model.forecast(x)
-                parts = {"forecast_mse": F.mse_loss(forecast, y)}
-                per_variable = (forecast.float() - y.float()).square().mean(dim=(0, 1, 3, 4))  # (B, T, C, H, W)
+                parts = {"forecast_mse": self.mse(forecast, y)}
+                per_variable = self._per_variable(forecast, y)
                 parts.update({f"forecast_mse/{v}": e for v, e in zip(self.variables, per_variable, strict=True)})
                 if "rec" in self.val_terms:
                     z_x = model.encode(model.encoders_q, x)
                     rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
-                    parts["rec"] = F.mse_loss(rec, y)
+                    parts["rec"] = self.mse(rec, y)
                 if "latent" in self.val_terms:
                     zk_x = model.encode(model.encoders_k, x)
                     zk_y = model.encode(model.encoders_k, y)
@@ -107,6 +127,13 @@ class Schedule:
         parts["loss"] = sum(parts[k] for k in terms)
         return parts
 
+    def _per_variable(self, forecast: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(C,) MSE of each variable over (B, T, H, W), over its valid points under a mask; their mean is ``mse``."""
+        err = (forecast.float() - y.float()).square()  # (B, T, C, H, W)
+        if self.weights is None:
+            return err.mean(dim=(0, 1, 3, 4))
+        return err.mul(self.weights).sum(dim=(0, 1, 3, 4)) * (err.shape[2] / (err.shape[0] * err.shape[1]))
+
     # -- shared pieces ---------------------------------------------------------------------
     def _latent_terms(
         self, model: Met2Net, zk_x: torch.Tensor, zk_y: torch.Tensor, y: torch.Tensor
@@ -114,7 +141,7 @@ class Schedule:
         z_pred = model.translator_q(zk_x)
         terms = {"latent": F.mse_loss(z_pred, zk_y)}
         if self.pred_weight > 0:
-            terms["pred"] = F.mse_loss(model.decode(model.decoders_k, z_pred, y.shape[1]), y)
+            terms["pred"] = self.mse(model.decode(model.decoders_k, z_pred, y.shape[1]), y)
         return terms
 
     def _total(self, terms: dict[str, torch.Tensor]) -> StepOutput:
@@ -130,7 +157,7 @@ class Implicit(Schedule):
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         z_x = model.encode(model.encoders_q, x)
         rec = model.decode(model.decoders_q, model.translator_k(z_x), x.shape[1])
-        terms = {"rec": F.mse_loss(rec, y)}
+        terms = {"rec": self.mse(rec, y)}
         update_codec_copies(model, self.codec_momentum)
         with torch.no_grad():
             if self.codec_momentum == 0.0:  # E_k == E_q now: reuse E_q(x), encode y with E_q
@@ -156,7 +183,7 @@ class StageOne(Schedule):
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         rec = model.decode(model.decoders_q, model.translator_k(model.encode(model.encoders_q, x)), x.shape[1])
-        return self._total({"rec": F.mse_loss(rec, y)})
+        return self._total({"rec": self.mse(rec, y)})
 
     def after_backward(self, model: Met2Net) -> None:
         update_codec_copies(model, self.codec_momentum)
@@ -191,7 +218,7 @@ class EndToEnd(Schedule):
     needs_copies = False
 
     def forward(self, model: Met2Net, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        return self._total({"forecast_mse": F.mse_loss(model.forecast(x), y)})
+        return self._total({"forecast_mse": self.mse(model.forecast(x), y)})
 
 
 # The names are declared once, in met2net.config.SCHEDULES (torch-free, so config validation and the launchers

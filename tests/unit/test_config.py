@@ -68,6 +68,8 @@ def test_override_types_are_checked():
         (["training.epochs=0"], "training.max_steps", "set one of them"),
         (["data.source=shards"], "data.path", "index.json"),
         (["training.compile=true", "deepspeed.zero_stage=3"], "training.compile", "use ZeRO 0-2"),
+        (["training.stage_steps={implicit: 5}"], "training.stage_steps", "only the staged schedules"),
+        (["training.stage_steps={stage2: 0}"], "training.stage_steps", "≥ 1 step per stage"),
     ],
 )
 def test_impossible_values_name_key_and_fix(overrides, key, fix):
@@ -131,3 +133,19 @@ def test_stage_two_refuses_the_implicit_prediction_weight():
     assert (
         small_config("training.schedule=stage2", "training.stage2_pred_loss_weight=0.5").training.schedule == "stage2"
     )
+
+
+def test_stage_steps_give_each_stage_its_budget_and_max_steps_overrides_them():
+    """The quick start's pipeline trains stage one 60 and stage two 120 steps; one max_steps override shortens any
+    run (the tests and a user's smoke run rely on it); a schedule without an entry trains by epochs."""
+    quick = ROOT / "configs/quickstart.yaml"
+    steps = {
+        s: load_config(quick, [f"training.schedule={s}"]).training.schedule_max_steps for s in ("stage1", "stage2")
+    }
+    assert steps == {"stage1": 60, "stage2": 120}
+    assert load_config(quick, ["training.schedule=stage2", "training.max_steps=4"]).training.schedule_max_steps == 4
+    implicit = load_config(quick, ["training.schedule=implicit"]).training
+    assert (implicit.schedule_max_steps, implicit.epochs) == (0, 2)
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_config(None, ["training.epochs=0", "training.schedule=stage1", "training.stage_steps={stage2: 3}"])
+    assert load_config(None, ["training.epochs=0", "training.schedule=stage2", "training.stage_steps={stage2: 3}"])

@@ -217,9 +217,9 @@ def test_validation_reports_the_forecast_error_per_variable(name):
 
 def test_stage_two_trains_on_the_forecast_through_the_frozen_decoders_by_default():
     cfg = small_config("training.schedule=stage2")
-    assert cfg.training.stage2_pred_loss_weight == 10.0 and cfg.training.pred_loss_weight == 0.0
+    assert cfg.training.stage2_pred_loss_weight == 100.0 and cfg.training.pred_loss_weight == 0.0
     out = make_schedule(cfg).forward(Met2Net(cfg.model), *batch())
-    assert out.parts["loss"] == out.parts["latent"] + 10.0 * out.parts["pred"]
+    assert out.parts["loss"] == out.parts["latent"] + 100.0 * out.parts["pred"]
     off = small_config("training.schedule=stage2", "training.stage2_pred_loss_weight=0")
     assert "pred" not in make_schedule(off).forward(Met2Net(off.model), *batch()).parts
     implicit = small_config("training.schedule=implicit")  # the paper's step keeps its own weight, 0
