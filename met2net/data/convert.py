@@ -25,7 +25,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
-from met2net.data import reconvert, shards
+from met2net.data import masks, reconvert, shards
 from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
@@ -77,6 +77,7 @@ class Year:
     fields: np.ndarray  # (time, C, lat, lon) float32
     meta: shards.ShardMeta
     step: TimeStep | None  # None: fewer than two times
+    valid: np.ndarray | None = None  # (C, lat, lon) bool, points never missing; None: nothing was filled
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,10 @@ def read_year(
     allow_gaps: bool,
     coords: Mapping[str, str] | None = None,
     opened: OpenSources | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> Year:
     """Every variable's data for ``year``, checked to share time axis and grid; ``opened``: sources kept open across
-    years.
+    years; ``missing``: the policy for missing values per variable (``data.missing``; met2net/data/masks.py).
 
     Only ``year``'s times are read from each source, one variable at a time into the shard's array, so memory stays
     at about one shard plus one variable's year, however many years a source file holds.
@@ -116,6 +118,7 @@ def read_year(
     units, long_names = [], []
     first: _Axes | None = None
     fields = np.empty(0, dtype=np.float32)
+    valid = None
     for c, src in enumerate(sources):
         paths = files[src.name].get(year, [])
         if not paths:
@@ -131,8 +134,11 @@ def read_year(
             fields = np.empty((da.sizes["time"], len(sources), *frame), dtype=np.float32)
         else:
             _same_axes(first, axes, year)
-        _check_complete(da, src, axes, year)
         fields[:, c] = da.values[:, ::subsample, ::subsample]
+        counted = _complete(fields[:, c], src, axes, year, masks.policy(missing or {}, src.name), subsample)
+        if counted is not None:
+            valid = np.ones((len(sources), *fields.shape[2:]), dtype=bool) if valid is None else valid
+            valid[c] = counted
         units.append(str(da.attrs.get("units", "")))
         long_names.append(str(da.attrs.get("long_name", src.var)))
         del da
@@ -146,23 +152,31 @@ def read_year(
         lat=first.lat[::subsample],
         lon=first.lon[::subsample],
     )
-    return Year(times, fields, meta, step)
+    return Year(times, fields, meta, step, valid)
 
 
-def _check_complete(da: xr.DataArray, src: VariableSource, axes: _Axes, year: int) -> None:
-    """Refuse missing values (NaN after xarray applied the file's _FillValue/missing_value, or inf) naming the
-    source, the variable, how many there are and where the first is, before anything of the year is written."""
-    bad = ~np.isfinite(da.values)
+def _complete(
+    values: np.ndarray, src: VariableSource, axes: _Axes, year: int, how: str | float, subsample: int
+) -> np.ndarray | None:
+    """Missing values (NaN after xarray applied the file's _FillValue/missing_value, or inf) of one variable's year
+    as written (after ``subsample``): refused under the policy ``error``, naming the source, the variable, how many
+    there are and where the first is, before anything of the year is written; else filled in place, returning the
+    points that count (None: nothing was missing)."""
+    bad = ~np.isfinite(values)
     if not bad.any():
-        return
+        return None
+    where = f"{axes.files}: variable {src.var!r} ({src.name}) in {year}"
+    if how != "error":
+        return masks.fill(values, how, bad, where, axes.times)
     t, i, j = np.argwhere(bad)[0]
     frames = int(bad.any(axis=(1, 2)).sum())
     raise UserError(
         f"{axes.files}: variable {src.var!r} ({src.name}) has {int(bad.sum())} missing (NaN or inf) values in {year}, "
-        f"in {frames} of {bad.shape[0]} frames, the first at {str(axes.times[t])[:16]}, lat {axes.lat[i]:g}, lon "
-        f"{axes.lon[j]:g}; nothing written. Shards hold complete fields (met2net has no masking option yet): fill "
-        f"them in the source (xarray: ds[{src.var!r}].fillna(value) or .interpolate_na('time')), or leave "
-        f"{src.name!r} out of model.variables"
+        f"in {frames} of {bad.shape[0]} frames, the first at {str(axes.times[t])[:16]}, lat "
+        f"{axes.lat[i * subsample]:g}, lon {axes.lon[j * subsample]:g}; nothing written. Set a fill policy, e.g. "
+        f"data.missing: {{{src.name}: mean}} (or zero, or a value), to fill them and mask those points out of the "
+        f"statistics, the loss and the metrics; or fill them in the source (xarray: ds[{src.var!r}].fillna(value) or "
+        f".interpolate_na('time')), or leave {src.name!r} out of model.variables"
     )
 
 
@@ -187,6 +201,16 @@ def _same_axes(a: _Axes, b: _Axes, year: int) -> None:
             )
 
 
+def _mask(target: Path, channels: list[str], entries: list[dict]) -> dict | None:
+    """The union of the shards' masks of filled points written as ``mask.h5`` and its index.json entry, or None
+    (and no mask file) when no value was filled."""
+    valid = masks.union([shards.shard_valid(target / e["file"]) for e in entries])
+    if valid is None:
+        (target / masks.MASK_NAME).unlink(missing_ok=True)
+        return None
+    return masks.write_mask(target, channels, valid)
+
+
 CONVERTER = 1  # bump when a change here alters the shards written from the same files and settings
 
 
@@ -201,6 +225,7 @@ def settings(cfg: Config, sources: list[VariableSource], years: list[int]) -> di
         "data.subsample": cfg.data.subsample,
         "data.allow_gaps": cfg.data.allow_gaps,
         **({"data.coords": dict(sorted(cfg.data.coords.items()))} if cfg.data.coords else {}),  # older records lack it
+        **({"data.missing": dict(sorted(cfg.data.missing.items()))} if cfg.data.missing else {}),
     }
 
 
@@ -296,15 +321,25 @@ def convert(
     converted from other sources or settings (see met2net/data/reconvert.py)."""
     out = Path(out)
     job = inputs(Path(src), cfg)
-    plan = _agreed(comm, lambda: _plan(out, job, force))
-    for note in plan.notes:
-        print(f"met2net data convert: {note}", file=sys.stderr, flush=True)
+    lock = reconvert.ConvertLock(out) if comm is None or comm.Get_rank() == 0 else None
+
+    def decide() -> Plan:
+        lock.acquire()  # before anything in or beside ``out`` is read or removed
+        return _plan(out, job, force)
+
     try:
-        return _write(job, cfg, plan, out, comm, progress)
-    except BaseException:
-        if plan.target != out and comm is None:  # under MPI other ranks may still write there: the next run removes it
-            shutil.rmtree(plan.target, ignore_errors=True)
-        raise
+        plan = _agreed(comm, decide)
+        for note in plan.notes:
+            print(f"met2net data convert: {note}", file=sys.stderr, flush=True)
+        try:
+            return _write(job, cfg, plan, out, comm, progress)
+        except BaseException:
+            if plan.target != out and comm is None:  # under MPI other ranks may still write: the next run cleans up
+                shutil.rmtree(plan.target, ignore_errors=True)
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, progress: bool) -> Path:
@@ -322,8 +357,8 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
                 entries.append(reusable[name])
                 continue
             d = cfg.data
-            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
-            sha = shards.write_shard(target / name, data.times, data.fields, data.meta)
+            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
+            sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid)
             entries.append(shards.shard_entry(target / name, data.times, sha))
             print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
             steps.update([data.step] if data.step else [])
@@ -345,7 +380,8 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
             found = ", ".join(sorted(str(s) for s in steps))
             raise UserError(f"{job.src}: years have different time steps ({found}); use one time step")
         step = steps.pop() if steps else TimeStep.of_index(shards.read_index(target))
-        shards.write_index(target, meta, step, entries, job.record)
+        mask = _mask(target, meta.channels, entries)
+        shards.write_index(target, meta, step, entries, job.record, mask)
         if target != out:
             had_stats = (out / STATS_NAME).exists()
             reconvert.swap_in(target, out)

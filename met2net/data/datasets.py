@@ -15,6 +15,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from met2net.config import Config, ConfigError
+from met2net.data import masks
 from met2net.data.shards import ShardError, iso, read_index
 from met2net.data.stats import Moments, read_stats
 from met2net.data.timestep import TimeStep
@@ -60,6 +61,8 @@ class Splits:
     test: Dataset | None
     mean: np.ndarray  # (C,) float64, training years
     std: np.ndarray
+    # (C, H, W) bool, the points that count in the loss (met2net/data/masks.py); None: every point
+    valid: np.ndarray | None = None
 
 
 def build_splits(cfg: Config) -> Splits:
@@ -120,8 +123,9 @@ def _shard_splits(cfg: Config) -> Splits:
         check_windows(cfg, key, ds.reader.times[ds.frames], len(ds), root, ds.step)
         return ds
 
+    valid = masks.select(masks.read_mask(root, index), channels)
     return Splits(
-        dataset("train_years"), dataset("val_years"), dataset("test_years") if d.test_years else None, mean, std
+        dataset("train_years"), dataset("val_years"), dataset("test_years") if d.test_years else None, mean, std, valid
     )
 
 

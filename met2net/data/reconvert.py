@@ -10,14 +10,23 @@ once its index is written, so a failed or killed run never costs the old, valid 
 goes with the old shards.
 
 A run killed outright (SIGKILL, a lost node) can leave our temporaries behind: `clean_stale` removes them at the
-start of the next run into the same directory and says what it removed (one conversion per directory at a time).
+start of the next run into the same directory and says what it removed. That is safe because only one conversion
+writes into a directory at a time: `ConvertLock` (an exclusive ``flock`` on ``.<out>.lock`` beside it, held by rank 0
+for the whole run) refuses a second one, naming the holder, before it reads or removes anything; the kernel drops the
+lock when the holder ends, however it ends, so a stale lock never blocks a re-run.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import glob
+import json
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 from met2net.data.atomic import TEMPORARY, fsync, unique_suffix
@@ -28,6 +37,81 @@ _SHOWN = 3  # changed files named in a refusal; the rest are counted
 
 class ConversionChanged(UserError):
     """The shard directory was converted from other sources or settings; the message says what differs."""
+
+
+class ConversionInProgress(UserError):
+    """Another live ``met2net data convert`` writes into the same shard directory."""
+
+
+class ConvertLock:
+    """The exclusive lock of one shard directory, a hidden file beside it (the directory itself is renamed by a
+    ``--force`` swap). Two conversions into one directory would each take the other's rebuild and temporaries for
+    a stopped run's and delete them, or interleave shards of two sources."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out.parent / f".{self.out.name}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ConversionInProgress naming its holder; on a file system without ``flock`` (some
+        NFS and Lustre mounts) warn and go on unguarded."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:  # the holder removes the file as it ends: a lock on a file no longer at the path is no lock
+            fd = self._take()
+            if fd is None or self._current(fd):
+                break
+            os.close(fd)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            me = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            self.fd = fd
+
+    def _current(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _take(self) -> int | None:
+        """The locked descriptor, or None without lock support."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 4096, 0).decode(errors="replace")
+            os.close(fd)
+            try:
+                info = json.loads(text)
+                who = f"host {info['host']}, pid {info['pid']}, since {info['started']}"
+            except (ValueError, KeyError, TypeError):
+                who = "a process that is starting"
+            raise ConversionInProgress(
+                f"{self.out} is being written by another met2net data convert ({who}); two conversions "
+                "into one directory would delete each other's files. Wait for it to end, or convert into another "
+                f"directory with -o. Its lock ({self.path}) is released when that process ends: nothing to delete"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            print(
+                f"met2net data convert: warning: {self.path}: the file system does not support locks ({e.strerror}); "
+                f"nothing stops a second conversion into {self.out}",
+                file=sys.stderr,
+            )
+            return None
+        return fd
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock (a waiting run that opened the old file sees it gone and
+        retries), so a finished conversion leaves nothing beside its directory."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
 
 
 def record(settings: dict, root: Path, paths: list[Path]) -> dict:

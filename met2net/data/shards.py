@@ -20,7 +20,9 @@ Each shard file holds:
 * file attributes: ``format`` = 1, ``channels`` (short names, e.g. ``t2m``), ``units``, ``long_names``,
   ``levels`` (pressure level in hPa, -1 for single-level fields), one entry per channel.
 
-No value in ``fields`` is NaN or infinite: the writer refuses such data.
+No value in ``fields`` is NaN or infinite: the writer refuses such data. A shard whose missing values were filled
+(``data.missing``, met2net/data/masks.py) also holds ``valid``: uint8, ``(channel, lat, lon)``, 1 where a point
+counts, and the directory a ``mask.h5`` (their union) that index.json's ``mask`` names with its checksum.
 
 ``index.json``::
 
@@ -189,7 +191,14 @@ def _check_finite(path: Path, fields: np.ndarray, times: np.ndarray, meta: Shard
             )
 
 
-def _fill(f: h5py.File, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, compression: str | None) -> None:
+def _fill(
+    f: h5py.File,
+    times: np.ndarray,
+    fields: np.ndarray,
+    meta: ShardMeta,
+    compression: str | None,
+    valid: np.ndarray | None = None,
+) -> None:
     f.attrs["format"] = FORMAT
     f.attrs["channels"] = meta.channels
     f.attrs["units"] = meta.units
@@ -200,23 +209,34 @@ def _fill(f: h5py.File, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, 
     f.create_dataset("time", data=times.astype(np.int64)).attrs["units"] = TIME_UNITS
     f.create_dataset("lat", data=meta.lat).attrs["units"] = "degrees_north"
     f.create_dataset("lon", data=meta.lon).attrs["units"] = "degrees_east"
+    if valid is not None:  # points filled by a missing-value policy: met2net/data/masks.py
+        f.create_dataset("valid", data=np.asarray(valid, dtype=np.uint8))
 
 
 def write_shard(
-    path: Path, times: np.ndarray, fields: np.ndarray, meta: ShardMeta, *, compression: str | None = None
+    path: Path,
+    times: np.ndarray,
+    fields: np.ndarray,
+    meta: ShardMeta,
+    *,
+    compression: str | None = None,
+    valid: np.ndarray | None = None,
 ) -> str:
     """Write one shard atomically and return its sha256 (for the index).
 
-    ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon).
+    ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon); ``valid``:
+    (channel, lat, lon), the points that count where values were filled (met2net/data/masks.py).
     """
     path = Path(path)
     times = _hours(times)
     fields = _check_fields(fields, times, meta)
     _check_finite(path, fields, times, meta)
+    if valid is not None and np.shape(valid) != meta.shape:
+        raise ValueError(f"valid: expected shape (channel, lat, lon) = {meta.shape}, got {np.shape(valid)}")
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
-            _fill(f, times, fields, meta, compression)
+            _fill(f, times, fields, meta, compression, valid)
 
     atomic_write(path, write)
     return sha256_file(path)
@@ -246,11 +266,17 @@ def _sorted_entries(directory: Path, entries: list[dict]) -> list[dict]:
 
 
 def write_index(
-    directory: Path, meta: ShardMeta, time_step: int | TimeStep, entries: list[dict], conversion: dict | None = None
+    directory: Path,
+    meta: ShardMeta,
+    time_step: int | TimeStep,
+    entries: list[dict],
+    conversion: dict | None = None,
+    mask: dict | None = None,
 ) -> Path:
     """Write ``index.json`` atomically; call after every listed shard is written. ``time_step``: hours (an int) or
     a TimeStep (calendar months for monthly data). ``conversion``: what the shards were converted from (see
-    met2net/data/reconvert.py), so a later run can tell whether they are still current."""
+    met2net/data/reconvert.py), so a later run can tell whether they are still current; ``mask``: the entry of the
+    mask file of points filled by a missing-value policy (met2net/data/masks.py), written before."""
     directory = Path(directory)
     if not isinstance(time_step, TimeStep):
         if int(time_step) <= 0:
@@ -264,6 +290,8 @@ def write_index(
     }
     if conversion is not None:
         index["conversion"] = conversion
+    if mask is not None:
+        index["mask"] = mask
     path = directory / INDEX_NAME
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n"))
     return path
@@ -310,6 +338,12 @@ def verify_shards(directory: Path) -> None:
         raise ShardError(
             f"{directory}: {len(problems)} bad shard(s):\n  " + "\n  ".join(problems) + f"\n{_FIX} to rewrite them."
         )
+
+
+def shard_valid(path: Path) -> np.ndarray | None:
+    """A shard's ``valid`` mask ((channel, lat, lon) bool), or None when none of its points was filled."""
+    with h5py.File(path, "r") as f:
+        return f["valid"][()].astype(bool) if "valid" in f else None
 
 
 def shard_is_valid(directory: Path, entry: dict) -> bool:

@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from met2net.data.atomic import atomic_write
+from met2net.data.masks import read_mask
 from met2net.data.shards import ShardError, iso, read_index
 from met2net.errors import UserError
 
@@ -67,6 +68,16 @@ class Moments:
             x.min(axis=1),
             x.max(axis=1),
         )
+
+    @classmethod
+    def of_valid(cls, data: np.ndarray, valid: np.ndarray) -> Moments:
+        """Moments of one (time, channel, lat, lon) chunk over the points ``valid`` ((channel, lat, lon) bool) only:
+        the points a missing-value policy filled count nowhere (met2net/data/masks.py)."""
+        parts = []
+        for c in range(data.shape[1]):
+            x = np.asarray(data[:, c][:, valid[c]], dtype=np.float64).reshape(1, -1)
+            parts.append(cls.of(x, channel_axis=0) if x.size else cls.empty(1))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in _FIELDS))
 
     def merge(self, other: Moments) -> Moments:
         """Combined state; the weight is formed first so an empty side leaves the other exactly unchanged."""
@@ -123,9 +134,16 @@ def _check_finite(name: str, block: np.ndarray, times: np.ndarray, channels: lis
         )
 
 
-def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_frames: int, period: Period) -> Moments:
+def _file_moments(
+    path: Path,
+    years: np.ndarray,
+    channels: list[str],
+    chunk_frames: int,
+    period: Period,
+    valid: np.ndarray | None = None,
+) -> Moments:
     """One shard's state: its frames of ``years`` (inside ``period`` if given) read ``chunk_frames`` at a time,
-    merged in time order."""
+    merged in time order; with ``valid`` (the directory's mask), over its points only."""
     out = Moments.empty(len(channels))
     with h5py.File(path, "r") as f:
         fields = f["fields"]
@@ -145,7 +163,7 @@ def _file_moments(path: Path, years: np.ndarray, channels: list[str], chunk_fram
             lo, hi = start + sel[0], start + sel[-1] + 1
             block = fields[lo:hi][sel - sel[0]]
             _check_finite(path.name, block, times[start + sel], channels)
-            out = out.merge(Moments.of(block))
+            out = out.merge(Moments.of(block) if valid is None else Moments.of_valid(block, valid))
     return out
 
 
@@ -155,9 +173,11 @@ def shard_moments(
     """Moments of the frames of ``years`` (and inside ``period``: [start, end) datetime64[h], if given) in the given
     shard files of ``directory``, merged in file order."""
     directory = Path(directory)
-    channels = [str(c) for c in read_index(directory)["channels"]]
+    index = read_index(directory)
+    channels = [str(c) for c in index["channels"]]
+    valid = read_mask(directory, index)
     wanted = np.asarray(sorted(set(years)), dtype=np.int64)
-    parts = [_file_moments(directory / name, wanted, channels, int(chunk_frames), period) for name in files]
+    parts = [_file_moments(directory / name, wanted, channels, int(chunk_frames), period, valid) for name in files]
     return Moments.merge_all(parts, len(channels))
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from met2net.config import Config, ConfigError
-from met2net.data import synthetic
+from met2net.data import masks, synthetic
 from met2net.data.datasets import synthetic_series
 from met2net.data.shards import ShardReader
 from met2net.data.timestep import TimeStep
@@ -35,6 +35,7 @@ class EvalData:
     in_frames: int
     climatology: Callable[[], Climatology]  # built on first use (reads the training years)
     inputs_at: Callable[[np.datetime64], np.ndarray]  # init time → physical (in, C, H, W) frames ending there
+    valid: np.ndarray | None = None  # (C, H, W) bool, the points that are scored (met2net/data/masks.py); None: all
 
 
 def split_years(cfg: Config, split: str) -> list[int]:
@@ -115,6 +116,7 @@ def _from_shards(
         m.in_frames,
         lambda: Climatology(frames(d.train_years), step, window_days),
         inputs_at,
+        masks.select(masks.read_mask(root, reader.index), channels),
     )
 
 

@@ -90,7 +90,7 @@ def score_block(
     model = pred * std + mean
     persistence = np.broadcast_to(x[:, -1:].double().numpy() * std + mean, truth.shape)
     clim_model = clim.at(np.stack([data.valid_times(i)[data.in_frames :] for i in indices])).astype(np.float64)
-    sums = [score_sums(f, truth, clim_model, weights)[0] for f in (model, persistence, clim_model)]
+    sums = [score_sums(f, truth, clim_model, weights, data.valid)[0] for f in (model, persistence, clim_model)]
     return np.stack(sums), {"truth": truth[0], "forecast": model[0]}
 
 

@@ -47,20 +47,33 @@ def latitude_weights(lat: np.ndarray) -> np.ndarray:
 
 
 def score_sums(
-    forecast: np.ndarray, truth: np.ndarray, clim: np.ndarray, weights: np.ndarray
+    forecast: np.ndarray, truth: np.ndarray, clim: np.ndarray, weights: np.ndarray, valid: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
     """The sums of one batch of forecasts of one model: ((L, C, len(SUMS)) float64, number of forecasts).
-    Computed in float64 in a fixed order, so the same batch gives the same bits wherever it is scored."""
+    Computed in float64 in a fixed order, so the same batch gives the same bits wherever it is scored. ``valid``:
+    (C, H, W) bool, the points that count (a missing-value policy filled the others: met2net/data/masks.py); the
+    spatial means are then over each variable's valid points (weighted: Σ x·w / Σ w over them)."""
     f, o, c = (np.asarray(a, dtype=np.float64) for a in (forecast, truth, clim))
     if f.shape != o.shape or c.shape != o.shape or f.ndim != 5:
         raise ValueError(f"score_sums: expected equal (B, L, C, H, W) arrays, got {f.shape}, {o.shape}, {c.shape}")
     w = np.asarray(weights, dtype=np.float64)[:, None]  # (H, 1)
+    if valid is None:
 
-    def plain(x: np.ndarray) -> np.ndarray:
-        return x.mean(axis=(-2, -1)).sum(axis=0)  # spatial mean per forecast, summed over the batch: (L, C)
+        def plain(x: np.ndarray) -> np.ndarray:
+            return x.mean(axis=(-2, -1)).sum(axis=0)  # spatial mean per forecast, summed over the batch: (L, C)
 
-    def weighted(x: np.ndarray) -> np.ndarray:
-        return (x * w).mean(axis=(-2, -1)).sum(axis=0)
+        def weighted(x: np.ndarray) -> np.ndarray:
+            return (x * w).mean(axis=(-2, -1)).sum(axis=0)
+
+    else:
+        v = np.asarray(valid, dtype=np.float64)  # (C, H, W)
+        vw = v * w
+
+        def plain(x: np.ndarray) -> np.ndarray:
+            return (x * v).sum(axis=(-2, -1)).sum(axis=0) / v.sum(axis=(-2, -1))
+
+        def weighted(x: np.ndarray) -> np.ndarray:
+            return (x * vw).sum(axis=(-2, -1)).sum(axis=0) / vw.sum(axis=(-2, -1))
 
     err = f - o
     fa, oa = f - c, o - c

@@ -209,6 +209,7 @@ CASES: dict[str, Case] = {
     "config-shards-no-path": Case("config show {cfg} data.path=", "data.path"),
     "config-best-by": Case("config show {cfg} training.best_by=latent", "training.best_by"),
     "config-timeout": Case("config show {cfg} distributed.timeout_s=0", "distributed.timeout_s"),
+    "config-missing-policy": Case("config show {cfg} 'data.missing={{t2m: average}}'", "data.missing.t2m"),
     # data: the shard directory, its files, statistics, and what the config asks of them
     "data-no-directory": Case(TRAIN + " data.path={root}/nowhere", "{root}/nowhere/index.json"),
     "data-index-json": Case(TRAIN, "{shards}/index.json", write("{shards}/index.json", '{"format": 1,')),
@@ -234,6 +235,11 @@ CASES: dict[str, Case] = {
     "data-split-short": Case(TRAIN + " data.val_years=[2013]", "data.val_years"),
     "data-stats-no-frames": Case("data stats {shards} --train-years 1990", "1990"),
     "data-stats-nan": Case("data stats {shards} --train-years 2010", "2010.h5", nan_in_shard),
+    "data-mask-missing": Case(
+        TRAIN,
+        "{shards}/mask.h5",
+        edit_json("{shards}/index.json", lambda d: d.update(mask={"file": "mask.h5", "sha256": "0" * 64})),
+    ),
     "data-convert-no-source": Case("data convert {root}/nosrc -c {cfg} -o {root}/out", "{root}/nosrc"),
     "data-convert-no-files": Case("data convert {root} -c {cfg} -o {root}/out", "10m_u_component_of_wind/*.nc"),
     # checkpoints: weights to start from, a run to resume, a source to evaluate or consolidate
