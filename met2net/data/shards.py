@@ -427,11 +427,24 @@ class ShardReader:
         return self._arrays[i]
 
     def read(self, start: int, length: int, step: int = 1, out: np.ndarray | None = None) -> np.ndarray:
-        """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32; may span shards.
+        """Frames ``start, start+step, ...`` (``length`` of them) as (length, C, H, W) float32; may span shards."""
+        if out is None:
+            out = np.empty((int(length), *self.meta.shape), dtype=np.float32)
+        for offset, count, source, rows in self.pieces(start, length, step):
+            if isinstance(source, np.memmap):
+                out[offset : offset + count] = source[rows]
+            else:
+                source.read_direct(out, rows, np.s_[offset : offset + count])
+        return out
 
-        Memory-mapped shards take one (strided) slice per shard. For compressed shards, read through h5py,
-        consecutive frames are one read per shard and with ``step`` > 1 each frame is its own read: h5py's
-        strided selections are ~10× slower here (9 ms against 0.7 ms for 12 frames of 5×32×64).
+    def pieces(self, start: int, length: int, step: int = 1) -> list[tuple[int, int, np.memmap | h5py.Dataset, slice]]:
+        """Where :meth:`read`'s frames are, so that a caller can transform them on the way without copying them
+        first (the training windows normalise straight from the memory map): ``(offset, count, source, rows)``
+        per piece, in order, frames ``offset .. offset + count - 1`` of the result being ``source[rows]``.
+
+        A memory-mapped shard is one piece (``source[rows]`` a strided view). A compressed shard, read through
+        h5py, is one piece per run of consecutive frames and, with ``step`` > 1, one per frame: h5py's strided
+        selections are ~10× slower here (9 ms against 0.7 ms for 12 frames of 5×32×64).
         """
         start, length, step = int(start), int(length), int(step)
         last = start + (length - 1) * step
@@ -440,9 +453,7 @@ class ShardReader:
                 f"read(start={start}, length={length}, step={step}): expected 0 <= start, step >= 1 "
                 f"the last frame inside the {len(self)} frames"
             )
-        if out is None:
-            out = np.empty((length, *self.meta.shape), dtype=np.float32)
-        done = 0
+        found, done = [], 0
         while done < length:
             pos = start + done * step
             i = int(np.searchsorted(self._starts, pos, side="right")) - 1
@@ -450,12 +461,12 @@ class ShardReader:
             frames = self._array(i)
             if isinstance(frames, np.memmap):
                 n = min(length - done, (end - 1 - pos) // step + 1)
-                out[done : done + n] = frames[local : local + (n - 1) * step + 1 : step]
+                found.append((done, n, frames, slice(local, local + (n - 1) * step + 1, step)))
             else:
                 n = min(length - done, end - pos) if step == 1 else 1
-                frames.read_direct(out, np.s_[local : local + n], np.s_[done : done + n])
+                found.append((done, n, frames, slice(local, local + n)))
             done += n
-        return out
+        return found
 
     def close(self) -> None:
         """Close this process's handles (in a forked child: its copies of the parent's; read-only, so harmless)."""
