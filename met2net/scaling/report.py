@@ -293,7 +293,11 @@ def calibration_section(path: str | Path, latency_us: float | None = None) -> st
     rows = latest_rows(path)
     if not all(c in rows[0] for c in SWEEP_COLUMNS):
         return ""
-    return calibration_markdown(from_rows(rows), latency_us)
+    try:
+        points = from_rows(rows)
+    except UserError as e:  # a row the model cannot read: the rest of the report still stands
+        return f"The projection model could not be calibrated: {e}."
+    return calibration_markdown(points, latency_us)
 
 
 def write_report(

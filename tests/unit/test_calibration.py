@@ -207,3 +207,14 @@ def test_report_without_step_times_has_no_calibration(tmp_path):
     )
     text, _ = write_report(tmp_path, with_plots=False)
     assert "Calibrated" not in text
+
+
+def test_report_with_an_unreadable_row_says_so_and_still_reports(tmp_path):
+    from met2net.scaling.report import write_report
+
+    path = sweep_csv(tmp_path)
+    text = path.read_text().replace(",50000,", ",,", 1)  # point a lost its trained-parameter count
+    path.write_text(text)
+    report, parity_ok = write_report(tmp_path, with_plots=False)
+    assert "The projection model could not be calibrated: a results.csv row (a) lacks trainable_parameters." in report
+    assert "## Throughput" in report and parity_ok
