@@ -385,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit stage one → stage two as dependent jobs (submitit: Slurm or local)")
     _config_args(submit)
     submit.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
-    submit.add_argument("--rounds", type=int, default=1, help="repeat the stages; round r starts from round r-1")
+    submit.add_argument(
+        "--rounds", type=int, help="repeat the stages; round r starts from round r-1 (default: 2 when staged, else 1)"
+    )
     submit.add_argument(
         "--executor",
         choices=("slurm", "local"),

@@ -128,7 +128,7 @@ def plan_pipeline(
     *,
     executor: Literal["slurm", "local"] = "slurm",
     stages: str | Sequence[str] = ("stage1", "stage2"),
-    rounds: int = 1,
+    rounds: int | None = None,
     nodes: int = 1,
     tasks_per_node: int = 1,
     gpus_per_node: int = 0,
@@ -188,7 +188,7 @@ def submit_pipeline(
     *,
     executor: Literal["slurm", "local"] = "slurm",
     stages: str | Sequence[str] = ("stage1", "stage2"),
-    rounds: int = 1,
+    rounds: int | None = None,
     nodes: int = 1,
     tasks_per_node: int = 1,
     gpus_per_node: int = 0,
@@ -203,8 +203,9 @@ def submit_pipeline(
     dry_run: bool = False,
     echo: Callable[[str], object] | None = print,
 ) -> list[SubmittedJob]:
-    """Submit ``stages`` (``rounds`` times) as jobs that each run ``met2net train config *overrides`` on every
-    task, each job after the previous one succeeded; return one ``SubmittedJob`` per job, in order.
+    """Submit ``stages`` (``rounds`` times; default 2 for stage one → stage two) as jobs that each run ``met2net
+    train config *overrides`` on every task, each job after the previous one succeeded; return one ``SubmittedJob``
+    per job, in order.
 
     ``config``/``overrides``: as for ``met2net train`` (``run.dir=...`` picks the run directory; round r of several
     trains in ``<run.dir>/round_<r>`` from round r-1's weights). ``executor="slurm"`` queues every job at once,

@@ -49,6 +49,8 @@ def test_local_pipeline_requeues_on_time_limit_signal_and_runs_stage_two(tmp_pat
         "10",
         "--signal-delay",
         "60",
+        "--rounds",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

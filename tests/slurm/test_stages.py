@@ -105,7 +105,13 @@ def test_two_nodes_train_like_one(tmp_path, job_env):
 
 def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_env):
     run = tmp_path / "run"
-    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": f"{SMALL} training.max_steps=3"}
+    env = {
+        **job_env,
+        "CONFIG": CONFIG,
+        "RUN_DIR": str(run),
+        "OVERRIDES": f"{SMALL} training.max_steps=3",
+        "ROUNDS": "1",
+    }
     out = subprocess.run(
         ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
         cwd=REPO,
@@ -134,7 +140,7 @@ def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_
 
 def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
     run = tmp_path / "run"
-    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": "training.max_stpes=3"}
+    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": "training.max_stpes=3", "ROUNDS": "1"}
     out = subprocess.run(
         ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
         cwd=REPO,
@@ -260,6 +266,8 @@ def test_submit_pipeline_with_one_requeue(tmp_path, job_env):
         "30",
         "--partition",
         "debug",
+        "--rounds",
+        "1",
     ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -289,6 +297,7 @@ def test_python_api_runs_stage_two_after_stage_one(tmp_path, monkeypatch):
     jobs = submit_pipeline(
         CONFIG,
         [*SMALL.split(), "training.max_steps=3", "training.val_every=0", f"run.dir={run}"],
+        rounds=1,
         tasks_per_node=2,
         time=5,
         signal_delay_s=30,

@@ -112,7 +112,7 @@ def test_plan_text_golden(layout):
 def test_submitit_sbatch_golden(tmp_path, layout):
     """What submitit hands to sbatch for stage two of a 4 nodes × 4 GPUs plan: dependency, requeue, signal; in the
     task layout srun binds one GPU to each task."""
-    jobs = plan.make_plan("/scratch/mv5", ("stage1", "stage2"))
+    jobs = plan.make_plan("/scratch/mv5", ("stage1", "stage2"), rounds=1)
     res = plan.Resources(
         nodes=4,
         tasks_per_node=4,
@@ -346,6 +346,7 @@ def test_pipeline_passes_overrides_through_intact(tmp_path):
         "RUN_DIR": "runs/x",
         "CONFIG": str(ROOT / "configs/quickstart.yaml"),
         "OVERRIDES": overrides,
+        "ROUNDS": "1",
     }
     out = subprocess.run(
         ["bash", str(ROOT / "slurm/pipeline.sh"), "--comment=two words"],
@@ -359,6 +360,31 @@ def test_pipeline_passes_overrides_through_intact(tmp_path):
     assert [c[3] for c in commands] == [f"OVERRIDES={overrides}", f"OVERRIDES={overrides} training.init_from="]
     assert all("--comment=two words" in c for c in commands)
     assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was written
+
+
+def test_a_staged_pipeline_has_two_rounds_unless_told_otherwise():
+    """The default pipeline is two rounds of stage one → stage two (docs/results.md); a schedule that trains
+    everything at once has one."""
+    staged = plan.make_plan("/r", ("stage1", "stage2"))
+    assert [(j.schedule, j.round) for j in staged] == [("stage1", 1), ("stage2", 1), ("stage1", 2), ("stage2", 2)]
+    assert "training.init_from=/r/round_1/checkpoints/stage2" in staged[2].overrides
+    assert [j.round for j in plan.make_plan("/r", ("end_to_end",))] == [1]
+    assert [j.round for j in plan.make_plan("/r", ("stage2",))] == [1]
+    assert len(plan.make_plan("/r", ("stage1", "stage2"), rounds=1)) == 2
+    dry = subprocess.run(
+        ["bash", "slurm/pipeline.sh"],
+        cwd=ROOT,
+        env={**PIPELINE_ENV, "DRY_RUN": "1", "CONFIG": str(ROOT / "configs/quickstart.yaml"), "RUN_DIR": "/r"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert [line.split("--job-name=")[1].split()[0] for line in dry.splitlines()] == [
+        "met2net-stage1-r1",
+        "met2net-stage2-r1",
+        "met2net-stage1-r2",
+        "met2net-stage2-r2",
+    ]
 
 
 API_ARGS = dict(
@@ -488,14 +514,16 @@ def test_failed_local_job_raises_and_the_cli_exits_1(monkeypatch, capsys, tmp_pa
     """A real local submitit job that fails (1 / 0 in place of training): the library raises JobFailed naming the job
     and its log, stage two is never started, and `met2net submit` turns it into exit code 1 with that message."""
     monkeypatch.setattr(submit_module, "TrainJob", lambda config, overrides: functools.partial(operator.truediv, 1, 0))
-    with pytest.raises(JobFailed, match=r"met2net-stage1 \(job \d+\) failed; the jobs after it were not started") as e:
+    with pytest.raises(
+        JobFailed, match=r"met2net-stage1-r1 \(job \d+\) failed; the jobs after it were not started"
+    ) as e:
         submit_pipeline(ROOT / "configs/quickstart.yaml", [f"run.dir={tmp_path / 'api'}"], executor="local", echo=None)
     assert "ZeroDivisionError" in str(e.value) and len(e.value.handles) == 1
-    assert [r.name for r in read_records(tmp_path / "api")] == ["met2net-stage1"]
+    assert [r.name for r in read_records(tmp_path / "api")] == ["met2net-stage1-r1"]
     config = str(ROOT / "configs/quickstart.yaml")
     code = cli.main(["submit", config, f"run.dir={tmp_path / 'cli'}", "--executor", "local"])
     out = capsys.readouterr().out
-    assert code == 1 and "met2net-stage1 (job" in out and "failed; the jobs after it were not started" in out
+    assert code == 1 and "met2net-stage1-r1 (job" in out and "failed; the jobs after it were not started" in out
     assert "ZeroDivisionError" in out and "watch with" not in out
 
 
