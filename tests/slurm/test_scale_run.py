@@ -27,4 +27,7 @@ def test_two_point_sweep_on_one_and_two_nodes(tmp_path, job_env):
     assert len(two["hosts"].split(";")) == 2 and len(one["hosts"].split(";")) == 1  # the ranks ran on two nodes
     assert float(two["comm_s"]) > 0 and float(two["samples_per_s"]) > 0
     assert (out / two["log"]).exists() and "submitit" in two["log"]
-    assert "| 0 | 2 | 2 × 1 | 4 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| 0 | 2 | 2 × 1 | 4 |" in report
+    # the calibrated model's section (its numbers, or why these two steps do not fit, depend on the machine's speed)
+    assert "## Calibrated projection model" in report
