@@ -15,8 +15,10 @@ directory, then measures side by side in one run, on shuffled 12 → 12 windows 
 
 The variants take turns, a block of batches each, for several rounds, so that a load that changes
 during the run (a shared machine) hits them alike; ratios are taken within each round, and the
-medians over rounds are printed. Workers prefetch while other variants run: the batches a worker
-variant has waiting are taken untimed before each of its blocks.
+medians over rounds are printed. Each block's first batch is untimed (after another variant's
+allocations, malloc may hand back fresh pages that fault in: 3,000 faults per batch measured), and
+so are the batches a worker variant has waiting; after its block, the bench sleeps while the
+workers refill their prefetch queues, so that they do not slow down the next variant.
 
     .venv/bin/python tools/bench/loader.py [--batches 20] [--rounds 5] [--workers 0 1 2] [--step-batch 2]
 """
@@ -128,6 +130,25 @@ def step_rate(batch: int) -> float:
     return batch / times[-1]
 
 
+def batch_memory_ms(shared: bool, repeat: int = 10) -> float:
+    """Median ms to allocate one batch and write every byte of it: in shared memory (what a DataLoader worker
+    hands to the main process: a new segment per batch) or private memory (what the main process allocates)."""
+    shape = (BATCH, T_IN + T_OUT, 5, 32, 64)
+    fill = np.ones(shape, dtype=np.float32)
+    times = []
+    for _ in range(repeat + 1):
+        tic = time.perf_counter()
+        if shared:
+            storage = torch.empty(0)._typed_storage()._new_shared(fill.size)
+            batch = torch.empty(0).new(storage).view(shape)
+        else:
+            batch = torch.empty(shape)
+        batch.numpy()[:] = fill
+        times.append(time.perf_counter() - tic)
+        del batch
+    return statistics.median(times[1:]) * 1e3
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -155,9 +176,10 @@ def main() -> None:
 
         def reads(fn: Callable[[ShardReader, np.ndarray], object]) -> Callable[[], float]:
             def block() -> float:
-                starts = rng.integers(0, len(reader) - T_IN - T_OUT, (args.batches, BATCH))
+                starts = rng.integers(0, len(reader) - T_IN - T_OUT, (args.batches + 1, BATCH))
+                fn(reader, starts[0])  # untimed, as each loader block's first batch
                 tic = time.perf_counter()
-                for row in starts:
+                for row in starts[1:]:
                     fn(reader, row)
                 return args.batches * BATCH / (time.perf_counter() - tic)
 
@@ -169,12 +191,15 @@ def main() -> None:
                 next(it)
 
             def block() -> float:
-                for _ in range(workers * PREFETCH):  # ready while other variants ran
+                for _ in range(workers * PREFETCH + 1):  # those ready while other variants ran, and one more
                     next(it)
                 tic = time.perf_counter()
                 for _ in range(args.batches):
                     next(it)
-                return args.batches * BATCH / (time.perf_counter() - tic)
+                took = time.perf_counter() - tic
+                # the workers now refill their prefetch queues: let them, rather than slow down the next variant
+                time.sleep(2 * PREFETCH * workers * took / args.batches)
+                return args.batches * BATCH / took
 
             return block
 
@@ -186,6 +211,7 @@ def main() -> None:
             for name, block in variants.items():
                 rates[name].append(block())
         print(f"load average after: {loadavg()}")
+        shm, private = batch_memory_ms(True), batch_memory_ms(False)
         step = step_rate(args.step_batch) if args.step_batch else float("nan")
 
     def median(name: str, over: str | None = None) -> float:
@@ -214,6 +240,10 @@ def main() -> None:
             f"| {scale} | {fastest} |",
             flush=True,
         )
+    print(
+        f"\none batch ({BATCH} windows, {BATCH * (T_IN + T_OUT) * 5 * 32 * 64 * 4 / 2**20:.1f} MiB) allocated and "
+        f"written once: {shm:.1f} ms in shared memory (a worker's), {private:.1f} ms in private memory"
+    )
 
 
 if __name__ == "__main__":
