@@ -1,5 +1,5 @@
 """One run per run directory (a second ``met2net train`` there is refused, naming the holder, and touches nothing; a
-re-run after the holder ended or was killed proceeds), and ranks whose torchrun was killed stop themselves."""
+re-run after the holder ended or was killed proceeds), and ranks whose torchrun or mpirun was killed stop themselves."""
 
 from __future__ import annotations
 
@@ -57,14 +57,21 @@ def test_a_second_run_in_a_run_directory_in_use_is_refused_and_touches_nothing(t
     assert rerun.returncode == 0, rerun.stderr[-3000:]
 
 
+LAUNCHERS = {
+    "torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable],
+    "mpirun": [str(BIN / "mpirun"), "-n", "2", sys.executable],  # Open MPI 5 leaves its ranks running when killed
+}
+
+
 @pytest.mark.distributed
-def test_ranks_whose_torchrun_is_killed_checkpoint_and_stop(tmp_path):
-    run, log = tmp_path / "run", tmp_path / "torchrun.log"
-    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
-    cmd = [*torchrun, "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY]
+@pytest.mark.parametrize("name", list(LAUNCHERS))
+def test_ranks_whose_launcher_is_killed_checkpoint_and_stop(tmp_path, name):
+    run, log = tmp_path / "run", tmp_path / f"{name}.log"
+    cmd = [*LAUNCHERS[name], "-m", "met2net.cli", "train", str(ROOT / "configs/quickstart.yaml"), *TINY]
     cmd += [f"run.dir={run}", "training.progress=false", "training.schedule=stage1", "deepspeed.zero_stage=2"]
     cmd += ["training.max_steps=100000", "training.epochs=0", "training.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": str(free_port())}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     with log.open("w") as out:
         launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     ranks: list[psutil.Process] = []
@@ -75,7 +82,7 @@ def test_ranks_whose_torchrun_is_killed_checkpoint_and_stop(tmp_path):
         launcher.send_signal(signal.SIGKILL)
         launcher.wait(timeout=60)
         gone, alive = psutil.wait_procs(ranks, timeout=300)  # a step, a checkpoint and the exit; hung: minutes
-        assert alive == [], f"ranks {[p.pid for p in alive]} still run after torchrun was killed"
+        assert alive == [], f"ranks {[p.pid for p in alive]} still run after {name} was killed"
     finally:
         for p in ranks:
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -12,6 +12,7 @@ from met2net.distributed.env import (
     export,
     free_port,
 )
+from met2net.distributed.orphans import launcher
 
 TORCHRUN = {
     "RANK": "5",
@@ -347,3 +348,17 @@ def test_free_port_is_bindable():
     assert 0 < port < 65536
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, port))
+
+
+@pytest.mark.parametrize(
+    ("env", "parent"),
+    [
+        ({"TORCHELASTIC_RUN_ID": "none", "RANK": "1"}, "torchrun"),
+        ({"OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1"}, "mpirun"),
+        ({"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "PMIX_RANK": "1"}, "srun"),  # srun --mpi=pmix: not mpirun
+        ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0"}, None),  # the batch script itself, not a step's task
+        ({"RANK": "0"}, None),
+    ],
+)
+def test_the_launcher_whose_death_stops_a_rank(env, parent):
+    assert launcher(env) == parent
