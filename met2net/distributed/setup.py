@@ -41,13 +41,18 @@ DEFAULT_TIMEOUT_S = 300.0  # config.DistributedConfig.timeout_s
 
 
 def init_process_group(
-    info: RankInfo, choice: DeviceChoice | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    info: RankInfo,
+    choice: DeviceChoice | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    init_method: str | None = None,
 ) -> DeviceChoice:
     """Bind the device (unless ``choice`` says it is bound), export the rank variables ourselves (so DeepSpeed never
     falls back to its own MPI discovery) and start DeepSpeed's process group: NCCL on GPUs, gloo on the CPU.
     Every collective, in this group and in the groups DeepSpeed creates later, fails after ``timeout_s`` seconds
-    of waiting for the other ranks (``distributed.timeout_s``) instead of torch's 10 or 30 minutes. Returns the
-    device choice."""
+    of waiting for the other ranks (``distributed.timeout_s``) instead of torch's 10 or 30 minutes. The ranks meet
+    at ``info``'s master address and port, or at ``init_method`` (``file:///path``: a file no other job shares, so
+    no port can be taken by another process between choosing and binding it — the test harness's choice). Returns
+    the device choice."""
     choice = choice or bind_device(info)
     export(info, os.environ)
     cuda = choice.index is not None
@@ -68,6 +73,7 @@ def init_process_group(
         world_size=info.world_size,
         verbose=False,
         timeout=timeout,
+        init_method=init_method,
     )
     return choice
 

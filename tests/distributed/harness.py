@@ -40,10 +40,16 @@ TIMEOUT_S = float(os.environ.get("MET2NET_TEST_RANKS_TIMEOUT", "900"))
 def run_ranks(fn, world_size: int, out_dir: Path, *args, timeout_s: float = TIMEOUT_S) -> list:
     """``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks; their results in rank order. A rank that
     fails ends the others (torch's spawn context); ranks still running after ``timeout_s`` are killed and the
-    call raises TimeoutError."""
-    port = free_port()
+    call raises TimeoutError. The ranks meet through a file under ``out_dir`` (torch's FileStore), not a TCP port:
+    a port found free can be taken by another test's process before rank 0 binds it."""
+    port = free_port()  # exported as MASTER_PORT all the same (code under test may read it), never bound
+    rendezvous = Path(out_dir) / f"rendezvous-{os.getpid()}-{time.monotonic_ns()}"
     context = mp.start_processes(
-        _entry, args=(fn, world_size, port, str(out_dir), args), nprocs=world_size, join=False, start_method="spawn"
+        _entry,
+        args=(fn, world_size, port, str(out_dir), args, f"file://{rendezvous}"),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1.0):
@@ -55,12 +61,12 @@ def run_ranks(fn, world_size: int, out_dir: Path, *args, timeout_s: float = TIME
     return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
-def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+def _entry(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple, init_method: str) -> None:
     os.environ["DS_ACCELERATOR"] = "cpu"
     torch.set_num_threads(1)
     from met2net.distributed.setup import init_process_group, teardown
 
-    init_process_group(local_rank_info(rank, world_size, port))
+    init_process_group(local_rank_info(rank, world_size, port), init_method=init_method)
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")

@@ -31,3 +31,15 @@ def _identity(rank: int, world_size: int) -> tuple[int, int]:
 
 def test_results_come_back_in_rank_order(tmp_path):
     assert run_ranks(_identity, 2, tmp_path) == [(0, 2), (1, 2)]
+
+
+def _store_kind(rank: int, world_size: int) -> str:
+    store = dist.distributed_c10d._get_default_store()
+    while hasattr(store, "underlying_store"):  # the group's PrefixStores around the rendezvous store
+        store = store.underlying_store
+    return type(store).__name__
+
+
+def test_ranks_meet_through_a_file_not_a_port(tmp_path):
+    """A TCP port found free can be taken by another test's process before rank 0 binds it; a file cannot."""
+    assert run_ranks(_store_kind, 2, tmp_path) == ["FileStore", "FileStore"]
