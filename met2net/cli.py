@@ -206,7 +206,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     comm = world_comm()
-    index = convert(args.src, cfg, args.out, comm=comm, force=args.force)
+    index = convert(args.src, cfg, args.out, comm=comm, force=args.force, hashes=args.hash)
     if comm is None or comm.Get_rank() == 0:
         print(f"shards and {index.name} in {args.out}")
     return 0
@@ -495,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="replace shards converted from other sources or settings (built beside them, swapped in when complete)",
+    )
+    convert.add_argument(
+        "--hash",
+        action="store_true",
+        help="record the sources' sha256 in index.json and compare contents, not sizes and times (reads them whole)",
     )
     convert.add_argument("overrides", nargs="*", metavar="key=value")
     convert.set_defaults(func=cmd_data_convert)

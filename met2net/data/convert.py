@@ -62,13 +62,17 @@ def variable_sources(cfg: Config) -> list[VariableSource]:
     return sources
 
 
-def file_years(path: Path, coords: Mapping[str, str] | None = None) -> set[int]:
+def file_years(path: Path, coords: Mapping[str, str] | None = None, opened: OpenSources | None = None) -> set[int]:
     """Years covered by a source's time axis (reads the coordinates only, so a layout we cannot read fails here,
-    before anything is written)."""
-    with open_source(path) as ds:
-        ds = with_our_names(ds, coordinate_names(ds, str(path), coords))
-        times, _ = source_times(ds, str(path))
-        return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
+    before anything is written); ``opened``: keep the source open for the conversion that follows (each source is
+    then opened and its time axis decoded once, not once here and again to read it)."""
+    if opened is not None:
+        times = opened.get(path)[1]
+    else:
+        with open_source(path) as ds:
+            ds = with_our_names(ds, coordinate_names(ds, str(path), coords))
+            times, _ = source_times(ds, str(path))
+    return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
 @dataclass
@@ -126,16 +130,17 @@ def read_year(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
-        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year, opened)
+        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year, opened, lazy=True)
         axes = _Axes.of(src.name, paths, da)
         if first is None:
             first = axes
-            frame = da.values[0, ::subsample, ::subsample].shape
+            frame = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
             fields = np.empty((da.sizes["time"], len(sources), *frame), dtype=np.float32)
         else:
             _same_axes(first, axes, year)
-        fields[:, c] = da.values[:, ::subsample, ::subsample]
-        counted = _complete(fields[:, c], src, axes, year, masks.policy(missing or {}, src.name), subsample)
+        finite = _copy(da, fields[:, c], subsample)
+        how = masks.policy(missing or {}, src.name)
+        counted = None if finite else _complete(fields[:, c], src, axes, year, how, subsample)
         if counted is not None:
             valid = np.ones((len(sources), *fields.shape[2:]), dtype=bool) if valid is None else valid
             valid[c] = counted
@@ -153,6 +158,26 @@ def read_year(
         lon=first.lon[::subsample],
     )
     return Year(times, fields, meta, step, valid)
+
+
+# Source values read (and decoded) at a time: at most 4 MiB and a quarter of the variable's year, but at least 1 MiB
+# (a small year, e.g. twelve monthly means, is read in one go: a read has a cost of its own).
+_BLOCK_BYTES, _BLOCKS, _MIN_BLOCK_BYTES = 4 << 20, 4, 1 << 20
+
+
+def _copy(da: xr.DataArray, out: np.ndarray, subsample: int) -> bool:
+    """``da`` (time, lat, lon), possibly not read yet, into ``out`` (float32), a block of times at a time, so the
+    year is never held as read and as decoded beside the shard (xarray's masking and scaling makes a copy); whether
+    every value is finite."""
+    frame = da.sizes["lat"] * da.sizes["lon"] * max(da.dtype.itemsize, 4)
+    quarter = -(-da.sizes["time"] // _BLOCKS)
+    step = max(1, min(_BLOCK_BYTES // frame, max(quarter, _MIN_BLOCK_BYTES // frame)))
+    finite = True
+    for lo in range(0, da.sizes["time"], step):
+        block = out[lo : lo + step]
+        block[...] = da[lo : lo + step].values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
+        finite = finite and bool(np.isfinite(block).all())
+    return finite
 
 
 def _complete(
@@ -230,13 +255,13 @@ def settings(cfg: Config, sources: list[VariableSource], years: list[int]) -> di
 
 
 def _files_by_year(
-    src: Path, sources: list[VariableSource], coords: Mapping[str, str]
+    src: Path, sources: list[VariableSource], coords: Mapping[str, str], opened: OpenSources | None = None
 ) -> dict[str, dict[int, list[Path]]]:
     files: dict[str, dict[int, list[Path]]] = {}
     for s in sources:
         by_year: dict[int, list[Path]] = {}
         for path in find_files(src, s.file_glob):
-            for y in file_years(path, coords):
+            for y in file_years(path, coords, opened):
                 by_year.setdefault(y, []).append(path)
         files[s.name] = by_year
     return files
@@ -270,8 +295,8 @@ def _plan(out: Path, job: Inputs, force: bool) -> Plan:
             note += "before and recording the current sources; use --force if the shards came from other files"
             return Plan(out, index["shards"], [*notes, note], add_record=True)
         lines = reconvert.changes(index.get("conversion"), job.record)
-        if not lines:
-            return Plan(out, index["shards"], notes)
+        if not lines:  # the same sources; a record that differs in what decides nothing (new times, hashes) is renewed
+            return Plan(out, index["shards"], notes, add_record=reconvert.renewable(index["conversion"], job.record))
     if not force:
         raise reconvert.refusal(out, lines)
     target = reconvert.rebuild_dir(out)
@@ -306,21 +331,43 @@ class Inputs:
     record: dict
 
 
-def inputs(src: Path, cfg: Config) -> Inputs:
+def inputs(src: Path, cfg: Config, opened: OpenSources | None = None, hashes: bool = False) -> Inputs:
+    """``hashes``: record each source's sha256 (``data convert --hash``)."""
     years = sorted(set(cfg.data.train_years) | set(cfg.data.val_years) | set(cfg.data.test_years))
     sources = variable_sources(cfg)
-    files = _files_by_year(src, sources, cfg.data.coords)
+    files = _files_by_year(src, sources, cfg.data.coords, opened)
     used = [p for s in sources for y in years for p in files[s.name].get(y, [])]
-    return Inputs(src, years, sources, files, reconvert.record(settings(cfg, sources, years), src, used))
+    return Inputs(src, years, sources, files, reconvert.record(settings(cfg, sources, years), src, used, hashes))
 
 
 def convert(
-    src: str | Path, cfg: Config, out: str | Path, comm: Comm | None = None, progress: bool = True, force: bool = False
+    src: str | Path,
+    cfg: Config,
+    out: str | Path,
+    comm: Comm | None = None,
+    progress: bool = True,
+    force: bool = False,
+    hashes: bool = False,
 ) -> Path:
     """Write one shard per configured year under ``out`` and then ``index.json``; with ``force``, replace a set
-    converted from other sources or settings (see met2net/data/reconvert.py)."""
+    converted from other sources or settings (see met2net/data/reconvert.py); with ``hashes``, record (and compare)
+    the sources' sha256, so a source copied or touched with the same content is still the same source."""
     out = Path(out)
-    job = inputs(Path(src), cfg)
+    with OpenSources(cfg.data.coords) as opened:  # each source opened once, for its years and then its data
+        return _convert(Path(src), cfg, out, comm, progress, force, opened, hashes)
+
+
+def _convert(
+    src: Path,
+    cfg: Config,
+    out: Path,
+    comm: Comm | None,
+    progress: bool,
+    force: bool,
+    opened: OpenSources,
+    hashes: bool,
+) -> Path:
+    job = inputs(src, cfg, opened, hashes and (comm is None or comm.Get_rank() == 0))
     lock = reconvert.ConvertLock(out) if comm is None or comm.Get_rank() == 0 else None
 
     def decide() -> Plan:
@@ -332,7 +379,7 @@ def convert(
         for note in plan.notes:
             print(f"met2net data convert: {note}", file=sys.stderr, flush=True)
         try:
-            return _write(job, cfg, plan, out, comm, progress)
+            return _write(job, cfg, plan, out, comm, progress, opened)
         except BaseException:
             if plan.target != out and comm is None:  # under MPI other ranks may still write: the next run cleans up
                 shutil.rmtree(plan.target, ignore_errors=True)
@@ -342,7 +389,9 @@ def convert(
             lock.release()
 
 
-def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, progress: bool) -> Path:
+def _write(
+    job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, progress: bool, opened: OpenSources
+) -> Path:
     """This rank's years into the plan's target, then (rank 0) the index and, for a rebuild, the swap into ``out``."""
     target = plan.target
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
@@ -350,20 +399,19 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
     names = {f"{y}.h5" for y in mine}
     reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
-    with OpenSources(cfg.data.coords) as opened:
-        for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
-            name = f"{year}.h5"
-            if name in reusable:
-                entries.append(reusable[name])
-                continue
-            d = cfg.data
-            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
-            sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid)
-            entries.append(shards.shard_entry(target / name, data.times, sha))
-            print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
-            steps.update([data.step] if data.step else [])
-            meta = data.meta
-            del data
+    for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
+        name = f"{year}.h5"
+        if name in reusable:
+            entries.append(reusable[name])
+            continue
+        d = cfg.data
+        data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
+        sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid)
+        entries.append(shards.shard_entry(target / name, data.times, sha))
+        print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
+        steps.update([data.step] if data.step else [])
+        meta = data.meta
+        del data
     if comm is not None:
         gathered = comm.gather((entries, steps, meta), root=0)
         if rank != 0:
@@ -374,7 +422,8 @@ def _write(job: Inputs, cfg: Config, plan: Plan, out: Path, comm: Comm | None, p
         meta = next((part[2] for part in gathered if part[2] is not None), None)
     if meta is None and plan.add_record:  # every shard was kept: the index gains the record, nothing else
         index = shards.read_index(out)
-        shards.write_index(out, shards.ShardMeta.from_json(index), TimeStep.of_index(index), entries, job.record)
+        meta_, step_ = shards.ShardMeta.from_json(index), TimeStep.of_index(index)
+        shards.write_index(out, meta_, step_, entries, job.record, index.get("mask"))
     if meta is not None:  # else every shard was reused: keep the index as it is
         if len(steps) > 1:
             found = ", ".join(sorted(str(s) for s in steps))

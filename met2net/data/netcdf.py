@@ -419,10 +419,12 @@ def _read_one(
     coords: Mapping[str, str] | None = None,
     year: int | None = None,
     sources: OpenSources | None = None,
+    lazy: bool = False,
 ) -> xr.DataArray:
     """One source's ``var`` (of ``year`` only, when given) in memory on the normalised grid. Only the selected
     times are read: a multi-year file costs one year's memory per call. The source is taken from ``sources`` (kept
-    open for the next year), or opened and closed before returning."""
+    open for the next year), or opened and closed before returning. ``lazy`` (with ``sources``): nothing is read
+    yet, and the values keep the file's dtype; the caller reads them in blocks of times."""
     if sources is None:
         with OpenSources(coords, size=1) as once:
             return _read_one(path, var, level, coords, year, once)
@@ -441,10 +443,11 @@ def _read_one(
             f"{path}: variable {var!r} has dims {da.dims} after level selection; "
             f"expected exactly time, lat, lon (select or drop the extra dimensions first)"
         )
-    da = da.load()  # the selected times only, in the file's own order and dtype
+    if not lazy:
+        da = da.load()  # the selected times only, in the file's own order and dtype
     da.encoding["source"] = str(path)
     da = normalise_grid(da).transpose("time", "lat", "lon")
-    return da.astype(np.float32, copy=False)
+    return da if lazy else da.astype(np.float32, copy=False)
 
 
 def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> None:
@@ -464,18 +467,22 @@ def open_variable(
     coords: Mapping[str, str] | None = None,
     year: int | None = None,
     sources: OpenSources | None = None,
+    lazy: bool = False,
 ) -> xr.DataArray:
     """Read ``var`` from sources (netCDF files or Zarr stores) into one (time, lat, lon) float32 array, time
     ascending; ``coords``: the files' names of our axes where the common ones do not fit (``data.coords``); ``year``:
     read that year's times only (the rest of a multi-year source is never read).
 
     Loads eagerly; without ``sources`` (kept open by the caller) each source is closed before returning, so no
-    handles outlive the call (safe with forked data-loader workers).
+    handles outlive the call (safe with forked data-loader workers). ``lazy`` (with ``sources``, one source): read
+    nothing yet, in the file's dtype, so the caller can copy it in blocks of times (met2net/data/convert.py) and
+    never hold the whole year as read and as decoded beside its copy; several sources are concatenated, in memory.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
-    parts = [_read_one(p, var, level, coords, year, sources) for p in paths]
+    lazy = lazy and sources is not None and len(paths) == 1
+    parts = [_read_one(p, var, level, coords, year, sources, lazy) for p in paths]
     _check_same_grid(parts, paths, var)
     used = {str(p): part["time"].attrs["calendar"] for p, part in zip(paths, parts)}
     if len(set(used.values())) > 1:

@@ -22,6 +22,7 @@ import datetime
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import socket
 import sys
 from pathlib import Path
 
-from met2net.data.atomic import TEMPORARY, fsync, unique_suffix
+from met2net.data.atomic import TEMPORARY, fsync, sha256_file, unique_suffix
 from met2net.errors import UserError
 
 _SHOWN = 3  # changed files named in a refusal; the rest are counted
@@ -114,14 +115,38 @@ class ConvertLock:
             self.fd = None
 
 
-def record(settings: dict, root: Path, paths: list[Path]) -> dict:
-    """The ``conversion`` entry of index.json for ``settings`` and the source files ``paths`` under ``root``."""
+def record(settings: dict, root: Path, paths: list[Path], hashes: bool = False) -> dict:
+    """The ``conversion`` entry of index.json for ``settings`` and the source files ``paths`` under ``root``;
+    ``hashes`` (``data convert --hash``): each source's sha256 too, read in full."""
     sources = []
     for path in sorted(set(paths)):
         size, mtime_ns = _fingerprint(path)
         rel = path.relative_to(root) if path.is_relative_to(root) else path
-        sources.append({"path": str(rel), "size": size, "mtime_ns": mtime_ns})
+        sources.append({"path": str(rel), "size": size, "mtime_ns": mtime_ns, **_content_hash(path, hashes)})
     return {"settings": settings, "root": str(root.resolve()), "sources": sources}
+
+
+def _content_hash(path: Path, wanted: bool) -> dict:
+    """``{"sha256": hex}`` of a source file, or of a Zarr store (its files' relative paths and contents, in path
+    order); empty unless ``wanted``: hashing reads every byte, as much as a conversion, so it is on request."""
+    if not wanted:
+        return {}
+    if not path.is_dir():
+        return {"sha256": sha256_file(path)}
+    digest = hashlib.sha256()
+    for entry in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{entry.relative_to(path)}\0{sha256_file(entry)}\n".encode())
+    return {"sha256": digest.hexdigest()}
+
+
+def _differs(a: dict, b: dict) -> str | None:
+    """How a source changed between two records, or None. Where both hold a content hash it decides alone: a file
+    copied or touched (a new modification time) with the same bytes is the same source."""
+    if "sha256" in a and "sha256" in b:
+        return None if a["sha256"] == b["sha256"] else f"{b['path']} (content changed)"
+    if a["size"] != b["size"]:
+        return f"{b['path']} ({a['size']} → {b['size']} bytes)"
+    return f"{b['path']} (modified)" if a["mtime_ns"] != b["mtime_ns"] else None
 
 
 def _fingerprint(path: Path) -> tuple[int, int]:
@@ -157,17 +182,18 @@ def changes(old: dict | None, new: dict) -> list[str]:
     after = {s["path"]: s for s in new["sources"]}
     added = sorted(set(after) - set(before))
     removed = sorted(set(before) - set(after))
-    changed = [
-        f"{p} ({before[p]['size']} → {after[p]['size']} bytes)"
-        if before[p]["size"] != after[p]["size"]
-        else f"{p} (modified)"
-        for p in sorted(set(before) & set(after))
-        if (before[p]["size"], before[p]["mtime_ns"]) != (after[p]["size"], after[p]["mtime_ns"])
-    ]
+    changed = [d for p in sorted(set(before) & set(after)) if (d := _differs(before[p], after[p]))]
     for items, what in ((changed, "changed"), (added, "added"), (removed, "removed")):
         if items:
             lines.append(f"{len(items)} source file{'s' if len(items) > 1 else ''} {what}: {_listed(items)}")
     return lines
+
+
+def renewable(old: dict, new: dict) -> bool:
+    """Whether a re-run that found the same sources rewrites the record: when it differs (a copied or touched source
+    with the same content, a moved tree), unless that would drop content hashes a run without ``--hash`` lacks."""
+    hashed = all("sha256" in s for s in new["sources"]) or not any("sha256" in s for s in old["sources"])
+    return old != new and hashed
 
 
 def adoptable(index: dict, channels: list[str], years: list[int]) -> bool:

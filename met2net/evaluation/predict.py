@@ -59,6 +59,8 @@ def predict(source: str | Path, inits: list[str], overrides: list[str] = (), rol
     with torch.no_grad():
         y = forecast(loaded.model, x, rollout).double().numpy()
     y = (y * loaded.std[:, None, None] + loaded.mean[:, None, None]).astype(np.float32)
+    if data.valid is not None:  # points a missing-value policy filled: no forecast there (met2net/data/masks.py)
+        y[:, :, ~data.valid] = np.nan
     steps = np.arange(1, y.shape[1] + 1)
     init = np.array(times, dtype="datetime64[ns]")
     valid = data.step.after(np.array(times)[:, None], steps[None, :]).astype("datetime64[ns]")

@@ -1,5 +1,6 @@
 """netCDF → HDF5 conversion on real files (and a real `mpirun -n 2`)."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -212,6 +213,37 @@ def test_changed_source_file_is_named(tree, tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     with pytest.raises(ValueError, match=r"(?s)1 source file changed.*2m_temperature/2m_temperature_2011.*--force"):
         convert(tree, cfg(), out, progress=False)
+
+
+def test_hashed_sources_are_compared_by_content(tree, tmp_path):
+    """With --hash a source touched or copied with the same bytes is the same source (the record is renewed, no shard
+    rewritten); one whose bytes changed is named, even at the same size and time."""
+    from met2net.cli import main
+
+    out = tmp_path / "out"
+    (tmp_path / "c.yaml").write_text(cfg().to_yaml())
+    assert main(["data", "convert", str(tree), "-o", str(out), "-c", str(tmp_path / "c.yaml"), "--hash"]) == 0
+    recorded = {s["path"]: s["sha256"] for s in read_index(out)["conversion"]["sources"]}
+    path = next(tree.rglob("2m_temperature_2011_*.nc"))
+    assert recorded[str(path.relative_to(tree))] == hashlib.sha256(path.read_bytes()).hexdigest()
+    shards_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes
+    with pytest.raises(ValueError, match=r"2m_temperature_2011_11\.25deg\.nc \(modified\)"):
+        convert(tree, cfg(), out, progress=False)  # without hashes the time decides
+    convert(tree, cfg(), out, progress=False, hashes=True)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")} == shards_before
+    renewed = {s["path"]: s for s in read_index(out)["conversion"]["sources"]}[str(path.relative_to(tree))]
+    assert renewed["mtime_ns"] == stat.st_mtime_ns + 10**9
+    convert(tree, cfg(), out, progress=False)  # the renewed record holds the new time: the same without hashes
+    rewrite(path, lambda ds: ds.assign(t2m=ds.t2m + 1))  # other values, at the recorded time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(
+        ValueError,
+        match=r"1 source file changed: 2m_temperature/2m_temperature_2011_11\.25deg\.nc "
+        r"\(content changed\)",
+    ):
+        convert(tree, cfg(), out, progress=False, hashes=True)
 
 
 def test_cli_refuses_with_nonzero_exit(tree, tmp_path, capsys):

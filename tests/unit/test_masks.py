@@ -29,6 +29,7 @@ from met2net.data.stats import compute_stats, write_stats
 from met2net.errors import UserError
 from met2net.evaluation.evaluate import evaluate
 from met2net.evaluation.metrics import latitude_weights, score_sums
+from met2net.evaluation.predict import predict
 from met2net.model.met2net import Met2Net
 from met2net.train import run_train
 from met2net.training.stages import SCHEDULES
@@ -214,6 +215,8 @@ def test_training_and_evaluation_run_on_masked_shards(masked, tmp_path):
     ev = evaluate(run, progress=False)
     table = ev.table()
     assert np.isfinite(table["met2net"]["rmse_w"]).all() and np.isfinite(table["persistence"]["mse"]).all()
+    forecasts = predict(run, ["2003-06-01T00"])["air"].values  # (init, lead, lat, lon): NaN where masked
+    np.testing.assert_array_equal(np.isnan(forecasts), np.broadcast_to(~expected_valid(), forecasts.shape))
 
 
 def test_a_second_conversion_into_the_same_directory_is_refused_naming_the_holder(source, tmp_path):
