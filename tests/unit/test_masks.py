@@ -7,6 +7,7 @@ NaN in one frame only: both are masked."""
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import subprocess
 import sys
@@ -115,6 +116,22 @@ def test_a_fill_policy_fills_and_records_one_mask(source, tmp_path, policy):
         f["valid"][0, 0, 0] = 1 - f["valid"][0, 0, 0]
     with pytest.raises(UserError, match=r"mask\.h5: does not match the checksum in index\.json; re-run"):
         masks.read_mask(out, index)
+
+
+def test_two_mpi_ranks_write_the_same_masks(source, tmp_path):
+    """Rank r writes every other year (the one-frame gap of 2000 on rank 0); rank 0 unites every shard's mask."""
+    config = cfg("data.missing={air: zero}")
+    (tmp_path / "c.yaml").write_text(config.to_yaml())
+    convert(source, config, tmp_path / "one", progress=False)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+    mpirun = [str(Path(sys.executable).parent / "mpirun"), "-n", "2", sys.executable, "-m", "met2net.cli"]
+    cmd = [*mpirun, "data", "convert", str(source), "-c", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "two")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "rank 1/2: wrote" in out.stderr
+    one, two = read_index(tmp_path / "one"), read_index(tmp_path / "two")
+    assert two["mask"]["masked_points"] == one["mask"]["masked_points"] == {"air": 7}
+    np.testing.assert_array_equal(masks.read_mask(tmp_path / "two", two), masks.read_mask(tmp_path / "one", one))
 
 
 def test_a_frame_missing_everywhere_is_refused_even_with_a_policy(source, tmp_path):
