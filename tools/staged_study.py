@@ -192,7 +192,7 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
         "| variant | stages (schedule × optimizer steps) | training wall time |",
         "|---|---|---:|",
     ]
-    for name, stages in variants(args.steps, args.rounds, args.end_to_end):
+    for name, stages in variants(args.steps, args.rounds, args.end_to_end, args.stage_split):
         spent = training_seconds(args.out / name)
         lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent:.0f} s |")
     lines += ["", "Commands: `<variant>/commands.txt`.", ""]
@@ -276,9 +276,9 @@ def main() -> None:
     args.data_overrides = [o for o in args.overrides if o.startswith("data.")]
     ensure_data(args.config, args.overrides, args.out)
     cfg = load_config(args.config, args.overrides)
-    split = args.split or config_split(cfg.training.stage_steps)
+    args.stage_split = args.split or config_split(cfg.training.stage_steps)
     rows, lead = [], "lead_hours"
-    for name, stages in variants(args.steps, args.rounds, args.end_to_end, split):
+    for name, stages in variants(args.steps, args.rounds, args.end_to_end, args.stage_split):
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
             lead = lead_column(e / "metrics.csv")
