@@ -15,6 +15,7 @@ from met2net.compat.deepspeed_internals import disable_shm_comm_op, point_local_
 from met2net.compat.torch_distributed import abort_process_groups, set_new_group_timeout
 from met2net.distributed.devices import DeviceBindingError, DeviceChoice, select_device, visible_devices
 from met2net.distributed.env import RankInfo, export
+from met2net.errors import UserError
 
 
 def bind_device(info: RankInfo, env: Mapping[str, str] = os.environ) -> DeviceChoice:
@@ -38,6 +39,11 @@ def bind_device(info: RankInfo, env: Mapping[str, str] = os.environ) -> DeviceCh
 
 
 DEFAULT_TIMEOUT_S = 300.0  # config.DistributedConfig.timeout_s
+
+
+class RanksDidNotJoin(UserError):
+    """The rendezvous ended without every rank: one failed at start-up or never started (its own log says why), or
+    the ranks could not reach the master address. Raised on the ranks that were waiting, after the timeout."""
 
 
 def init_process_group(
@@ -65,16 +71,25 @@ def init_process_group(
         disable_shm_comm_op()
     timeout = timedelta(seconds=timeout_s)
     set_new_group_timeout(timeout)  # DeepSpeed's own groups are created without one (compat/torch_distributed.py)
-    deepspeed.init_distributed(
-        dist_backend="nccl" if cuda else "gloo",
-        auto_mpi_discovery=False,
-        distributed_port=info.master_port,
-        rank=info.rank,
-        world_size=info.world_size,
-        verbose=False,
-        timeout=timeout,
-        init_method=init_method,
-    )
+    try:
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo",
+            auto_mpi_discovery=False,
+            distributed_port=info.master_port,
+            rank=info.rank,
+            world_size=info.world_size,
+            verbose=False,
+            timeout=timeout,
+            init_method=init_method,
+        )
+    except (dist.DistStoreError, dist.DistNetworkError) as e:
+        where = init_method or f"{info.master_addr}:{info.master_port}"
+        raise RanksDidNotJoin(
+            f"rank {info.rank} of {info.world_size} on {socket.gethostname()}: the ranks did not all meet at {where} "
+            f"within distributed.timeout_s={timeout_s:g} s ({str(e).strip().splitlines()[-1]}). A rank that failed "
+            "at start-up or was never started leaves the others waiting: its own log says why; if the ranks only "
+            "start slowly, raise distributed.timeout_s"
+        ) from None
     return choice
 
 

@@ -142,3 +142,35 @@ def test_a_stopped_rank_makes_the_other_fail_within_the_timeout(tmp_path):
         torchrun.wait(timeout=60)
     text = log.read_text()
     assert "met2net: rank 0 of 2" in text and f"distributed.timeout_s={TIMEOUT_S} s" in text, text[-3000:]
+
+
+@pytest.mark.distributed
+def test_a_rank_that_fails_at_start_up_ends_the_job_within_the_timeout(tmp_path):
+    """Rank 1 of 2 stops before the process group forms (here: a launch variable out of range, as a broken prolog
+    would set it); rank 0, left waiting at the rendezvous, ends within distributed.timeout_s with one line naming
+    itself, the address and the setting, not torch's store traceback."""
+    port = str(free_port())
+    cmd = _command(tmp_path / "run")[len(TORCHRUN) :]  # the same train command, each rank started by hand
+    ranks = {}
+    for rank, local_rank in ((0, "0"), (1, "5")):
+        env = {
+            **_env(),
+            "RANK": str(rank),
+            "LOCAL_RANK": local_rank,
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        ranks[rank] = subprocess.Popen(
+            [sys.executable, *cmd], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    started = time.monotonic()
+    out = {rank: proc.communicate(timeout=TIMEOUT_S + MARGIN_S + 600) for rank, proc in ranks.items()}
+    elapsed = time.monotonic() - started
+    assert ranks[1].returncode == 2 and "LOCAL_RANK=5 must lie in [0, LOCAL_WORLD_SIZE=2)" in out[1][1], out[1][1]
+    assert ranks[0].returncode == 2, out[0][1][-3000:]
+    assert elapsed < TIMEOUT_S + MARGIN_S, f"took {elapsed:.0f} s"
+    line = out[0][1].strip().splitlines()[-1]
+    assert line.startswith("met2net: error: rank 0 of 2 on ") and f"127.0.0.1:{port}" in line, out[0][1][-3000:]
+    assert f"within distributed.timeout_s={TIMEOUT_S} s" in line and "Traceback" not in out[0][1]
