@@ -1,14 +1,19 @@
-"""Atomic file writes (readers see the previous file or the complete new one, never a partial one), and file
-checksums."""
+"""Atomic file writes (readers see the previous file or the complete new one, never a partial one), file checksums,
+and the exclusive file lock that names its holder (one run per run directory, one conversion per shard directory)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import json
 import os
 import re
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from met2net.errors import STORAGE
 
@@ -64,3 +69,55 @@ def sha256_file(path: Path) -> str:
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; ``holder`` is what it recorded in the lock file ({} while it starts)."""
+
+    def __init__(self, holder: dict[str, Any]):
+        super().__init__(holder)
+        self.holder = holder
+
+
+# flock's answers on file systems that do not support it (some NFS and Lustre mounts)
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def take_lock(path: Path, unguarded: str) -> int | None:
+    """Open ``path`` (created if missing) and take its exclusive ``flock`` without waiting: the descriptor, which
+    holds the lock until closed or until this process ends (the kernel drops it: a killed holder leaves nothing to
+    clean). ``LockHeld`` with the recorded holder when another process has it. None, after a warning that
+    ``unguarded`` (what now goes unprotected), on a file system without ``flock``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = recorded_holder(fd)
+        os.close(fd)
+        raise LockHeld(holder) from None
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in NO_LOCKS:
+            raise
+        print(
+            f"met2net: warning: {path}: the file system does not support locks ({e.strerror}); {unguarded}",
+            file=sys.stderr,
+        )
+        return None
+    return fd
+
+
+def record_holder(fd: int, holder: dict[str, Any]) -> None:
+    """Write who holds the lock into its file, for the refusal a second process shows."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+
+def recorded_holder(fd: int) -> dict[str, Any]:
+    """What the holder wrote; {} while it has written nothing (or something unreadable)."""
+    text = os.pread(fd, 4096, 0).decode(errors="replace")
+    try:
+        info = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}

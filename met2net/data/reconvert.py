@@ -19,18 +19,14 @@ lock when the holder ends, however it ends, so a stale lock never blocks a re-ru
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
 import glob
 import hashlib
-import json
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 
-from met2net.data.atomic import TEMPORARY, fsync, sha256_file, unique_suffix
+from met2net.data.atomic import TEMPORARY, LockHeld, fsync, record_holder, sha256_file, take_lock, unique_suffix
 from met2net.errors import UserError
 
 _SHOWN = 3  # changed files named in a refusal; the rest are counted
@@ -64,10 +60,8 @@ class ConvertLock:
                 break
             os.close(fd)
         if fd is not None:
-            os.ftruncate(fd, 0)
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-            me = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
-            os.pwrite(fd, json.dumps(me).encode(), 0)
+            record_holder(fd, {"host": socket.gethostname(), "pid": os.getpid(), "started": started})
             self.fd = fd
 
     def _current(self, fd: int) -> bool:
@@ -78,33 +72,20 @@ class ConvertLock:
 
     def _take(self) -> int | None:
         """The locked descriptor, or None without lock support."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 4096, 0).decode(errors="replace")
-            os.close(fd)
-            try:
-                info = json.loads(text)
-                who = f"host {info['host']}, pid {info['pid']}, since {info['started']}"
-            except (ValueError, KeyError, TypeError):
-                who = "a process that is starting"
+            return take_lock(self.path, f"nothing stops a second conversion into {self.out}")
+        except LockHeld as held:
+            info = held.holder
+            who = (
+                f"host {info['host']}, pid {info['pid']}, since {info['started']}"
+                if {"host", "pid", "started"} <= info.keys()
+                else "a process that is starting"
+            )
             raise ConversionInProgress(
                 f"{self.out} is being written by another met2net data convert ({who}); two conversions "
                 "into one directory would delete each other's files. Wait for it to end, or convert into another "
                 f"directory with -o. Its lock ({self.path}) is released when that process ends: nothing to delete"
             ) from None
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            print(
-                f"met2net data convert: warning: {self.path}: the file system does not support locks ({e.strerror}); "
-                f"nothing stops a second conversion into {self.out}",
-                file=sys.stderr,
-            )
-            return None
-        return fd
 
     def release(self) -> None:
         """Remove the lock file, then drop the lock (a waiting run that opened the old file sees it gone and

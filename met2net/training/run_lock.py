@@ -10,15 +10,13 @@ to delete by hand. The file's contents only describe the holder. Torch-free.
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
-import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
+from met2net.data.atomic import LockHeld, record_holder, recorded_holder, take_lock
 from met2net.errors import UserError
 
 LOCK = "run.lock"
@@ -66,35 +64,15 @@ def acquire(run_dir: str | Path) -> bool:
     key = Path(run_dir).resolve()
     if key in _held:
         return True
-    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        info = _recorded_holder(fd)
-        os.close(fd)
-        raise _refusal(key, info) from None
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        print(
-            f"met2net: warning: {key}: the file system does not support locks ({e.strerror}); nothing stops a second "
-            "run in this run directory",
-            file=sys.stderr,
-        )
+        fd = take_lock(key / LOCK, "nothing stops a second run in this run directory")
+    except LockHeld as held:
+        raise _refusal(key, held.holder) from None
+    if fd is None:
         return False
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder()).encode(), 0)
+    record_holder(fd, holder())
     _held[key] = fd
     return True
-
-
-def _recorded_holder(fd: int) -> dict[str, Any]:
-    text = os.pread(fd, 4096, 0).decode(errors="replace")
-    try:
-        return json.loads(text) if text.strip() else {}
-    except ValueError:
-        return {}
 
 
 def check_free(run_dir: str | Path) -> None:
@@ -110,7 +88,7 @@ def check_free(run_dir: str | Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _refusal(key, _recorded_holder(fd)) from None
+        raise _refusal(key, recorded_holder(fd)) from None
     except OSError:
         return
     finally:
