@@ -231,7 +231,7 @@ def cmd_plot_scores(args: argparse.Namespace) -> int:
 def cmd_scale_project(args: argparse.Namespace) -> int:
     from met2net.scaling.projection import Link, Network, Workload, markdown, project_all
 
-    workload = Workload(args.compute_per_sample, args.parameters, args.bytes_per_element)
+    workload = Workload(args.compute_per_sample, args.parameters, args.bytes_per_element, tuple(args.passes_per_step))
     network = Network(
         Link(args.intra_gbs, args.intra_latency_us), Link(args.inter_gbs, args.inter_latency_us), args.gpus_per_node
     )
@@ -241,35 +241,31 @@ def cmd_scale_project(args: argparse.Namespace) -> int:
         f"{args.compute_per_sample * 1e3:g} ms per sample, "
         f"{args.batch_per_rank} per rank; {args.gpus_per_node} GPUs per node at {args.intra_gbs:g} GB/s, "
         f"{args.intra_latency_us:g} µs; between nodes {args.inter_gbs:g} GB/s, {args.inter_latency_us:g} µs; "
-        f"overlap {args.overlap:g} (assumed)\n"
+        f"overlap {args.overlap:g} (assumed); ring passes per step at ZeRO 0–3: "
+        f"{' '.join(f'{p:g}' for p in args.passes_per_step)}\n"
     )
     print(markdown(rows, args.target))
     return 0
 
 
 def cmd_scale_calibrate(args: argparse.Namespace) -> int:
-    from met2net.scaling.calibration import calibrate, read_measured, validate
+    from met2net.scaling.calibration import calibrate, default_latency, describe, read_measured, validate
 
     if (args.points is None) == (args.sweep_results is None):
         raise UserError("give either a CSV of measured points or --from a sweep's results.csv, not both")
-    latency = args.latency_us
     if args.sweep_results is not None:
-        from met2net.scaling.calibration import default_latency, from_rows, markdown
+        from met2net.scaling.calibration import from_rows, markdown
         from met2net.scaling.report import latest_rows
 
         points = from_rows(latest_rows(args.sweep_results))
         if args.validate is None:  # every point held out once (leave-one-out), as the sweep's report does
-            print(markdown(points, latency))
+            print(markdown(points, args.latency_us, args.per_stage))
             return 0
-        latency = default_latency(points, latency)
     else:
         points = read_measured(args.points)
-    fit = calibrate(points, latency)
-    print(
-        f"compute {fit.compute_s_per_sample * 1e3:.4g} ms per sample, effective bandwidth "
-        f"{fit.link.bandwidth_gbs:.4g} GB/s, latency {fit.link.latency_us:.4g} µs per ring step"
-        + ("" if latency is None else " (given)" if args.latency_us is not None else " (fixed: < 3 world sizes)")
-    )
+    latency = default_latency(points, args.latency_us, args.per_stage)
+    fit = calibrate(points, latency, args.per_stage)
+    print(describe(fit, args.latency_us, latency))
     if args.validate:
         held = read_measured(args.validate)
         errors = validate(fit, held)
@@ -523,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("-o", "--out", type=Path, required=True, help="directory for <metric>_<variable>.png")
     scores.add_argument("--metric", action="append", help="metric to plot, repeatable (default: rmse_w and acc)")
     scores.set_defaults(func=cmd_plot_scores)
+    from met2net.scaling.projection import DEFAULT_PASSES  # plain arithmetic: cheap to import
+
     scale = sub.add_parser(
         "scale", help="scaling studies: sweeps, reports, projection (docs/scaling.md)"
     ).add_subparsers(dest="action", required=True)
@@ -540,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument("--target", type=float, default=0.9, help="efficiency the global batch column reaches")
     proj.add_argument("--zero", type=int, nargs="+", default=[0, 1, 2, 3], help="ZeRO stages (default 0 1 2 3)")
     proj.add_argument(
+        "--passes-per-step",
+        type=float,
+        nargs=4,
+        default=list(DEFAULT_PASSES),
+        metavar=("Z0", "Z1", "Z2", "Z3"),
+        help="ring passes (collective calls, an all-reduce 2) per step at ZeRO 0–3 (default 2 2 2 3: one call a pass)",
+    )
+    proj.add_argument(
         "--world-sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512, 1024], help="GPUs (8 … 1024)"
     )
     proj.set_defaults(func=cmd_scale_project)
@@ -554,7 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sweep's results.csv instead: fit all its points, each held out once (or --validate CSV)",
     )
     cal.add_argument("--validate", metavar="CSV", help="held-out points: the fit's relative error on each")
-    cal.add_argument("--latency-us", type=float, help="fix the latency (needed with only world sizes 1 and 2)")
+    cal.add_argument(
+        "--latency-us", type=float, help="fix the latency (needed when ring steps are proportional to the bytes)"
+    )
+    cal.add_argument("--per-stage", action="store_true", help="fit a compute time per sample per ZeRO stage")
     cal.set_defaults(func=cmd_scale_calibrate)
     comm = scale.add_parser(
         "comm", help="time all-reduce, all-gather, reduce-scatter on this job's ranks (torchrun/srun/mpirun)"
@@ -571,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tolerance", type=float, default=1e-4, help="relative, first losses across ZeRO stages")
     rep.add_argument("--no-plots", action="store_true", help="the tables only")
     rep.add_argument(
-        "--latency-us", type=float, help="the calibration's latency per ring step (default: fitted; 0 with < 3 sizes)"
+        "--latency-us", type=float, help="the calibration's latency per ring step (default: fitted where it can be)"
     )
     rep.set_defaults(func=cmd_scale_report)
     run = scale.add_parser(

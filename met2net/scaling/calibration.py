@@ -1,11 +1,14 @@
-"""The projection model's three numbers fitted from measured steps, and its error on steps left out of the fit.
+"""The projection model's numbers fitted from measured steps, and its error on steps left out of the fit.
 
 Without overlap the model is linear in its unknowns: step = b · t_c + (v·S) · (1/B) + k · α, with b samples per
-rank, v and k the ring factors of the point's world size and ZeRO stage (``projection.ring_factors``), S the
-communicated bytes, t_c the compute time per sample, B the bandwidth and α the latency per ring step. A least-squares
-fit of (t_c, 1/B, α) to measured steps gives an *effective* link: whatever overlap and protocol overheads the
-measurements had are folded into B and α, so points should come from one link regime (all within a node, or all
-across nodes).
+rank, v the ring volume factor of the point's world size and ZeRO stage, S the communicated bytes, k = p·(n−1) the
+ring steps of its p ring passes per step (``projection.ring_factors``), t_c the compute time per sample, B the
+bandwidth and α the latency per ring step. p is the point's own, measured (a sweep's ``ring_passes_per_step``):
+DeepSpeed's ZeRO 3 makes hundreds of small gathers per step where ZeRO 0–2 make a few large calls, and counting them
+is what lets one (B, α) fit every stage. A least-squares fit gives an *effective* link: whatever overlap and protocol
+overheads the measurements had are folded into B and α, so points should come from one link regime (all within a
+node, or all across nodes). ``per_stage`` fits a t_c per ZeRO stage instead of one (the stages' engines differ:
+DeepSpeed's ZeRO-3 hooks, the plain-PyTorch engine of one rank at ZeRO 0); the link stays shared.
 
 A sweep's ``results.csv`` rows are measured points too (``from_rows``): b = micro-batch × accumulation, S = the trained
 parameters (the gradients every stage communicates) × 4 bytes, in bf16 too (met2net's bf16 is autocast around the
@@ -16,6 +19,7 @@ held out once rather than a few being set aside for good.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +33,8 @@ from met2net.scaling.table import read_rows
 
 @dataclass(frozen=True)
 class Measured:
-    """One measured configuration: its median step time in seconds."""
+    """One measured configuration: its median step time in seconds and its ring passes per step (None: the model's
+    default, ``projection.DEFAULT_PASSES``; ``passes_from`` says where a count came from)."""
 
     world_size: int
     zero_stage: int
@@ -38,18 +43,32 @@ class Measured:
     bytes_per_element: int
     step_s: float
     name: str = ""
+    passes: float | None = None
+    passes_from: str = ""
 
 
 @dataclass(frozen=True)
 class Calibration:
+    """A fitted model: one t_c, or one per ZeRO stage (``stage_compute_s``: (stage, t_c) pairs), and the link."""
+
     compute_s_per_sample: float
     link: Link
+    stage_compute_s: tuple[tuple[int, float], ...] = ()
+
+    def compute_s(self, zero_stage: int) -> float:
+        """t_c of ``zero_stage``: the stage's own when fitted per stage."""
+        if not self.stage_compute_s:
+            return self.compute_s_per_sample
+        fitted = dict(self.stage_compute_s)
+        if zero_stage not in fitted:
+            raise UserError(f"no point at ZeRO {zero_stage} to fit its compute time per sample")
+        return fitted[zero_stage]
 
     def predict(self, point: Measured) -> float:
         """The step time the fitted model gives ``point``."""
         b, volume, steps = _row(point)
         return (
-            b * self.compute_s_per_sample
+            b * self.compute_s(point.zero_stage)
             + volume / (self.link.bandwidth_gbs * GB)
             + steps * self.link.latency_us * 1e-6
         )
@@ -57,40 +76,59 @@ class Calibration:
 
 def _row(point: Measured) -> tuple[float, float, float]:
     """The point's coefficients of (t_c, 1/B, α): samples per rank, ring bytes, ring steps."""
-    v, k = ring_factors(point.world_size, point.zero_stage)
+    v, k = ring_factors(point.world_size, point.zero_stage, point.passes)
     return float(point.batch_per_rank), v * point.parameters * point.bytes_per_element, float(k)
 
 
-def calibrate(points: Sequence[Measured], latency_us: float | None = None) -> Calibration:
-    """Least-squares t_c, B and α from ``points``; with ``latency_us`` given, α is fixed and only t_c and B fitted
-    (two world sizes, 1 and 2, cannot tell latency from bandwidth: their ring bytes and steps are proportional).
+def design(points: Sequence[Measured], per_stage: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The least-squares matrix: a column of b per ZeRO stage present (``per_stage``) or one, then bytes and ring
+    steps; and the stages of the compute columns (empty for one t_c)."""
+    rows = np.array([_row(p) for p in points], dtype=np.float64).reshape(-1, 3)
+    if not per_stage:
+        return rows, ()
+    stages = tuple(sorted({p.zero_stage for p in points}))
+    compute = np.array([[r[0] if p.zero_stage == z else 0.0 for z in stages] for p, r in zip(points, rows)])
+    return np.hstack([compute.reshape(len(points), len(stages)), rows[:, 1:]]), stages
+
+
+def calibrate(points: Sequence[Measured], latency_us: float | None = None, per_stage: bool = False) -> Calibration:
+    """Least-squares t_c (one, or one per stage), B and α from ``points``; with ``latency_us`` given, α is fixed and
+    only t_c and B fitted (when every point's ring steps are proportional to its bytes, as with world sizes 1 and 2
+    and no measured pass counts, latency cannot be told from bandwidth).
 
     A fitted latency below zero (noise, when latency is negligible) is set to zero and t_c, B refitted."""
-    a = np.array([_row(p) for p in points], dtype=np.float64)
+    a, stages = design(points, per_stage)
     y = np.array([p.step_s for p in points], dtype=np.float64)
+    names = (*(f"compute per sample at ZeRO {z}" for z in stages), "bandwidth", "latency") if stages else NAMES
     if latency_us is None:
-        t_c, inv_b, alpha = _solve(a, y, ("compute per sample", "bandwidth", "latency"))
+        *t_c, inv_b, alpha = _solve(a, y, names)
         if alpha < 0:
-            return calibrate(points, latency_us=0.0)
+            return calibrate(points, latency_us=0.0, per_stage=per_stage)
         latency = alpha * 1e6
     else:
-        t_c, inv_b = _solve(a[:, :2], y - a[:, 2] * latency_us * 1e-6, ("compute per sample", "bandwidth"))
+        *t_c, inv_b = _solve(a[:, :-1], y - a[:, -1] * latency_us * 1e-6, names[:-1])
         latency = latency_us
-    if not t_c > 0 or not inv_b > 0:
+    if not min(t_c) > 0 or not inv_b > 0:
         raise UserError(
-            f"the measured steps do not fit the model (compute per sample {t_c:.3g} s, 1/bandwidth {inv_b:.3g} s/B): "
-            "communication must grow with world size and compute with the batch"
+            f"the measured steps do not fit the model (compute per sample {', '.join(f'{t:.3g}' for t in t_c)} s, "
+            f"1/bandwidth {inv_b:.3g} s/B): communication must grow with world size and compute with the batch"
         )
-    return Calibration(t_c, Link(1 / inv_b / GB, latency))
+    link = Link(1 / inv_b / GB, latency)
+    if stages:
+        return Calibration(math.nan, link, tuple(zip(stages, (float(t) for t in t_c))))
+    return Calibration(float(t_c[0]), link)
+
+
+NAMES = ("compute per sample", "bandwidth", "latency")
 
 
 def _solve(a: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     """``a x ≈ y`` in the least-squares sense, columns scaled to 1 first (bytes are ~10⁸, counts ~10)."""
-    scale = np.abs(a).max(axis=0)
+    scale = np.abs(a).max(axis=0) if len(a) else np.zeros(a.shape[1])
     if np.any(scale == 0) or np.linalg.matrix_rank(a / scale) < a.shape[1]:
         raise UserError(
-            f"{len(y)} measured point(s) cannot determine {', '.join(names)}: vary the batch per rank and use at "
-            "least three world sizes (or give the latency)"
+            f"{len(y)} measured point(s) cannot determine {', '.join(names)}: vary the batch per rank and the world "
+            "size, and measure the ring passes per step (or give the latency)"
         )
     x, *_ = np.linalg.lstsq(a / scale, y, rcond=None)
     return x / scale
@@ -111,25 +149,37 @@ class HeldOut:
         return None if self.predicted_s is None else (self.predicted_s - self.point.step_s) / self.point.step_s
 
 
-def leave_one_out(points: Sequence[Measured], latency_us: float | None = None) -> list[HeldOut]:
+def leave_one_out(
+    points: Sequence[Measured], latency_us: float | None = None, per_stage: bool = False
+) -> list[HeldOut]:
     """Every point predicted by the model ``calibrate`` fits to the others: a held-out error for each measured point."""
     held = []
     for i, p in enumerate(points):
         try:
-            fit = calibrate([q for j, q in enumerate(points) if j != i], latency_us)
+            fit = calibrate([q for j, q in enumerate(points) if j != i], latency_us, per_stage)
+            held.append(HeldOut(p, fit.predict(p)))
         except UserError as e:
             held.append(HeldOut(p, None, str(e)))
-        else:
-            held.append(HeldOut(p, fit.predict(p)))
     return held
 
 
-def default_latency(points: Sequence[Measured], latency_us: float | None) -> float | None:
-    """``latency_us`` when given; else 0 when the points have fewer than three world sizes (1 and 2 ranks cannot tell
-    latency from bandwidth, so it is folded into the effective bandwidth), else None: fitted."""
-    if latency_us is not None or len({p.world_size for p in points}) >= 3:
+def default_latency(points: Sequence[Measured], latency_us: float | None, per_stage: bool = False) -> float | None:
+    """``latency_us`` when given; else None (fitted) when the points' ring steps vary apart from their bytes and
+    batches, else 0: latency cannot be told from bandwidth (world sizes 1 and 2 without measured pass counts, whose
+    ring steps are proportional to their bytes), so it is folded into the effective bandwidth."""
+    if latency_us is not None:
         return latency_us
-    return 0.0
+    a, _ = design(points, per_stage)
+    scale = np.abs(a).max(axis=0) if len(a) else np.zeros(a.shape[1])
+    if np.any(scale == 0) or np.linalg.matrix_rank(a / scale) < a.shape[1]:
+        return 0.0
+    return None
+
+
+def summary(held: Sequence[HeldOut]) -> tuple[int, float, float] | None:
+    """(points held out, median |error|, largest |error|), None when no point could be."""
+    errors = sorted(abs(h.error) for h in held if h.error is not None)
+    return (len(errors), statistics.median(errors), errors[-1]) if errors else None
 
 
 # a precision's communicated gradient element: fp32 in both (bf16 is autocast; DeepSpeed's own bf16 mode is off)
@@ -137,9 +187,22 @@ BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 4}
 SWEEP_COLUMNS = ("world_size", "zero_stage", "micro_batch", "trainable_parameters", "step_s")
 
 
+def row_passes(row: dict[str, str]) -> tuple[float | None, str]:
+    """A row's ring passes per step and where they come from: ``ring_passes_per_step`` (measured per timed step);
+    else, in sweeps made before that column, ``comm_calls`` ÷ (warm-up + timed steps): the whole point's calls
+    (start-up, validation and checkpoint too, an all-reduce once) spread over its steps, an estimate; else None."""
+    if row.get("ring_passes_per_step"):
+        return float(row["ring_passes_per_step"]), "measured per step"
+    steps = int(row.get("warmup_steps") or 0) + int(row.get("timed_steps") or 0)
+    if row.get("comm_calls") and steps:
+        return int(row["comm_calls"]) / steps, "whole-point calls ÷ steps"
+    return None, ""
+
+
 def from_rows(rows: Sequence[dict[str, str]]) -> list[Measured]:
     """Measured points from a sweep's results.csv rows (``met2net scale run``): the rows with status ok (or none);
-    b = micro_batch × accumulation, S = trainable_parameters × the precision's bytes (``BYTES_PER_ELEMENT``)."""
+    b = micro_batch × accumulation, S = trainable_parameters × the precision's bytes (``BYTES_PER_ELEMENT``), the ring
+    passes per step from ``row_passes``."""
     points = []
     for r in rows:
         if (r.get("status") or "ok") != "ok":
@@ -160,6 +223,7 @@ def from_rows(rows: Sequence[dict[str, str]]) -> list[Measured]:
                     BYTES_PER_ELEMENT[precision],
                     float(r["step_s"]),
                     r.get("name") or "",
+                    *row_passes(r),
                 )
             )
         except ValueError as e:
@@ -184,43 +248,69 @@ def read_measured(path: str) -> list[Measured]:
         raise UserError(f"{path}: {e}") from e
 
 
-def markdown(points: Sequence[Measured], latency_us: float | None = None) -> str:
+def markdown(points: Sequence[Measured], latency_us: float | None = None, per_stage: bool = False) -> str:
     """The report's calibration section: the model fitted to every point, then each point's held-out error. A sweep
     whose points cannot determine the model gets the reason instead of numbers."""
-    latency = default_latency(points, latency_us)
+    latency = default_latency(points, latency_us, per_stage)
     try:
-        fit = calibrate(points, latency)
+        fit = calibrate(points, latency, per_stage)
     except UserError as e:
         return f"The projection model could not be calibrated from these points: {e}."
+    held = leave_one_out(points, latency, per_stage)
+    head = (
+        f"step = b · t_c + v·S / B + p·(n−1) · α (docs/scaling.md) fitted by least squares to the {len(points)} "
+        f"measured points: {describe(fit, latency_us, latency)}. {_passes_note(points)} Held out: each point "
+        f"predicted by the model fitted to the other {len(points) - 1}; error = (predicted − measured) / measured.\n\n"
+        "| point | ranks | ZeRO | samples per rank | passes per step | measured step (ms) | predicted (ms) | error |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [
+        f"| {h.point.name or '—'} | {h.point.world_size} | {h.point.zero_stage} | {h.point.batch_per_rank} | "
+        f"{'—' if h.point.passes is None else f'{h.point.passes:,.1f}'} | {h.point.step_s * 1e3:,.1f} | "
+        + (f"{h.predicted_s * 1e3:,.1f} | {h.error:+.1%} |" if h.predicted_s is not None else f"— | {h.why} |")
+        for h in held
+    ]
+    stats = summary(held)
+    tail = (
+        f"Held-out error over {stats[0]} point(s): median |error| {stats[1]:.1%}, largest {stats[2]:.1%}."
+        if stats
+        else "No point could be held out: the others alone never determine the model."
+    )
+    return "\n".join([head, *rows]) + "\n\n" + tail + " " + _other_mode(points, latency_us, per_stage)
+
+
+def _other_mode(points: Sequence[Measured], latency_us: float | None, per_stage: bool) -> str:
+    """The held-out errors of the other compute model (one t_c, or one per stage): the evidence for choosing."""
+    other = not per_stage
+    stats = summary(leave_one_out(points, default_latency(points, latency_us, other), other))
+    mode = "a t_c per ZeRO stage (`--per-stage`)" if other else "one t_c for all stages"
+    if stats is None:
+        return f"With {mode} no point could be held out."
+    return f"With {mode}: median |error| {stats[1]:.1%}, largest {stats[2]:.1%} over {stats[0]} point(s)."
+
+
+def describe(fit: Calibration, latency_us: float | None, latency: float | None) -> str:
+    """The fitted numbers in words; ``latency_us`` as the user gave it, ``latency`` as ``default_latency`` chose."""
+    if fit.stage_compute_s:
+        compute = "t_c per ZeRO stage " + ", ".join(f"{z}: {t * 1e3:.4g} ms" for z, t in fit.stage_compute_s)
+    else:
+        compute = f"t_c = {fit.compute_s_per_sample * 1e3:.4g} ms per sample"
     if latency_us is not None:
         alpha = f"α = {fit.link.latency_us:.4g} µs per ring step (given)"
     elif latency is not None:
         alpha = (
-            "α = 0 (fixed: with fewer than three world sizes latency cannot be told from bandwidth, so the "
-            "effective bandwidth holds both)"
+            "α = 0 (fixed: the points' ring steps are proportional to their bytes, so latency cannot be told from "
+            "bandwidth and the effective bandwidth holds both)"
         )
     else:
         alpha = f"α = {fit.link.latency_us:.4g} µs per ring step"
-    head = (
-        f"step = b · t_c + v·S / B + k · α (docs/scaling.md) fitted by least squares to the {len(points)} measured "
-        f"points: t_c = {fit.compute_s_per_sample * 1e3:.4g} ms per sample, effective bandwidth B = "
-        f"{fit.link.bandwidth_gbs:.4g} GB/s, {alpha}. Held out: each point predicted by the model fitted to the "
-        f"other {len(points) - 1}; error = (predicted − measured) / measured.\n\n"
-        "| point | ranks | ZeRO | samples per rank | measured step (ms) | predicted (ms) | error |\n"
-        "|---|---:|---:|---:|---:|---:|---:|"
-    )
-    held = leave_one_out(points, latency)
-    rows = [
-        f"| {h.point.name or '—'} | {h.point.world_size} | {h.point.zero_stage} | {h.point.batch_per_rank} | "
-        f"{h.point.step_s * 1e3:,.1f} | "
-        + (f"{h.predicted_s * 1e3:,.1f} | {h.error:+.1%} |" if h.predicted_s is not None else f"— | {h.why} |")
-        for h in held
-    ]
-    errors = sorted(abs(h.error) for h in held if h.error is not None)
-    tail = (
-        f"Held-out error over {len(errors)} point(s): median |error| {statistics.median(errors):.1%}, "
-        f"largest {errors[-1]:.1%}."
-        if errors
-        else "No point could be held out: the others alone never determine the model."
-    )
-    return "\n".join([head, *rows]) + "\n\n" + tail
+    return f"{compute}, effective bandwidth B = {fit.link.bandwidth_gbs:.4g} GB/s, {alpha}"
+
+
+def _passes_note(points: Sequence[Measured]) -> str:
+    """Where the points' ring passes per step came from (``row_passes``), in one sentence."""
+    sources: dict[str, int] = {}
+    for p in points:
+        how = p.passes_from or "the model's default (one call per pass)"
+        sources[how] = sources.get(how, 0) + 1
+    return "Ring passes p per step: " + "; ".join(f"{how} ({n} points)" for how, n in sources.items()) + "."

@@ -9,6 +9,11 @@ updated parameters, the same volume; ZeRO 3 all-gathers the parameters in forwar
 reduce-scatters the gradients: 1.5× the data-parallel volume (Rajbhandari et al., ZeRO, §7). The ring runs at the
 pace of its slowest link: the node's links while all ranks fit in one node, the network between nodes beyond it.
 
+The volume is the ring's; the latency is paid per *ring pass*: every collective call is one pass (an all-reduce two),
+and DeepSpeed makes many calls per step (a gradient bucket, a ZeRO-3 per-module gather each). ``DEFAULT_PASSES`` is
+the fewest a stage can make (one call per pass); a measured or predicted count per stage (``Workload.passes``,
+``predicted_passes``) replaces it.
+
 Efficiency is against one GPU at the same per-rank batch, which communicates nothing: compute ÷ step time.
 """
 
@@ -23,6 +28,9 @@ from met2net.errors import UserError
 GB = 1e9  # bandwidths are in GB/s = 10⁹ bytes/s, the unit of nccl-tests and of vendors' link speeds
 WORLD_SIZES = tuple(2**k for k in range(3, 11))  # 8 … 1024
 TARGET_EFFICIENCY = 0.9
+# ring passes per optimizer step with one call per pass: ZeRO 0–2 reduce-scatter + all-gather (an all-reduce is the
+# two), ZeRO 3 two parameter all-gathers + a gradient reduce-scatter
+DEFAULT_PASSES = (2.0, 2.0, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -63,15 +71,21 @@ class Network:
 @dataclass(frozen=True)
 class Workload:
     """Measured on one GPU: forward + backward + optimizer seconds per sample at the micro-batch it was measured at
-    (assumed constant per sample at other batches), and the communicated parameters and their element size."""
+    (assumed constant per sample at other batches), the communicated parameters and their element size, and the ring
+    passes per optimizer step of ZeRO 0, 1, 2, 3 (``DEFAULT_PASSES`` when not given)."""
 
     compute_s_per_sample: float
     parameters: int
     bytes_per_element: int = 4
+    passes_per_step: tuple[float, float, float, float] = DEFAULT_PASSES
 
     @property
     def bytes(self) -> int:
         return self.parameters * self.bytes_per_element
+
+    def passes(self, zero_stage: int) -> float:
+        _check_stage(zero_stage)
+        return self.passes_per_step[zero_stage]
 
 
 @dataclass(frozen=True)
@@ -88,23 +102,32 @@ class Projection:
     batch_for_target: int  # global batch (world size × samples per rank) for the target efficiency
 
 
-def ring_factors(world_size: int, zero_stage: int) -> tuple[float, int]:
-    """(v, k) of one step: every rank's link carries v·S bytes, and the step waits k link latencies.
-
-    Two ring passes (reduce-scatter + all-gather) at ZeRO 0–2, three at ZeRO 3 (two parameter all-gathers and a
-    gradient reduce-scatter); each pass is (n−1)/n · S in n−1 steps."""
+def _check_stage(zero_stage: int) -> None:
     if zero_stage not in (0, 1, 2, 3):
         raise UserError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage}")
+
+
+def ring_factors(world_size: int, zero_stage: int, passes: float | None = None) -> tuple[float, float]:
+    """(v, k) of one step: every rank's link carries v·S bytes, and the step waits k link latencies.
+
+    The volume is two ring passes of S (reduce-scatter + all-gather) at ZeRO 0–2, three at ZeRO 3 (two parameter
+    all-gathers and a gradient reduce-scatter), each (n−1)/n · S. The latency is n−1 ring steps per pass *call*:
+    ``passes`` calls per step (default ``DEFAULT_PASSES``: one per pass), however the volume is split among them."""
+    _check_stage(zero_stage)
     if world_size < 1:
         raise UserError(f"world size must be ≥ 1, got {world_size}")
-    passes = 3 if zero_stage == 3 else 2
+    if passes is None:
+        passes = DEFAULT_PASSES[zero_stage]
+    if passes < 0:
+        raise UserError(f"ring passes per step must be ≥ 0, got {passes}")
     n = world_size
-    return passes * (n - 1) / n, passes * (n - 1)
+    return DEFAULT_PASSES[zero_stage] * (n - 1) / n, passes * (n - 1)
 
 
-def comm_time(world_size: int, zero_stage: int, num_bytes: float, link: Link) -> float:
-    """Seconds of one step's gradient (and, at ZeRO 3, parameter) communication on ``link``."""
-    volume, steps = ring_factors(world_size, zero_stage)
+def comm_time(world_size: int, zero_stage: int, num_bytes: float, link: Link, passes: float | None = None) -> float:
+    """Seconds of one step's gradient (and, at ZeRO 3, parameter) communication on ``link``, ``passes`` ring passes
+    per step (``ring_factors``)."""
+    volume, steps = ring_factors(world_size, zero_stage, passes)
     return volume * num_bytes / (link.bandwidth_gbs * GB) + steps * link.latency_us * 1e-6
 
 
@@ -143,7 +166,7 @@ def project(
     if batch_per_rank < 1 or not workload.compute_s_per_sample > 0:
         raise UserError("the batch per rank must be ≥ 1 and the compute time per sample > 0")
     compute = batch_per_rank * workload.compute_s_per_sample
-    comm = comm_time(world_size, zero_stage, workload.bytes, network.link(world_size))
+    comm = comm_time(world_size, zero_stage, workload.bytes, network.link(world_size), workload.passes(zero_stage))
     exposed = exposed_time(comm, compute, overlap)
     step = compute + exposed
     per_rank = batch_for_efficiency(workload.compute_s_per_sample, comm, overlap, target)

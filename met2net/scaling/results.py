@@ -39,6 +39,7 @@ COLUMNS = (
     "step_s",
     *(f"{part}_s" for part in SPLIT),  # mean seconds per step, mean over the ranks
     "comm_calls",  # collectives per rank over the whole point
+    "ring_passes_per_step",  # rank 0's collectives per timed step, an all-reduce counted twice (timing.TWO_PASSES)
     "peak_memory_mib",  # the largest rank's
     "peak_memory_per_rank_mib",  # ;-separated, rank order
     "parameters_bytes",  # the largest rank's
@@ -91,6 +92,7 @@ def ok_row(spec: PointSpec, sweep: Sweep, executor: str, result: dict[str, Any],
         "samples_per_s": spec.global_batch * sweep.timed_steps / rank0["wall_s"],
         "step_s": rank0["step_s"],
         "comm_calls": rank0["comm_calls"],
+        "ring_passes_per_step": rank0.get("ring_passes_per_step", ""),
         "peak_memory_mib": max(r["peak_memory_mib"] for r in ranks),
         "peak_memory_per_rank_mib": ";".join(f"{r['peak_memory_mib']:.1f}" for r in ranks),
         "trainable_parameters": result["trainable_parameters"],

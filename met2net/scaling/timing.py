@@ -52,6 +52,9 @@ COLLECTIVES = (
     "send",
     "recv",
 )
+# ring passes per call (docs/scaling.md, "Calibration"): an all-reduce is a reduce-scatter then an all-gather; every
+# other collective is counted as one pass (broadcast, barrier and the point-to-point calls included: an approximation)
+TWO_PASSES = frozenset({"all_reduce", "all_reduce_coalesced"})
 
 
 def synchronize() -> None:
@@ -61,11 +64,12 @@ def synchronize() -> None:
 
 
 class CommTimer:
-    """Seconds spent in torch.distributed collectives since ``install`` (this process, all threads). A collective
-    called from inside another (``all_gather_object`` → ``all_gather``) counts once."""
+    """Seconds spent in torch.distributed collectives since ``install`` (this process, all threads), the calls and
+    their ring passes (``TWO_PASSES``: the latency count of the calibrated model). A collective called from inside
+    another (``all_gather_object`` → ``all_gather``) counts once."""
 
     def __init__(self, sync: Callable[[], None] = synchronize) -> None:
-        self.seconds, self.calls = 0.0, 0
+        self.seconds, self.calls, self.passes = 0.0, 0, 0
         self._sync = sync
         self._saved: dict[str, Callable[..., Any]] = {}
         self._local = threading.local()
@@ -76,7 +80,7 @@ class CommTimer:
             fn = getattr(module, name, None)
             if fn is not None and name not in self._saved:
                 self._saved[name] = fn
-                setattr(module, name, self._wrap(fn))
+                setattr(module, name, self._wrap(fn, 2 if name in TWO_PASSES else 1))
         self._module = module
         return self
 
@@ -85,7 +89,7 @@ class CommTimer:
             setattr(self._module, name, fn)
         self._saved.clear()
 
-    def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap(self, fn: Callable[..., Any], passes: int) -> Callable[..., Any]:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             if getattr(self._local, "depth", 0):
@@ -105,6 +109,7 @@ class CommTimer:
                 with self._lock:
                     self.seconds += elapsed
                     self.calls += 1
+                    self.passes += passes
 
         return timed
 
@@ -119,6 +124,7 @@ class StepTimes:
     backward: float
     optimizer: float
     comm: float
+    passes: int = 0  # ring passes of the collectives in the step (``CommTimer``)
 
     @property
     def other(self) -> float:
@@ -135,13 +141,18 @@ class StepClock:
         self._phases = dict.fromkeys(PHASES, 0.0)
         self._since: float | None = None
         self._comm_since = 0.0
+        self._passes_since = 0
 
     def _comm_now(self) -> float:
         return self.comm.seconds if self.comm is not None else 0.0
 
+    def _passes_now(self) -> int:
+        return self.comm.passes if self.comm is not None else 0
+
     def start(self) -> None:
         self._sync()
         self._since, self._comm_since = time.perf_counter(), self._comm_now()
+        self._passes_since = self._passes_now()
         self._phases = dict.fromkeys(PHASES, 0.0)
 
     @contextlib.contextmanager
@@ -155,18 +166,20 @@ class StepClock:
             self._phases[name] += (time.perf_counter() - tic) - (self._comm_now() - comm0)
 
     def end_step(self) -> StepTimes:
-        now, comm = time.perf_counter(), self._comm_now()
+        now, comm, passes = time.perf_counter(), self._comm_now(), self._passes_now()
         since = self._since if self._since is not None else now
-        step = StepTimes(wall=now - since, comm=comm - self._comm_since, **self._phases)
+        step = StepTimes(
+            wall=now - since, comm=comm - self._comm_since, passes=passes - self._passes_since, **self._phases
+        )
         self.steps.append(step)
-        self._since, self._comm_since = now, comm
+        self._since, self._comm_since, self._passes_since = now, comm, passes
         self._phases = dict.fromkeys(PHASES, 0.0)
         return step
 
 
 def summarize(steps: Sequence[StepTimes], warmup: int, timed: int) -> dict[str, float]:
-    """The timed steps (after ``warmup``) of one rank: their total wall time ``wall_s`` and the mean seconds per
-    step of the wall time (``step_s``) and of every part of the split (``<part>_s``)."""
+    """The timed steps (after ``warmup``) of one rank: their total wall time ``wall_s``, the mean seconds per step of
+    the wall time (``step_s``) and of every part of the split (``<part>_s``), and the mean ring passes per step."""
     window = list(steps[warmup : warmup + timed])
     if len(window) < timed:
         raise ValueError(f"{len(steps)} steps recorded; the warm-up ({warmup}) and timed ({timed}) steps need more")
@@ -174,6 +187,7 @@ def summarize(steps: Sequence[StepTimes], warmup: int, timed: int) -> dict[str, 
     out = {"wall_s": wall, "step_s": wall / timed}
     for part in SPLIT:
         out[f"{part}_s"] = sum(getattr(s, part) for s in window) / timed
+    out["ring_passes_per_step"] = sum(s.passes for s in window) / timed
     return out
 
 

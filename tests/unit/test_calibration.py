@@ -87,7 +87,7 @@ def test_calibrate_command(tmp_path, capsys):
     held = write("held.csv", [point(16, 3, 2)])
     assert main(["scale", "calibrate", fit, "--validate", held]) == 0
     out = capsys.readouterr().out
-    assert "compute 20 ms per sample, effective bandwidth 10 GB/s, latency 40 µs" in out
+    assert "t_c = 20 ms per sample, effective bandwidth B = 10 GB/s, α = 40 µs per ring step" in out
     assert "held-out relative error: max 0.0%" in out
     (tmp_path / "bad.csv").write_text("world_size,step_s\n2,0.1\n")
     assert main(["scale", "calibrate", str(tmp_path / "bad.csv")]) == 2  # a user error: one line
@@ -180,11 +180,11 @@ def test_report_and_calibrate_command_print_the_held_out_errors(tmp_path, capsys
     assert "## Calibrated projection model" in text
     assert "fitted by least squares to the 6 measured points" in text and "α = 0 (fixed" in text
     # d: measured 82 ms × 1.1 = 90.2 ms, predicted 82 ms by the fit to the other five
-    assert "| d | 2 | 1 | 4 | 90.2 | 82.0 | -9.1% |" in text
+    assert "| d | 2 | 1 | 4 | — | 90.2 | 82.0 | -9.1% |" in text  # no pass counts: the model's default
     assert "Held-out error over 6 point(s): median |error|" in text
     capsys.readouterr()
     assert main(["scale", "calibrate", "--from", str(path)]) == 0
-    assert "| d | 2 | 1 | 4 | 90.2 | 82.0 | -9.1% |" in capsys.readouterr().out
+    assert "| d | 2 | 1 | 4 | — | 90.2 | 82.0 | -9.1% |" in capsys.readouterr().out
     # a fixed split: fit the sweep, validate on a points CSV of the model's own steps
     (tmp_path / "held.csv").write_text(
         "world_size,zero_stage,batch_per_rank,parameters,bytes_per_element,step_s\n"
@@ -194,7 +194,7 @@ def test_report_and_calibrate_command_print_the_held_out_errors(tmp_path, capsys
         main(["scale", "calibrate", "--from", str(sweep_csv(tmp_path)), "--validate", str(tmp_path / "held.csv")]) == 0
     )
     out = capsys.readouterr().out
-    assert "effective bandwidth 0.1 GB/s, latency 0 µs per ring step (fixed: < 3 world sizes)" in out
+    assert "effective bandwidth B = 0.1 GB/s, α = 0 (fixed: the points' ring steps are proportional" in out
     assert "held-out relative error: max 0.0%" in out
     assert main(["scale", "calibrate", str(tmp_path / "held.csv"), "--from", str(path)]) == 2  # one or the other
 
@@ -218,3 +218,102 @@ def test_report_with_an_unreadable_row_says_so_and_still_reports(tmp_path):
     report, parity_ok = write_report(tmp_path, with_plots=False)
     assert "The projection model could not be calibrated: a results.csv row (a) lacks trainable_parameters." in report
     assert "## Throughput" in report and parity_ok
+
+
+# Counting the collectives. DeepSpeed's ZeRO 3 gathers module by module: hundreds of ring passes per step where ZeRO
+# 0–2 make a few. With each point's passes measured, two world sizes separate latency from bandwidth.
+PASSES = {0: 3.0, 1: 5.0, 2: 5.0, 3: 550.0}  # ring passes per step, as a sweep measures them (ZeRO 3 per module)
+LINKED = Calibration(0.05, Link(0.01, 400.0))  # 50 ms per sample, 0.01 GB/s, 400 µs per ring step
+
+
+def counted(n, stage, b, truth=LINKED, factor=1.0, params=71_125):
+    """A point with its passes measured and the step ``truth`` gives it (× ``factor``: measured slow)."""
+    m = Measured(n, stage, b, params, 4, 0.0, f"r{n}-z{stage}-b{b}", PASSES[stage], "measured per step")
+    return Measured(n, stage, b, params, 4, truth.predict(m) * factor, m.name, m.passes, m.passes_from)
+
+
+def test_ring_passes_are_the_latency_count():
+    from met2net.scaling.projection import ring_factors
+
+    # 2 ranks, ZeRO 3, 550 passes: bytes 3·1/2·S, ring steps 550·1; 1 rank: nothing
+    assert ring_factors(2, 3, 550.0) == (1.5, 550.0) and ring_factors(1, 3, 550.0) == (0.0, 0.0)
+    # by hand: 2 samples · 50 ms + 1.5 · 284,500 B / 1e7 B/s + 550 · 400 µs = 100 + 42.675 + 220 ms
+    assert LINKED.predict(counted(2, 3, 2)) == pytest.approx(0.362675, rel=1e-12)
+    workload = Workload(0.05, 71_125, 4, (3.0, 5.0, 5.0, 550.0))
+    projected = project(workload, Network.uniform(LINKED.link), 2, 3, batch_per_rank=2)
+    assert projected.step_s == pytest.approx(0.362675, rel=1e-12)  # the projection counts what the fit counts
+
+
+def test_measured_passes_let_two_world_sizes_fit_the_latency():
+    from met2net.scaling.calibration import default_latency
+
+    points = [counted(n, z, b) for n in (1, 2) for z in (0, 1, 2, 3) for b in (1, 2, 4)]
+    assert default_latency(points, None) is None  # ring steps vary apart from bytes: α is fitted
+    fit = calibrate(points)
+    assert fit.compute_s_per_sample == pytest.approx(0.05, rel=1e-9)
+    assert fit.link.bandwidth_gbs == pytest.approx(0.01, rel=1e-9)
+    assert fit.link.latency_us == pytest.approx(400.0, rel=1e-9)
+    # without the counts (the model's 2 or 3 passes) the same steps cannot tell α from B
+    plain = [Measured(p.world_size, p.zero_stage, p.batch_per_rank, p.parameters, 4, p.step_s) for p in points]
+    assert default_latency(plain, None) == 0.0
+
+
+def test_per_stage_compute_is_recovered_and_one_t_c_is_not():
+    from met2net.scaling.calibration import leave_one_out, summary
+
+    truth = {0: 0.05, 1: 0.04, 2: 0.045, 3: 0.07}
+    points = [
+        counted(n, z, b, Calibration(truth[z], LINKED.link)) for n in (1, 2) for z in (0, 1, 2, 3) for b in (1, 2, 4)
+    ]
+    fit = calibrate(points, per_stage=True)
+    assert dict(fit.stage_compute_s) == pytest.approx(truth, rel=1e-9)
+    assert fit.link.bandwidth_gbs == pytest.approx(0.01, rel=1e-9) and fit.link.latency_us == pytest.approx(400.0)
+    assert summary(leave_one_out(points, None, per_stage=True))[2] < 1e-9
+    assert summary(leave_one_out(points, None, per_stage=False))[1] > 0.01  # one t_c cannot fit four
+
+
+def test_a_point_measured_slow_is_its_own_held_out_error():
+    from met2net.scaling.calibration import leave_one_out
+
+    points = [
+        counted(n, z, b, factor=1.2 if (n, z, b) == (2, 3, 2) else 1.0)
+        for n in (1, 2)
+        for z in (0, 3)
+        for b in (1, 2, 4)
+    ]
+    held = {h.point.name: h for h in leave_one_out(points)}
+    assert held["r2-z3-b2"].error == pytest.approx(1 / 1.2 - 1, rel=1e-9)  # the others fit the true model exactly
+    assert held["r2-z3-b2"].predicted_s == pytest.approx(0.362675, rel=1e-9)
+
+
+def test_row_passes_prefer_the_per_step_count():
+    from met2net.scaling.calibration import row_passes
+
+    assert row_passes({"ring_passes_per_step": "550.5", "comm_calls": "7835"}) == (550.5, "measured per step")
+    # an older sweep: the whole point's calls over its 3 + 10 steps
+    assert row_passes({"comm_calls": "7835", "warmup_steps": "3", "timed_steps": "10"}) == (
+        pytest.approx(602.6923, rel=1e-6),
+        "whole-point calls ÷ steps",
+    )
+    assert row_passes({"world_size": "2"}) == (None, "")
+
+
+def test_sweep_with_pass_counts_calibrates_alpha_in_the_report(tmp_path, capsys):
+    from met2net.cli import main
+
+    lines = [
+        "name,status,world_size,zero_stage,micro_batch,accumulation,trainable_parameters,step_s,ring_passes_per_step,"
+        "samples_per_s,peak_memory_mib,first_losses"
+    ]
+    for n in (1, 2):
+        for z in (0, 3):
+            for b in (1, 4):
+                p = counted(n, z, b)
+                lines.append(f"{p.name},ok,{n},{z},{b},1,71125,{p.step_s!r},{p.passes!r},{n * b / p.step_s!r},800,0.5")
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    assert main(["scale", "calibrate", "--from", str(tmp_path / "results.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "t_c = 50 ms per sample, effective bandwidth B = 0.01 GB/s, α = 400 µs per ring step" in out
+    assert "Ring passes p per step: measured per step (8 points)." in out
+    assert "| r2-z3-b4 | 2 | 3 | 4 | 550.0 | 462.7 | 462.7 | +0.0% |" in out  # 200 + 42.675 + 220 ms
+    assert "With a t_c per ZeRO stage (`--per-stage`): median |error| 0.0%" in out

@@ -105,3 +105,17 @@ def test_project_command(capsys):
     assert "overlap 0 (assumed)" in out
     assert "| 16 | 3 | 62.73 | 22.72 | 1,020.3 | 0.638 | 336 |" in out  # 22.725 ms, rounded in binary
     assert "| 16 | 0 | 55.15 | 15.15 | 1,160.5 | 0.725 | 224 |" in out
+    # ZeRO 3 counted as 603 ring passes per step (its per-module gathers): 2.8125 · 8 ms + 603 · 15 · 5 µs = 67.725 ms
+    assert main([*argv, "--zero", "3", "--passes-per-step", "2", "2", "2", "603"]) == 0
+    out = capsys.readouterr().out
+    assert "ring passes per step at ZeRO 0–3: 2 2 2 603" in out
+    assert "| 16 | 3 | 107.73 | 67.73 |" in out
+
+
+def test_passes_replace_the_one_call_per_pass_latency():
+    counted = Workload(0.01, 100_000_000, 2, (2.0, 2.0, 2.0, 603.0))
+    assert ring_factors(16, 3, 603.0) == (2.8125, 9045.0)
+    assert project(counted, NET, 16, 3, 4).exposed_s == pytest.approx(0.0225 + 9045 * 5e-6, rel=1e-12)
+    assert project(counted, NET, 16, 0, 4).step_s == pytest.approx(project(WORK, NET, 16, 0, 4).step_s)  # default 2
+    with pytest.raises(UserError, match="passes"):
+        ring_factors(2, 0, -1.0)

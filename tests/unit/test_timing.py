@@ -12,9 +12,10 @@ from met2net.scaling.timing import CommTimer, StepClock, StepTimes, mean_over_ra
 
 
 def test_summarize_takes_the_timed_steps_after_the_warmup():
-    steps = [StepTimes(9.0, 0, 0, 0, 0, 0)] + [StepTimes(1.0 + i, 0.1, 0.2, 0.3, 0.1, 0.2) for i in range(3)]
+    steps = [StepTimes(9.0, 0, 0, 0, 0, 0, 99)] + [StepTimes(1.0 + i, 0.1, 0.2, 0.3, 0.1, 0.2, 4 + i) for i in range(3)]
     out = summarize(steps, warmup=1, timed=2)
     assert out["wall_s"] == 3.0 and out["step_s"] == 1.5
+    assert out["ring_passes_per_step"] == 4.5  # (4 + 5) / 2: the warm-up step's 99 left out
     assert out["forward_s"] == pytest.approx(0.2) and out["other_s"] == pytest.approx(1.5 - 0.9)
     with pytest.raises(ValueError, match="need more"):
         summarize(steps, warmup=1, timed=4)
@@ -53,6 +54,7 @@ def test_comm_timer_counts_real_collectives_and_takes_them_out_of_the_phase(tmp_
             dist.all_gather_object([None], 1)  # counted once, not again for the all_gather inside it
         step = clock.end_step()
         assert comm.calls == 3 and comm.seconds > 0
+        assert comm.passes == step.passes == 5  # an all-reduce is two ring passes, an all-gather one
         assert step.comm == pytest.approx(comm.seconds) and step.backward >= 0
         assert step.backward + step.comm + step.other == pytest.approx(step.wall)
     finally:
