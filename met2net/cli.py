@@ -253,11 +253,15 @@ def cmd_scale_calibrate(args: argparse.Namespace) -> int:
 
     if (args.points is None) == (args.sweep_results is None):
         raise UserError("give either a CSV of measured points or --from a sweep's results.csv, not both")
+    if args.passes_from and args.sweep_results is None:
+        raise UserError("--passes-from completes a sweep's rows: give it with --from")
     if args.sweep_results is not None:
-        from met2net.scaling.calibration import from_rows, markdown
+        from met2net.scaling.calibration import from_rows, markdown, with_passes_of
         from met2net.scaling.report import latest_rows
 
         points = from_rows(latest_rows(args.sweep_results))
+        if args.passes_from:
+            points = with_passes_of(points, from_rows(latest_rows(args.passes_from)))
         if args.validate is None:  # every point held out once (leave-one-out), as the sweep's report does
             print(markdown(points, args.latency_us, args.per_stage))
             return 0
@@ -564,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-us", type=float, help="fix the latency (needed when ring steps are proportional to the bytes)"
     )
     cal.add_argument("--per-stage", action="store_true", help="fit a compute time per sample per ZeRO stage")
+    cal.add_argument(
+        "--passes-from",
+        metavar="RESULTS_CSV",
+        help="with --from: ring passes per step measured in this sweep of the same model, for rows without their own",
+    )
     cal.set_defaults(func=cmd_scale_calibrate)
     comm = scale.add_parser(
         "comm", help="time all-reduce, all-gather, reduce-scatter on this job's ranks (torchrun/srun/mpirun)"

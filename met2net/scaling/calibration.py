@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -187,12 +187,15 @@ BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 4}
 SWEEP_COLUMNS = ("world_size", "zero_stage", "micro_batch", "trainable_parameters", "step_s")
 
 
+MEASURED = "measured per step"
+
+
 def row_passes(row: dict[str, str]) -> tuple[float | None, str]:
     """A row's ring passes per step and where they come from: ``ring_passes_per_step`` (measured per timed step);
     else, in sweeps made before that column, ``comm_calls`` ÷ (warm-up + timed steps): the whole point's calls
     (start-up, validation and checkpoint too, an all-reduce once) spread over its steps, an estimate; else None."""
     if row.get("ring_passes_per_step"):
-        return float(row["ring_passes_per_step"]), "measured per step"
+        return float(row["ring_passes_per_step"]), MEASURED
     steps = int(row.get("warmup_steps") or 0) + int(row.get("timed_steps") or 0)
     if row.get("comm_calls") and steps:
         return int(row["comm_calls"]) / steps, "whole-point calls ÷ steps"
@@ -229,6 +232,23 @@ def from_rows(rows: Sequence[dict[str, str]]) -> list[Measured]:
         except ValueError as e:
             raise UserError(f"{r.get('name')}: {e}") from e
     return points
+
+
+def with_passes_of(points: Sequence[Measured], reference: Sequence[Measured]) -> list[Measured]:
+    """``points`` with the ring passes per step measured in ``reference`` (another sweep of the same model and
+    DeepSpeed settings) at the same world size and ZeRO stage, wherever their own were not measured per step: the call
+    sequence is the code's, so a count measured under any load holds for the same configuration."""
+    counts: dict[tuple[int, int], list[float]] = {}
+    for r in reference:
+        if r.passes is not None and r.passes_from == MEASURED:
+            counts.setdefault((r.world_size, r.zero_stage), []).append(r.passes)
+    out = []
+    for p in points:
+        key = (p.world_size, p.zero_stage)
+        if p.passes_from != MEASURED and key in counts:
+            p = replace(p, passes=statistics.fmean(counts[key]), passes_from="measured per step in another sweep")
+        out.append(p)
+    return out
 
 
 def validate(calibration: Calibration, held_out: Sequence[Measured]) -> list[float]:

@@ -317,3 +317,20 @@ def test_sweep_with_pass_counts_calibrates_alpha_in_the_report(tmp_path, capsys)
     assert "Ring passes p per step: measured per step (8 points)." in out
     assert "| r2-z3-b4 | 2 | 3 | 4 | 550.0 | 462.7 | 462.7 | +0.0% |" in out  # 200 + 42.675 + 220 ms
     assert "With a t_c per ZeRO stage (`--per-stage`): median |error| 0.0%" in out
+
+
+def test_passes_borrowed_from_a_sweep_that_measured_them(tmp_path, capsys):
+    from met2net.cli import main
+    from met2net.scaling.calibration import with_passes_of
+
+    old = [
+        Measured(2, 3, 2, 71_125, 4, 0.9, "old", 602.7, "whole-point calls ÷ steps"),
+        Measured(1, 0, 2, 71_125, 4, 0.2),
+    ]
+    reference = [counted(2, 3, 1), counted(2, 3, 4), counted(2, 0, 1)]
+    borrowed = with_passes_of(old, reference)
+    assert (borrowed[0].passes, borrowed[0].passes_from) == (550.0, "measured per step in another sweep")
+    assert borrowed[1] == old[1]  # no 1-rank ZeRO 0 point in the reference: left as it was
+    assert with_passes_of(reference, [counted(2, 3, 1, params=1)])[0] == reference[0]  # a count of its own stays
+    assert main(["scale", "calibrate", "x.csv", "--passes-from", "y.csv"]) == 2
+    assert "--passes-from" in capsys.readouterr().err
