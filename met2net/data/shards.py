@@ -53,7 +53,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from met2net.data.atomic import atomic_write, sha256_file
+from met2net.data.atomic import atomic_write, atomic_write_sha256, sha256_file
 from met2net.data.timestep import TimeStep
 from met2net.errors import UserError
 
@@ -238,8 +238,7 @@ def write_shard(
         with h5py.File(tmp, "w") as f:
             _fill(f, times, fields, meta, compression, valid)
 
-    atomic_write(path, write)
-    return sha256_file(path)
+    return atomic_write_sha256(path, write)
 
 
 # -- index ----------------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
+import errno
+import hashlib
 import json
 import multiprocessing as mp
+import os
 import pickle
 
 import h5py
 import numpy as np
 import pytest
 
-from met2net.data import shards
+from met2net.data import atomic, shards
 from met2net.data.shards import (
     ShardError,
     ShardMeta,
@@ -257,6 +260,50 @@ def test_failed_rename_keeps_previous_shard(tmp_path, meta, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_shard(path, t, frames(2, 1), meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2010.h5"] and sha256_file(path) == sha
+
+
+@pytest.mark.parametrize("hint", [True, False], ids=["writeback-hint", "no-sync_file_range"])
+def test_a_shard_is_hashed_then_flushed_then_renamed(tmp_path, meta, monkeypatch, hint):
+    """The checksum is taken from the complete temporary file, which is then fsynced (the writeback hint never
+    replaces it) before it is renamed into place; without ``sync_file_range`` (not Linux) the same happens."""
+    if not hint:
+        monkeypatch.setattr(atomic, "_SYNC_FILE_RANGE", None)
+    events, fsync, replace, sha256_of = [], atomic.os.fsync, atomic.os.replace, atomic._sha256_of
+
+    def named(fd: int) -> str:
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def logged_sha256(f):
+        events.append(("sha256", named(f.fileno())))
+        return sha256_of(f)
+
+    def logged_fsync(fd):
+        events.append(("fsync", named(fd)))
+        fsync(fd)
+
+    def logged_replace(a, b):
+        events.append(("replace", str(a)))
+        replace(a, b)
+
+    monkeypatch.setattr(atomic, "_sha256_of", logged_sha256)
+    monkeypatch.setattr(atomic.os, "fsync", logged_fsync)
+    monkeypatch.setattr(atomic.os, "replace", logged_replace)
+    path = tmp_path / "2010.h5"
+    sha = write_shard(path, hours("2010-01-01T00", 3), frames(3, 0), meta)
+    tmp = events[0][1]
+    assert atomic.TEMPORARY.match(os.path.basename(tmp)) and os.path.dirname(tmp) == str(tmp_path)
+    assert events == [("sha256", tmp), ("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest() and [p.name for p in tmp_path.iterdir()] == ["2010.h5"]
+
+
+def test_a_failed_flush_leaves_nothing(tmp_path, meta, monkeypatch):
+    def failing_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="2010.h5"):
+        write_shard(tmp_path / "2010.h5", hours("2010-01-01T00", 2), frames(2, 0), meta)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
