@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from met2net import cli
+from met2net.data.netcdf import write_weatherbench_tree
 from met2net.data.shards import ShardMeta, shard_entry, write_index, write_shard
 from met2net.data.stats import Moments, write_stats
 
@@ -169,6 +170,16 @@ def hold_lock(p: dict[str, Path]) -> None:
     p["held"] = fd  # closed after the case
 
 
+def convert_in_progress(p: dict[str, Path]) -> None:
+    """Sources for the config's variables under ``{root}/src``, and another conversion's lock on ``{shards}``: the
+    hidden lock file beside it, held (a second open file description) with that conversion's record."""
+    write_weatherbench_tree(p["root"] / "src", [2010, 2011], grid=GRID, variables=CHANNELS, hours=24)
+    fd = os.open(p["root"] / ".shards.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, json.dumps({"host": "node-07", "pid": 48122, "started": "2026-11-29T14:05:40+00:00"}).encode(), 0)
+    p["held"] = fd  # closed after the case
+
+
 @dataclass(frozen=True)
 class Case:
     """``argv``: the command after ``met2net``; ``names``: what the error line must contain (the file, key or value);
@@ -242,6 +253,7 @@ CASES: dict[str, Case] = {
     ),
     "data-convert-no-source": Case("data convert {root}/nosrc -c {cfg} -o {root}/out", "{root}/nosrc"),
     "data-convert-no-files": Case("data convert {root} -c {cfg} -o {root}/out", "10m_u_component_of_wind/*.nc"),
+    "data-convert-in-progress": Case("data convert {root}/src -c {cfg} -o {shards}", "{shards}", convert_in_progress),
     # checkpoints: weights to start from, a run to resume, a source to evaluate or consolidate
     "ckpt-init-missing": Case(TRAIN + " training.init_from={root}/nothing", "{root}/nothing"),
     "ckpt-init-file": Case(
