@@ -33,12 +33,13 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], None], *, sync_dir: bool = True) -> Path:
     """Run ``write(tmp)`` on a unique hidden temporary name in the same folder, make it durable, then rename
-    it over ``path``. The temporary file is removed on any failure (Ctrl-C included); it is not pre-created,
-    so the result gets the usual umask permissions. A full or read-only file system is raised as an ``OSError``
-    naming ``path`` itself (one line): the writer's own error names the hidden temporary file, and h5py's spans
-    several lines of its internals."""
+    it over ``path`` and make the rename durable (``sync_dir=False``: the caller fsyncs the folder later, once
+    for many files, before anything that names them is published). The temporary file is removed on any failure
+    (Ctrl-C included); it is not pre-created, so the result gets the usual umask permissions. A full or read-only
+    file system is raised as an ``OSError`` naming ``path`` itself (one line): the writer's own error names the
+    hidden temporary file, and h5py's spans several lines of its internals."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     try:
@@ -46,7 +47,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         fsync(tmp)
         os.replace(tmp, path)
-        fsync(path.parent)
+        if sync_dir:
+            fsync(path.parent)
     except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
@@ -58,7 +60,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_write_sha256(path: Path, write: Callable[[Path], None]) -> str:
+def atomic_write_sha256(path: Path, write: Callable[[Path], None], *, sync_dir: bool = True) -> str:
     """`atomic_write`, returning the file's sha256 (for an index), taken from the complete temporary file before it
     is renamed to ``path``. The kernel is first asked to start writing the file to disk (`start_writeback`), so the
     flush that follows the hashing has little left to wait for: hashing is CPU work, writing waits on the disk, and
@@ -71,7 +73,7 @@ def atomic_write_sha256(path: Path, write: Callable[[Path], None]) -> str:
             start_writeback(f.fileno())
             digest.append(_sha256_of(f))
 
-    atomic_write(path, write_then_hash)
+    atomic_write(path, write_then_hash, sync_dir=sync_dir)
     return digest[0]
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import masks, reconvert, shards
+from met2net.data.atomic import fsync
 from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
@@ -406,12 +407,14 @@ def _write(
             continue
         d = cfg.data
         data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
-        sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid)
+        sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid, sync_dir=False)
         entries.append(shards.shard_entry(target / name, data.times, sha))
         print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
         steps.update([data.step] if data.step else [])
         meta = data.meta
         del data
+    if meta is not None:  # each shard's data was flushed before its rename; the renames, once, before the index
+        fsync(target)
     if comm is not None:
         gathered = comm.gather((entries, steps, meta), root=0)
         if rank != 0:

@@ -221,11 +221,13 @@ def write_shard(
     *,
     compression: str | None = None,
     valid: np.ndarray | None = None,
+    sync_dir: bool = True,
 ) -> str:
     """Write one shard atomically and return its sha256 (for the index).
 
     ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon); ``valid``:
-    (channel, lat, lon), the points that count where values were filled (met2net/data/masks.py).
+    (channel, lat, lon), the points that count where values were filled (met2net/data/masks.py); ``sync_dir=False``:
+    the caller fsyncs the directory once after its shards, before the index that lists them (`atomic_write`).
     """
     path = Path(path)
     times = _hours(times)
@@ -238,7 +240,7 @@ def write_shard(
         with h5py.File(tmp, "w") as f:
             _fill(f, times, fields, meta, compression, valid)
 
-    return atomic_write_sha256(path, write)
+    return atomic_write_sha256(path, write, sync_dir=sync_dir)
 
 
 # -- index ----------------------------------------------------------------------------------------------------------

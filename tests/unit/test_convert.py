@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from met2net.data import atomic
 from met2net.data.convert import convert
 from met2net.data.netcdf import write_weatherbench_tree
 from met2net.data.shards import ShardError, read_index, verify_shards
@@ -61,6 +62,30 @@ def test_round_trip_equals_the_source(tree, tmp_path):
     for year in YEARS:
         src = generate([year], grid=GRID, variables=VARS, hours=HOURS)
         np.testing.assert_array_equal(fields(out, year), np.stack([src.fields[v] for v in VARS], axis=1))
+    verify_shards(out)
+
+
+def test_each_shard_is_flushed_before_its_rename_and_the_renames_before_the_index(tree, tmp_path, monkeypatch):
+    """fsync of every shard's temporary file right before its rename; the directory once, after the last shard's
+    rename and before index.json is renamed into place (then once more for the index's own rename)."""
+    events, fsync, replace = [], atomic.os.fsync, atomic.os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        fsync(fd)
+
+    def logged_replace(a, b):
+        events.append(("replace", os.path.basename(b)))
+        replace(a, b)
+
+    monkeypatch.setattr(atomic.os, "fsync", logged_fsync)
+    monkeypatch.setattr(atomic.os, "replace", logged_replace)
+    out = tmp_path / "shards"
+    convert(tree, cfg(), out, progress=False)
+    names = [(kind, "TMP" if atomic.TEMPORARY.match(name) else name) for kind, name in events]
+    shard = [("fsync", "TMP"), ("replace", "2010.h5"), ("fsync", "TMP"), ("replace", "2011.h5")]
+    index = [("fsync", "TMP"), ("replace", "index.json"), ("fsync", "shards")]
+    assert names == [*shard, ("fsync", "shards"), *index]
     verify_shards(out)
 
 
