@@ -70,6 +70,7 @@ class CommTimer:
 
     def __init__(self, sync: Callable[[], None] = synchronize) -> None:
         self.seconds, self.calls, self.passes = 0.0, 0, 0
+        self.calls_by_op: dict[str, int] = {}  # the point's result.json keeps it: where the passes come from
         self._sync = sync
         self._saved: dict[str, Callable[..., Any]] = {}
         self._local = threading.local()
@@ -80,7 +81,7 @@ class CommTimer:
             fn = getattr(module, name, None)
             if fn is not None and name not in self._saved:
                 self._saved[name] = fn
-                setattr(module, name, self._wrap(fn, 2 if name in TWO_PASSES else 1))
+                setattr(module, name, self._wrap(fn, name))
         self._module = module
         return self
 
@@ -89,7 +90,9 @@ class CommTimer:
             setattr(self._module, name, fn)
         self._saved.clear()
 
-    def _wrap(self, fn: Callable[..., Any], passes: int) -> Callable[..., Any]:
+    def _wrap(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+        passes = 2 if name in TWO_PASSES else 1
+
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             if getattr(self._local, "depth", 0):
@@ -110,6 +113,7 @@ class CommTimer:
                     self.seconds += elapsed
                     self.calls += 1
                     self.passes += passes
+                    self.calls_by_op[name] = self.calls_by_op.get(name, 0) + 1
 
         return timed
 

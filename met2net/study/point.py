@@ -37,6 +37,10 @@ class Probe:
         self.losses: list[tuple[int, torch.Tensor]] = []  # (optimizer step, micro-step loss) of the first steps
         self.bytes: dict[str, int] = {}
         self.memory: dict[str, float] = {}
+        self._timed_from: dict[
+            str, int
+        ] = {}  # collective calls by op at the first timed step's start and the last's end
+        self._timed_to: dict[str, int] = {}
         self._wrap_loader()
         self._wrap_forward()
         self._wrap_engine()
@@ -72,8 +76,12 @@ class Probe:
                 result = step(*args, **kwargs)
             if boundary:
                 self.clock.end_step()
+                calls = dict(self.clock.comm.calls_by_op) if self.clock.comm is not None else {}
+                if len(self.clock.steps) == self.warmup:
+                    self._timed_from = calls
                 if len(self.clock.steps) == self.warmup + self.timed:
                     self.memory = peak_memory_mib(self.trainer.device)
+                    self._timed_to = calls
             return result
 
         engine.backward, engine.step = timed_backward, timed_step
@@ -108,6 +116,9 @@ class Probe:
             **self.memory,
             **self.bytes,
             "comm_calls": self.clock.comm.calls if self.clock.comm is not None else 0,
+            "comm_calls_by_op_per_step": {  # the timed steps' calls by collective: what ring_passes_per_step counts
+                op: (n - self._timed_from.get(op, 0)) / self.timed for op, n in self._timed_to.items()
+            },
         }
 
 

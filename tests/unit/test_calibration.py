@@ -286,16 +286,12 @@ def test_a_point_measured_slow_is_its_own_held_out_error():
     assert held["r2-z3-b2"].predicted_s == pytest.approx(0.362675, rel=1e-9)
 
 
-def test_row_passes_prefer_the_per_step_count():
+def test_row_passes_are_the_per_step_count_only():
     from met2net.scaling.calibration import row_passes
 
     assert row_passes({"ring_passes_per_step": "550.5", "comm_calls": "7835"}) == (550.5, "measured per step")
-    # an older sweep: the whole point's calls over its 3 + 10 steps
-    assert row_passes({"comm_calls": "7835", "warmup_steps": "3", "timed_steps": "10"}) == (
-        pytest.approx(602.6923, rel=1e-6),
-        "whole-point calls ÷ steps",
-    )
-    assert row_passes({"world_size": "2"}) == (None, "")
+    # an older sweep: its whole-point comm_calls is not a count per step; the model's default is used
+    assert row_passes({"comm_calls": "7835", "warmup_steps": "3", "timed_steps": "10"}) == (None, "")
 
 
 def test_sweep_with_pass_counts_calibrates_alpha_in_the_report(tmp_path, capsys):

@@ -55,6 +55,7 @@ def test_comm_timer_counts_real_collectives_and_takes_them_out_of_the_phase(tmp_
         step = clock.end_step()
         assert comm.calls == 3 and comm.seconds > 0
         assert comm.passes == step.passes == 5  # an all-reduce is two ring passes, an all-gather one
+        assert comm.calls_by_op == {"all_reduce": 2, "all_gather_object": 1}
         assert step.comm == pytest.approx(comm.seconds) and step.backward >= 0
         assert step.backward + step.comm + step.other == pytest.approx(step.wall)
     finally:
