@@ -382,6 +382,8 @@ class OpenSources:
     def __init__(self, coords: Mapping[str, str] | None = None, size: int = 16):
         self.coords, self.size = dict(coords or {}), size
         self._open: OrderedDict[Path, tuple[xr.Dataset, np.ndarray, str]] = OrderedDict()
+        # (path, var, level) → the variable of every time on our grid, not read: each year is a selection of it
+        self.variables: dict[tuple[Path, str, int | None], xr.DataArray] = {}
 
     def get(self, path: Path) -> tuple[xr.Dataset, np.ndarray, str]:
         """``path`` opened with our axis names and levels in hPa, its times (datetime64) and calendar."""
@@ -398,12 +400,17 @@ class OpenSources:
             raise
         self._open[path] = entry
         while len(self._open) > self.size:
-            self._open.popitem(last=False)[1][0].close()
+            self._forget(*self._open.popitem(last=False))
         return entry
+
+    def _forget(self, path: Path, entry: tuple[xr.Dataset, np.ndarray, str]) -> None:
+        entry[0].close()
+        for key in [k for k in self.variables if k[0] == path]:
+            del self.variables[key]
 
     def close(self) -> None:
         while self._open:
-            self._open.popitem()[1][0].close()
+            self._forget(*self._open.popitem())
 
     def __enter__(self) -> OpenSources:
         return self
@@ -429,6 +436,19 @@ def _read_one(
         with OpenSources(coords, size=1) as once:
             return _read_one(path, var, level, coords, year, once)
     ds, times, _ = sources.get(path)
+    if not lazy:
+        return _on_our_grid(ds, times, path, var, level, year, lazy=False)
+    key = (path, var, level)  # lazy: put on our grid once, not once per year; then the year's times are selected
+    if key not in sources.variables:
+        sources.variables[key] = _on_our_grid(ds, times, path, var, level, None, lazy=True)
+    whole = sources.variables[key]
+    return whole if year is None else whole.isel(time=_positions(times, year))
+
+
+def _on_our_grid(
+    ds: xr.Dataset, times: np.ndarray, path: Path, var: str, level: int | None, year: int | None, lazy: bool
+) -> xr.DataArray:
+    """``_read_one``'s work on the opened source ``ds`` (its decoded ``times``)."""
     if var not in ds.data_vars:
         raise UserError(
             f"{path}: no variable {var!r}; it holds {sorted(map(str, ds.data_vars))}; "
