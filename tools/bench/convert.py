@@ -6,6 +6,9 @@ same files (read from the page cache after a warm-up read):
 - xarray: ``xr.open_dataset(path)[var].values`` of every source once (the whole file in memory, no conversion);
 - convert: `met2net.data.convert.convert` of the same sources into a new shard directory (read, checks, normalised
   grid, HDF5 shards with checksums, index.json);
+- floor: the same xarray read, then the values written to plain files (16 MiB each) and their sha256 taken in
+  memory, without fsync: the least work of a conversion that writes and checksums what it read, so
+  "floor / xarray" bounds what "convert / xarray" can reach on the machine (fsync hidden entirely);
 - baseline: a process that imports the same modules and reads nothing (what every peak RSS includes).
 
 Throughput is MB of source files (on disk) per second of wall time; memory is peak RSS above the baseline, also as
@@ -22,9 +25,11 @@ a multiple of one output shard. Datasets:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,7 @@ def _peak_mb() -> float:
 
 def child(mode: str, src: str, config: str, out: str) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
+    import numpy as np
     import xarray as xr
 
     from met2net.config import load_config
@@ -60,6 +66,17 @@ def child(mode: str, src: str, config: str, out: str) -> None:
             for path in find_files(src, s.file_glob):
                 with xr.open_dataset(path, engine="netcdf4") as ds:
                     ds[s.var].values  # noqa: B018 - the read is the measurement
+    elif mode == "floor":
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for s in variable_sources(cfg):
+            for i, path in enumerate(find_files(src, s.file_glob)):
+                with xr.open_dataset(path, engine="netcdf4") as ds:
+                    raw = memoryview(np.ascontiguousarray(ds[s.var].values)).cast("B")
+                for lo in range(0, raw.nbytes, 16 << 20):
+                    piece = raw[lo : lo + (16 << 20)]
+                    (Path(out) / f"{s.name}-{i}-{lo}.bin").write_bytes(piece)
+                    hashlib.sha256(piece).hexdigest()
+                del raw
     elif mode == "convert":
         convert(src, cfg, out, progress=False)
     seconds = time.perf_counter() - tic
@@ -107,12 +124,14 @@ def bench(name: str, src: Path, config: Path, work: Path, repeat: int) -> dict:
     files = sorted({p for s in variable_sources(cfg) for p in find_files(src, s.file_glob)})
     source_mb = sum(p.stat().st_size for p in files) / 1e6
     measure("xarray", src, config, work / "unused")  # warm the page cache
-    rows = {"baseline": [], "xarray": [], "convert": []}
+    rows = {"baseline": [], "xarray": [], "floor": [], "convert": []}
     for i in range(repeat):
         for mode in rows:
-            rows[mode].append(measure(mode, src, config, work / f"{name}-{i}"))
-    index = json.loads((work / f"{name}-0" / "index.json").read_text())
-    shard_mb = max((work / f"{name}-0" / e["file"]).stat().st_size for e in index["shards"]) / 1e6
+            rows[mode].append(measure(mode, src, config, work / f"{name}-{mode}-{i}"))
+        shutil.rmtree(work / f"{name}-floor-{i}", ignore_errors=True)  # plain copies of the sources: disk only
+    shard_dir = work / f"{name}-convert-0"
+    index = json.loads((shard_dir / "index.json").read_text())
+    shard_mb = max((shard_dir / e["file"]).stat().st_size for e in index["shards"]) / 1e6
     best = {m: min(r, key=lambda x: x["seconds"]) for m, r in rows.items()}
     peak = {m: max(x["peak_mb"] for x in r) for m, r in rows.items()}
     return {
@@ -123,7 +142,9 @@ def bench(name: str, src: Path, config: Path, work: Path, repeat: int) -> dict:
         "shard_mb": shard_mb,
         "xarray_mb_s": source_mb / best["xarray"]["seconds"],
         "convert_mb_s": source_mb / best["convert"]["seconds"],
+        "floor_mb_s": source_mb / best["floor"]["seconds"],
         "xarray_s": best["xarray"]["seconds"],
+        "floor_s": best["floor"]["seconds"],
         "convert_s": best["convert"]["seconds"],
         "baseline_rss_mb": peak["baseline"],
         "xarray_rss_mb": peak["xarray"] - peak["baseline"],
@@ -133,15 +154,17 @@ def bench(name: str, src: Path, config: Path, work: Path, repeat: int) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| dataset | source | shards | xarray read | convert | convert / xarray | peak RSS above baseline: "
-        "xarray | convert | convert / one shard |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | source | shards | xarray read | floor: read, write, sha256 | convert | convert / xarray "
+        "| floor / xarray | peak RSS above baseline: xarray | convert | convert / one shard |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['dataset']} | {r['files']} files, {r['source_mb']:.1f} MB | {r['shards']} × {r['shard_mb']:.1f} MB "
-            f"| {r['xarray_mb_s']:.0f} MB/s ({r['xarray_s']:.2f} s) | {r['convert_mb_s']:.1f} MB/s "
-            f"({r['convert_s']:.2f} s) | {r['convert_mb_s'] / r['xarray_mb_s']:.1%} | {r['xarray_rss_mb']:.0f} MB "
+            f"| {r['xarray_mb_s']:.0f} MB/s ({r['xarray_s']:.2f} s) "
+            f"| {r['floor_mb_s']:.0f} MB/s ({r['floor_s']:.2f} s) "
+            f"| {r['convert_mb_s']:.1f} MB/s ({r['convert_s']:.2f} s) | {r['convert_mb_s'] / r['xarray_mb_s']:.1%} "
+            f"| {r['floor_mb_s'] / r['xarray_mb_s']:.1%} | {r['xarray_rss_mb']:.0f} MB "
             f"| {r['convert_rss_mb']:.0f} MB | {r['convert_rss_mb'] / r['shard_mb']:.2f}× |"
         )
     baseline = max(r["baseline_rss_mb"] for r in results)
