@@ -1,7 +1,8 @@
 """`met2net data convert` against a plain xarray read of the same source files: throughput and peak memory.
 
 Side by side in one run, each measurement in a fresh Python process (so its peak RSS, VmHWM, is its own), on the
-same files (read from the page cache after a warm-up read):
+same files: read from the page cache after a warm-up read, or, with ``--cold`` (root only), from the disk, the page
+cache dropped before every measurement, as a user's first conversion of files on storage reads them:
 
 - xarray: ``xr.open_dataset(path)[var].values`` of every source once (the whole file in memory, no conversion);
 - convert: `met2net.data.convert.convert` of the same sources into a new shard directory (read, checks, normalised
@@ -19,7 +20,7 @@ a multiple of one output shard. Datasets:
 - ``ncep``: the NCEP/NCAR monthly ``air.mon.mean.nc`` of docs/real-data.md (78 years in one file), when it is in the
   cache (``scripts/fetch_real_data.sh``).
 
-    .venv/bin/python tools/bench/convert.py [--years 10] [--repeat 2]
+    .venv/bin/python tools/bench/convert.py [--years 10] [--repeat 2] [--cold]
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def measure(mode: str, src: Path, config: Path, out: Path) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def drop_page_cache() -> None:
+    """Write dirty pages out, then drop the page cache (clean pages, dentries, inodes): the next read of any file
+    comes from the disk. Linux, as root."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs to write /proc/sys/vm/drop_caches (Linux, as root): {e}") from e
+
+
 def write_multi_year(root: Path, years: int) -> Path:
     """One 6-hourly file per variable over ``years`` years from 2001, and its config."""
     import numpy as np
@@ -115,7 +126,7 @@ def write_multi_year(root: Path, years: int) -> Path:
     return config
 
 
-def bench(name: str, src: Path, config: Path, work: Path, repeat: int) -> dict:
+def bench(name: str, src: Path, config: Path, work: Path, repeat: int, cold: bool) -> dict:
     from met2net.config import load_config
     from met2net.data.convert import variable_sources
     from met2net.data.netcdf import find_files
@@ -127,6 +138,8 @@ def bench(name: str, src: Path, config: Path, work: Path, repeat: int) -> dict:
     rows = {"baseline": [], "xarray": [], "floor": [], "convert": []}
     for i in range(repeat):
         for mode in rows:
+            if cold:
+                drop_page_cache()
             rows[mode].append(measure(mode, src, config, work / f"{name}-{mode}-{i}"))
         shutil.rmtree(work / f"{name}-floor-{i}", ignore_errors=True)  # plain copies of the sources: disk only
     shard_dir = work / f"{name}-convert-0"
@@ -180,6 +193,7 @@ def main() -> None:
     p.add_argument("--years", type=int, default=10, help="years of the synthetic multi-year files (default 10)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts (default 2)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--cold", action="store_true", help="drop the page cache before every measurement (root)")
     args = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="met2net-bench-convert-") as tmp:
@@ -187,11 +201,15 @@ def main() -> None:
         src = work / "multi_year"
         src.mkdir()
         config = write_multi_year(src, args.years)
-        results.append(bench(f"multi-year ({args.years} y, 6-hourly)", src, config, work, args.repeat))
+        results.append(bench(f"multi-year ({args.years} y, 6-hourly)", src, config, work, args.repeat, args.cold))
         if (NCEP / "air.mon.mean.nc").is_file():
-            results.append(bench("ncep air.mon.mean", NCEP, ROOT / "configs/ncep_air_monthly.yaml", work, args.repeat))
+            results.append(
+                bench("ncep air.mon.mean", NCEP, ROOT / "configs/ncep_air_monthly.yaml", work, args.repeat, args.cold)
+            )
         else:
             print(f"(no {NCEP / 'air.mon.mean.nc'}: run scripts/fetch_real_data.sh to include the real file)")
+    where = "the disk (page cache dropped before each measurement)" if args.cold else "the page cache"
+    print(f"sources read from {where}")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
