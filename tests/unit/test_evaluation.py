@@ -3,6 +3,7 @@ against the data themselves, rollout, outputs, the CF netCDF file and the errors
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import signal
@@ -37,6 +38,12 @@ def run(tmp_path_factory) -> Path:
     for s, handler in saved.items():
         signal.signal(s, handler)
     return path
+
+
+@pytest.fixture(scope="module")
+def evaluation(run):
+    """`evaluate(run)` once for the tests that only read it (one that changes it takes a deep copy)."""
+    return evaluate(run, progress=False)
 
 
 # -- metrics --------------------------------------------------------------------------------------------------------
@@ -147,9 +154,9 @@ def test_a_misfit_is_named_in_one_line():
 
 
 # -- a trained model ------------------------------------------------------------------------------------------------
-def test_persistence_and_climatology_rows_are_those_of_the_data(run):
+def test_persistence_and_climatology_rows_are_those_of_the_data(run, evaluation):
     """The persistence MSE at every lead equals the one computed directly from the built-in data."""
-    ev = evaluate(run, progress=False)
+    ev = evaluation
     cfg = load_source(run).cfg
     f = synthetic.generate([2012], grid=tuple(cfg.model.grid), step_hours=24, variables=cfg.model.variables)
     series = np.stack([f.fields[v] for v in cfg.model.variables], axis=1).astype(np.float64)
@@ -199,8 +206,8 @@ def test_outputs_and_command_line(run, tmp_path, capsys):
     assert "| t2m |" in (tmp_path / "ev/report.md").read_text()
 
 
-def test_maps_of_chosen_variables_and_leads(run, tmp_path, capsys):
-    ev = evaluate(run, progress=False)
+def test_maps_of_chosen_variables_and_leads(evaluation, tmp_path, capsys):
+    ev = evaluation
     write_outputs(ev, tmp_path)
     files = write_plots(ev, tmp_path, ["t2m", "r"], [48])
     maps = sorted(p for p in files if p.name.startswith("map_"))
@@ -220,8 +227,8 @@ def test_maps_of_chosen_variables_and_leads(run, tmp_path, capsys):
     assert "'6h': expected whole numbers separated by commas" in capsys.readouterr().err
 
 
-def test_a_failed_write_leaves_the_previous_outputs(run, tmp_path):
-    ev = evaluate(run, progress=False)
+def test_a_failed_write_leaves_the_previous_outputs(evaluation, tmp_path):
+    ev = copy.deepcopy(evaluation)
     write_outputs(ev, tmp_path)
     before = (tmp_path / "metrics.csv").read_text()
     ev.sums = ev.sums[:, :1]  # now inconsistent with its lead list: writing fails half-way
