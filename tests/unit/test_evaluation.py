@@ -262,14 +262,15 @@ def test_forecasts_as_cf_netcdf_equal_the_model(run, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_a_consolidated_file_scores_and_forecasts_as_its_checkpoint(run, tmp_path, monkeypatch):
+def test_a_consolidated_file_scores_and_forecasts_as_its_checkpoint(run, evaluation, tmp_path, monkeypatch):
     """`met2net evaluate` and `predict` from model.safetensors + met2net.json (issue 13, loading): the same table and
     the same forecasts as from the checkpoint it was made of, and nothing is unpickled on the way."""
     from met2net.consolidate import consolidate
 
     ckpt = run / "checkpoints/implicit/step_4"
     out = consolidate(ckpt, tmp_path / "consolidated")
-    expected, expected_forecast = evaluate(ckpt, progress=False).table(), predict(ckpt, ["2012-06-01T00"])
+    assert evaluation.source.startswith(f"{ckpt} (")  # the run's last checkpoint is what ``evaluation`` scored
+    expected, expected_forecast = evaluation.table(), predict(ckpt, ["2012-06-01T00"])
     variables = load_source(ckpt).cfg.model.variables
 
     def no_unpickling(*args, **kwargs):
