@@ -1,0 +1,37 @@
+"""FLOPs of one optimizer step of each schedule, per sample: what "equal compute" between schedules means when
+their steps differ (docs/results.md, "At equal FLOPs"). torch's FlopCounterMode (met2net.model.flops.flop_counter,
+which corrects its count of grouped convolutions' weight gradients) around one forward and backward on random input.
+
+    .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from met2net.config import load_config
+from met2net.model.flops import flop_counter
+from met2net.model.met2net import Met2Net
+from met2net.training.stages import make_schedule
+
+
+def step_gflop_per_sample(config: str, schedule: str) -> float:
+    """One step of ``schedule`` at the config's batch, in GFLOP per sample (drop_path off: the same work)."""
+    cfg = load_config(config, [f"training.schedule={schedule}", "model.drop_path=0"])
+    torch.manual_seed(0)
+    steps = make_schedule(cfg)
+    model = Met2Net(cfg.model, with_copies=steps.needs_copies)
+    steps.configure(model)
+    b = cfg.training.batch_size
+    x = torch.randn(b, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
+    with flop_counter() as counter:
+        steps.forward(model, x, torch.randn(x.shape)).loss.backward()
+    return counter.get_total_flops() / b / 1e9
+
+
+if __name__ == "__main__":
+    path = sys.argv[1] if len(sys.argv) > 1 else "configs/quickstart.yaml"
+    for name in ("implicit", "stage1", "stage2", "end_to_end"):
+        print(f"{name}: {step_gflop_per_sample(path, name):.3f} GFLOP per sample per step")
