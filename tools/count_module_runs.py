@@ -9,18 +9,12 @@ from __future__ import annotations
 import sys
 
 import torch
-
-from met2net.config import load_config
-from met2net.model.met2net import Met2Net
-from met2net.training.stages import make_schedule
+from schedule_flops import random_batch, schedule_and_model  # tools/, beside this script
 
 
 def count_runs(config_path: str) -> dict[str, int]:
-    """Forward hooks on every module holding parameters, one forward of the schedule on a zero batch of one sample."""
-    cfg = load_config(config_path)
-    schedule = make_schedule(cfg)
-    model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
-    schedule.configure(model)
+    """Forward hooks on every module holding parameters, one forward of the schedule on a batch of one sample."""
+    cfg, schedule, model = schedule_and_model(config_path)
     counts = {"modules_with_parameters": 0, "runs": 0, "runs_of_trained": 0, "parameter_tensors": 0}
     for module in model.modules():
         own = list(module.parameters(recurse=False))
@@ -35,11 +29,7 @@ def count_runs(config_path: str) -> dict[str, int]:
             counts["runs_of_trained"] += trained
 
         module.register_forward_hook(hook)
-    h, w = cfg.model.grid
-    channels = len(cfg.model.variables)
-    x = torch.zeros(1, cfg.model.in_frames, channels, h, w)
-    y = torch.zeros(1, cfg.model.out_frames, channels, h, w)
-    schedule.forward(model, x, y)
+    schedule.forward(model, *random_batch(cfg, 1))
     return counts
 
 

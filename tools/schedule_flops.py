@@ -11,23 +11,37 @@ import sys
 
 import torch
 
-from met2net.config import load_config
+from met2net.config import Config, load_config
 from met2net.model.flops import flop_counter
 from met2net.model.met2net import Met2Net
-from met2net.training.stages import make_schedule
+from met2net.training.stages import Schedule, make_schedule
 
 
-def step_gflop_per_sample(config: str, schedule: str) -> float:
-    """One step of ``schedule`` at the config's batch, in GFLOP per sample (drop_path off: the same work)."""
-    cfg = load_config(config, [f"training.schedule={schedule}", "model.drop_path=0"])
+def schedule_and_model(config: str, schedule: str | None = None) -> tuple[Config, Schedule, Met2Net]:
+    """The config with ``schedule`` (None: its own; drop_path off: the same work, no random draws), the schedule and
+    a model configured for it (also tools/count_module_runs.py)."""
+    chosen = [] if schedule is None else [f"training.schedule={schedule}"]
+    cfg = load_config(config, [*chosen, "model.drop_path=0"])
     torch.manual_seed(0)
     steps = make_schedule(cfg)
     model = Met2Net(cfg.model, with_copies=steps.needs_copies)
     steps.configure(model)
+    return cfg, steps, model
+
+
+def random_batch(cfg: Config, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An input and a target of ``batch`` samples in the model's shape."""
+    m = cfg.model
+    x = torch.randn(batch, m.in_frames, len(m.variables), *m.grid)
+    return x, torch.randn(batch, m.out_frames, len(m.variables), *m.grid)
+
+
+def step_gflop_per_sample(config: str, schedule: str) -> float:
+    """One step of ``schedule`` at the config's batch, in GFLOP per sample."""
+    cfg, steps, model = schedule_and_model(config, schedule)
     b = cfg.training.batch_size
-    x = torch.randn(b, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
     with flop_counter() as counter:
-        steps.forward(model, x, torch.randn(x.shape)).loss.backward()
+        steps.forward(model, *random_batch(cfg, b)).loss.backward()
     return counter.get_total_flops() / b / 1e9
 
 

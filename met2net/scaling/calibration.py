@@ -122,10 +122,19 @@ def calibrate(points: Sequence[Measured], latency_us: float | None = None, per_s
 NAMES = ("compute per sample", "bandwidth", "latency")
 
 
-def _solve(a: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """``a x ≈ y`` in the least-squares sense, columns scaled to 1 first (bytes are ~10⁸, counts ~10)."""
+def _column_scale(a: np.ndarray) -> np.ndarray | None:
+    """Each column's largest magnitude (bytes are ~10⁸, counts ~10), or None when the columns do not determine
+    their unknowns (a column of zeros, or columns that depend on each other)."""
     scale = np.abs(a).max(axis=0) if len(a) else np.zeros(a.shape[1])
     if np.any(scale == 0) or np.linalg.matrix_rank(a / scale) < a.shape[1]:
+        return None
+    return scale
+
+
+def _solve(a: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """``a x ≈ y`` in the least-squares sense, columns scaled to 1 first."""
+    scale = _column_scale(a)
+    if scale is None:
         raise UserError(
             f"{len(y)} measured point(s) cannot determine {', '.join(names)}: vary the batch per rank and the world "
             "size, and measure the ring passes per step (or give the latency)"
@@ -169,11 +178,7 @@ def default_latency(points: Sequence[Measured], latency_us: float | None, per_st
     ring steps are proportional to their bytes), so it is folded into the effective bandwidth."""
     if latency_us is not None:
         return latency_us
-    a, _ = design(points, per_stage)
-    scale = np.abs(a).max(axis=0) if len(a) else np.zeros(a.shape[1])
-    if np.any(scale == 0) or np.linalg.matrix_rank(a / scale) < a.shape[1]:
-        return 0.0
-    return None
+    return 0.0 if _column_scale(design(points, per_stage)[0]) is None else None
 
 
 def summary(held: Sequence[HeldOut]) -> tuple[int, float, float] | None:

@@ -37,14 +37,17 @@ class Probe:
         self.losses: list[tuple[int, torch.Tensor]] = []  # (optimizer step, micro-step loss) of the first steps
         self.bytes: dict[str, int] = {}
         self.memory: dict[str, float] = {}
-        self._timed_from: dict[
-            str, int
-        ] = {}  # collective calls by op at the first timed step's start and the last's end
+        # collective calls by op at the first timed step's start and at the last one's end
+        self._timed_from: dict[str, int] = {}
         self._timed_to: dict[str, int] = {}
         self._wrap_loader()
         self._wrap_forward()
         self._wrap_engine()
         self._wrap_optimizer()
+
+    def _calls_by_op(self) -> dict[str, int]:
+        """The collective calls by op so far (a copy: the timer keeps counting)."""
+        return dict(self.clock.comm.calls_by_op) if self.clock.comm is not None else {}
 
     def _wrap_loader(self) -> None:
         self.trainer.train_loader = TimedLoader(self.trainer.train_loader, self.clock)
@@ -76,12 +79,11 @@ class Probe:
                 result = step(*args, **kwargs)
             if boundary:
                 self.clock.end_step()
-                calls = dict(self.clock.comm.calls_by_op) if self.clock.comm is not None else {}
                 if len(self.clock.steps) == self.warmup:
-                    self._timed_from = calls
+                    self._timed_from = self._calls_by_op()
                 if len(self.clock.steps) == self.warmup + self.timed:
                     self.memory = peak_memory_mib(self.trainer.device)
-                    self._timed_to = calls
+                    self._timed_to = self._calls_by_op()
             return result
 
         engine.backward, engine.step = timed_backward, timed_step

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from met2net.scaling.timing import TWO_PASSES
 from tests.distributed.harness import ROOT
 from tests.e2e.test_train_cli import TINY
 
@@ -73,6 +75,10 @@ def test_local_sweep_records_each_point_goes_on_after_a_failure_and_skips_on_res
     assert float(one["comm_s"]) == 0 and float(two["comm_s"]) > 0 and int(two["comm_calls"]) > 0
     assert one["parameters_bytes"] == two["parameters_bytes"]  # ZeRO 0 keeps every parameter on every rank
     assert len(two["peak_memory_per_rank_mib"].split(";")) == 2
+    assert float(one["ring_passes_per_step"]) == 0 and float(two["ring_passes_per_step"]) > 0
+    by_op = json.loads((out / "points" / OK2 / "result.json").read_text())["ranks"][0]["comm_calls_by_op_per_step"]
+    passes = sum(n * (2 if op in TWO_PASSES else 1) for op, n in by_op.items())
+    assert passes == pytest.approx(float(two["ring_passes_per_step"]))  # the timed steps' calls, an all-reduce twice
 
     report = (out / "report.md").read_text()
     assert "| 0 | 2 | 2 × 1 | 4 |" in report and "## Step-time split" in report

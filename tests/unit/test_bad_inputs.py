@@ -160,24 +160,29 @@ def nan_in_shard(p: dict[str, Path]) -> None:
         f["fields"][3, 1, 2, 2] = np.nan
 
 
-def hold_lock(p: dict[str, Path]) -> None:
-    """Another process's lock on ``{run}``: a second open file description holding flock, with a holder's record."""
-    fd = os.open(p["run"] / "run.lock", os.O_RDWR)
+def held_by_another(p: dict[str, Path], lock: Path, holder: dict[str, object]) -> None:
+    """``lock`` taken as another process would (a second open file description holding flock) with its record;
+    closed after the case."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    holder = {"host": "node-07", "pid": 48121, "slurm_job_id": "912", "started": "2026-11-29T14:02:11+00:00"}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode(), 0)
-    p["held"] = fd  # closed after the case
+    p["held"] = fd
+
+
+def hold_lock(p: dict[str, Path]) -> None:
+    """Another process's lock on ``{run}``."""
+    holder = {"host": "node-07", "pid": 48121, "slurm_job_id": "912", "started": "2026-11-29T14:02:11+00:00"}
+    held_by_another(p, p["run"] / "run.lock", holder)
 
 
 def convert_in_progress(p: dict[str, Path]) -> None:
-    """Sources for the config's variables under ``{root}/src``, and another conversion's lock on ``{shards}``: the
-    hidden lock file beside it, held (a second open file description) with that conversion's record."""
+    """Sources for the config's variables under ``{root}/src``, and another conversion's lock on ``{shards}`` (the
+    hidden lock file beside it)."""
     write_weatherbench_tree(p["root"] / "src", [2010, 2011], grid=GRID, variables=CHANNELS, hours=24)
-    fd = os.open(p["root"] / ".shards.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.pwrite(fd, json.dumps({"host": "node-07", "pid": 48122, "started": "2026-11-29T14:05:40+00:00"}).encode(), 0)
-    p["held"] = fd  # closed after the case
+    held_by_another(
+        p, p["root"] / ".shards.lock", {"host": "node-07", "pid": 48122, "started": "2026-11-29T14:05:40+00:00"}
+    )
 
 
 @dataclass(frozen=True)
