@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import masks, reconvert, shards
-from met2net.data.atomic import fsync
+from met2net.data.atomic import Publisher, fsync
 from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
@@ -400,19 +400,22 @@ def _write(
     names = {f"{y}.h5" for y in mine}
     reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
-    for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
-        name = f"{year}.h5"
-        if name in reusable:
-            entries.append(reusable[name])
-            continue
-        d = cfg.data
-        data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
-        sha = shards.write_shard(target / name, data.times, data.fields, data.meta, valid=data.valid, sync_dir=False)
-        entries.append(shards.shard_entry(target / name, data.times, sha))
-        print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
-        steps.update([data.step] if data.step else [])
-        meta = data.meta
-        del data
+    with Publisher() as publisher:  # shard N is flushed and renamed while year N + 1 is read
+        for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
+            name = f"{year}.h5"
+            if name in reusable:
+                entries.append(reusable[name])
+                continue
+            d = cfg.data
+            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
+            sha = shards.write_shard(
+                target / name, data.times, data.fields, data.meta, valid=data.valid, sync_dir=False, publisher=publisher
+            )
+            entries.append(shards.shard_entry(target / name, data.times, sha))
+            print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
+            steps.update([data.step] if data.step else [])
+            meta = data.meta
+            del data
     if meta is not None:  # each shard's data was flushed before its rename; the renames, once, before the index
         fsync(target)
     if comm is not None:

@@ -53,7 +53,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from met2net.data.atomic import atomic_write, atomic_write_sha256, sha256_file
+from met2net.data.atomic import Publisher, atomic_write, atomic_write_sha256, sha256_file
 from met2net.data.timestep import TimeStep
 from met2net.errors import UserError
 
@@ -222,12 +222,14 @@ def write_shard(
     compression: str | None = None,
     valid: np.ndarray | None = None,
     sync_dir: bool = True,
+    publisher: Publisher | None = None,
 ) -> str:
     """Write one shard atomically and return its sha256 (for the index).
 
     ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon); ``valid``:
     (channel, lat, lon), the points that count where values were filled (met2net/data/masks.py); ``sync_dir=False``:
-    the caller fsyncs the directory once after its shards, before the index that lists them (`atomic_write`).
+    the caller fsyncs the directory once after its shards, before the index that lists them (`atomic_write`);
+    ``publisher``: the shard is flushed and renamed into place on its thread (`atomic.Publisher`).
     """
     path = Path(path)
     times = _hours(times)
@@ -240,7 +242,7 @@ def write_shard(
         with h5py.File(tmp, "w") as f:
             _fill(f, times, fields, meta, compression, valid)
 
-    return atomic_write_sha256(path, write, sync_dir=sync_dir)
+    return atomic_write_sha256(path, write, sync_dir=sync_dir, publisher=publisher)
 
 
 # -- index ----------------------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """netCDF → HDF5 conversion on real files (and a real `mpirun -n 2`)."""
 
+import errno
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -87,6 +89,51 @@ def test_each_shard_is_flushed_before_its_rename_and_the_renames_before_the_inde
     index = [("fsync", "TMP"), ("replace", "index.json"), ("fsync", "shards")]
     assert names == [*shard, ("fsync", "shards"), *index]
     verify_shards(out)
+
+
+def test_shards_are_flushed_and_renamed_off_the_thread_that_reads_the_next_year(tree, tmp_path, monkeypatch):
+    """The flush and rename of each shard run on the publisher's thread (while the next year is read), in order."""
+    threads, replace = [], atomic.os.replace
+
+    def logged_replace(a, b):
+        threads.append((os.path.basename(b), threading.current_thread().name))
+        replace(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", logged_replace)
+    convert(tree, cfg(), tmp_path / "shards", progress=False)
+    shards = [(name, thread) for name, thread in threads if name.endswith(".h5")]
+    assert [name for name, _ in shards] == ["2010.h5", "2011.h5"]
+    assert all(thread.startswith("met2net-publish") for _, thread in shards)
+    assert dict(threads)["index.json"] == threading.main_thread().name
+
+
+def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_leaves_no_trace(
+    tree, tmp_path, monkeypatch
+):
+    """A full disk found by the publisher's fsync of 2011's shard: the conversion fails naming that shard, no
+    temporary file stays, 2011.h5 and index.json are never written (2010.h5, flushed before, stays valid)."""
+    fsync = atomic.os.fsync
+
+    def failing_fsync(fd):
+        if ".2011.h5." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    out = tmp_path / "shards"
+    with pytest.raises(OSError, match=r"No space left on device.*2011\.h5"):
+        convert(tree, cfg(), out, progress=False)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".convert")) == ["2010.h5"]
+
+
+def test_a_publisher_that_failed_refuses_the_next_file_and_removes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(OSError, match="a.bin"), atomic.Publisher() as publisher:
+        atomic.atomic_write(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"a"), publisher=publisher)
+        with pytest.raises(OSError, match="a.bin"):
+            while True:  # until the first file's failure is seen by the next submit
+                atomic.atomic_write(tmp_path / "b.bin", lambda tmp: tmp.write_bytes(b"b"), publisher=publisher)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_flipped_latitude_and_shifted_longitude_give_the_same_shards(tree, tmp_path):
