@@ -96,11 +96,10 @@ class Publisher:
     def submit(self, tmp: Path, path: Path) -> None:
         """Flush ``tmp`` and rename it to ``path`` after the files handed over before; if one of those has failed
         already, remove ``tmp`` and raise that failure."""
-        try:
-            self._raise_failed(lambda job: job.done())
-        except BaseException:
+        failed = self._failure()
+        if failed is not None:
             tmp.unlink(missing_ok=True)
-            raise
+            raise failed
         self._jobs.append(self._pool.submit(self._run, tmp, path))
 
     @staticmethod
@@ -113,18 +112,18 @@ class Publisher:
                 raise
             raise error from e
 
-    def _raise_failed(self, ready: Callable[[Future[None]], bool]) -> None:
-        for job in self._jobs:
-            if ready(job) and job.exception() is not None:
-                raise job.exception()
+    def _failure(self) -> BaseException | None:
+        """The first failure among the files finished so far."""
+        return next((job.exception() for job in self._jobs if job.done() and job.exception() is not None), None)
 
     def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
-        if kind is None:
-            self._raise_failed(lambda job: True)
+        self._pool.shutdown(wait=True)  # every file finished
+        failed = self._failure()
+        if kind is None and failed is not None:
+            raise failed
 
 
 def atomic_write_sha256(

@@ -127,7 +127,10 @@ def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_le
 
 
 def test_a_publisher_that_failed_refuses_the_next_file_and_removes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     with pytest.raises(OSError, match="a.bin"), atomic.Publisher() as publisher:
         atomic.atomic_write(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"a"), publisher=publisher)
         with pytest.raises(OSError, match="a.bin"):
