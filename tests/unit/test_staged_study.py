@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import compare_rows  # noqa: E402
 import staged_study  # noqa: E402
 
 
@@ -37,3 +38,17 @@ def test_rounds_share_their_steps_between_the_stages_as_the_split_says():
     assert staged_study.config_split({}) == (1, 1)
     with pytest.raises(SystemExit, match="multiple of 21"):
         staged_study.variants(360, [7], split=(1, 2))
+
+
+def test_compare_rows_gives_the_ratio_over_leads_and_at_each_lead(tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(
+        "row,model,metric,variable,lead_hours,value\n"
+        "a,met2net,rmse_w,u10,6,1.0\na,met2net,rmse_w,u10,12,3.0\na,persistence,rmse_w,u10,6,9.0\n"
+        "b,met2net,rmse_w,u10,6,2.0\nb,met2net,rmse_w,u10,12,2.0\na,met2net,acc,u10,6,0.5\n"
+    )
+    a, b = compare_rows.scores(rows, "a", "rmse_w"), compare_rows.scores(rows, "b", "rmse_w")
+    assert a == {"u10": {6: 1.0, 12: 3.0}}
+    assert compare_rows.compare(a, b) == ["u10: 1.000 over leads; 0.500–1.500 by lead (6 0.500, 12 1.500)"]
+    with pytest.raises(SystemExit, match="no rmse_w of the model in row 'c'"):
+        compare_rows.scores(rows, "c", "rmse_w")
