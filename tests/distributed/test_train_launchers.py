@@ -87,8 +87,10 @@ def test_bf16_under_zero2_trains_with_fp32_weights_and_momentum_copies(tmp_path)
     included, whose EMA steps would round away in bf16) still fp32."""
     torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", sys.executable]
     runs = {p: tmp_path / p for p in ("fp32", "bf16")}
+    # the tolerances below hold for 6 steps at lr 2e-3; the quick start's 8e-3 lets rounding differences grow faster
+    common = ("training.schedule=implicit", "deepspeed.zero_stage=2", "training.lr=2e-3")
     for precision, run in runs.items():
-        launch(torchrun, run, "training.schedule=implicit", "deepspeed.zero_stage=2", f"training.precision={precision}")
+        launch(torchrun, run, *common, f"training.precision={precision}")
     assert json.loads((runs["bf16"] / "deepspeed.json").read_text())["bf16"] == {"enabled": False}
     train = {p: [r["loss"] for r in records(run) if r["split"] == "train"] for p, run in runs.items()}
     assert len(train["bf16"]) == 3 and all(abs(a - b) < 0.05 * abs(b) for a, b in zip(train["bf16"], train["fp32"]))
