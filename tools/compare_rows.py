@@ -12,16 +12,18 @@ import argparse
 import csv
 from pathlib import Path
 
+from staged_study import lead_column, ratio_over_leads  # tools/, beside this script
+
 
 def scores(path: Path, row: str, metric: str) -> dict[str, dict[int, float]]:
     """The model's ``metric`` of ``row`` in a study's rows.csv: variable → lead (hours, or months for monthly data)
     → value."""
     out: dict[str, dict[int, float]] = {}
+    lead = lead_column(path)
     with path.open() as f:
         for r in csv.DictReader(f):
             if r["row"] == row and r["model"] == "met2net" and r["metric"] == metric:
-                lead = r.get("lead_hours") or r["lead_months"]
-                out.setdefault(r["variable"], {})[int(lead)] = float(r["value"])
+                out.setdefault(r["variable"], {})[int(r[lead])] = float(r["value"])
     if not out:
         raise SystemExit(f"{path}: no {metric} of the model in row {row!r}")
     return out
@@ -32,7 +34,7 @@ def compare(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> l
     lines = []
     for var, by_lead in a.items():
         leads = sorted(by_lead)
-        mean = sum(by_lead[t] for t in leads) / sum(b[var][t] for t in leads)
+        mean = ratio_over_leads(by_lead, b[var])
         per = [by_lead[t] / b[var][t] for t in leads]
         lines.append(
             f"{var}: {mean:.3f} over leads; {min(per):.3f}–{max(per):.3f} by lead ("

@@ -157,6 +157,11 @@ def read_scores(path: Path) -> dict[tuple[str, str, str, int], float]:
         }
 
 
+def ratio_over_leads(a: dict[int, float], b: dict[int, float]) -> float:
+    """``a``'s scores averaged over its leads, divided by ``b``'s at the same leads (below 1: ``a`` is better)."""
+    return sum(a.values()) / sum(b[lead] for lead in a)
+
+
 def training_seconds(variant: Path) -> float:
     """Each stage's first ``start`` record to its last ``train`` record in metrics.jsonl, summed: the training time
     even when the study was restarted (a finished stage run again trains no step and adds no train record)."""
@@ -229,8 +234,10 @@ def goal_check(rows: list, variables: list[str], leads: list[int], unit: str) ->
             if s[("met2net", "rmse_w", v, lead)] >= s[(b, "rmse_w", v, lead)]
         ]
         ratios = {
-            v: sum(s[("met2net", "rmse_w", v, lead)] for lead in leads)
-            / sum(implicit[("met2net", "rmse_w", v, lead)] for lead in leads)
+            v: ratio_over_leads(
+                {lead: s[("met2net", "rmse_w", v, lead)] for lead in leads},
+                {lead: implicit[("met2net", "rmse_w", v, lead)] for lead in leads},
+            )
             for v in variables
         }
         worst = max(ratios, key=ratios.get)

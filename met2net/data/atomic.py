@@ -3,6 +3,7 @@ and the exclusive file lock that names its holder (one run per run directory, on
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -13,7 +14,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,13 @@ def atomic_write(
     rename happen on its thread, while the caller goes on (`Publisher`); ``path`` exists once it has finished."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
-    try:
+    with _removed_on_failure(tmp, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         if publisher is None:
             _publish(tmp, path)
             if sync_dir:
                 fsync(path.parent)
-    except BaseException as e:
-        error = _failed(tmp, path, e)
-        if error is e:
-            raise
-        raise error from e
     if publisher is not None:
         publisher.submit(tmp, path)
     return path
@@ -69,15 +65,20 @@ def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _failed(tmp: Path, path: Path, e: BaseException) -> BaseException:
-    """What to raise for a write of ``path`` through ``tmp`` that failed with ``e``, once ``tmp`` is removed."""
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Remove ``tmp`` when the block fails, and raise a full or read-only file system as an ``OSError`` naming
+    ``path`` (`atomic_write`)."""
     try:
-        tmp.unlink(missing_ok=True)
-    except OSError:  # a read-only file system refuses even to unlink what is not there
-        pass
-    if isinstance(e, OSError) and e.errno in STORAGE:
-        return OSError(e.errno, os.strerror(e.errno), str(path))
-    return e
+        yield
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even to unlink what is not there
+            pass
+        if isinstance(e, OSError) and e.errno in STORAGE:
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+        raise
 
 
 class Publisher:
@@ -104,13 +105,8 @@ class Publisher:
 
     @staticmethod
     def _run(tmp: Path, path: Path) -> None:
-        try:
+        with _removed_on_failure(tmp, path):
             _publish(tmp, path)
-        except BaseException as e:
-            error = _failed(tmp, path, e)
-            if error is e:
-                raise
-            raise error from e
 
     def _failure(self) -> BaseException | None:
         """The first failure among the files finished so far."""
