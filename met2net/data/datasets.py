@@ -1,9 +1,10 @@
 """Train/validation/test datasets from the config's data section.
 
-``shards``: windows read from HDF5 shards, normalised with the shard directory's
-``stats.json`` (training years). ``synthetic``: the built-in dataset generated in memory, for
-quick experiments without files. Either way every split is normalised with training-years
-statistics (the reference normalised each split with its own; see docs/architecture.md).
+``shards``: windows read from HDF5 shards, normalised with the shard directory's ``stats.json`` (training years): by
+the loader, or (``normalise_in_loader=False``) by ``Splits.normalise`` wherever the consumer wants (the training loop
+on a GPU: on the device, while the loader only copies). ``synthetic``: the built-in dataset generated in memory, for
+quick experiments without files. Either way every split is normalised with training-years statistics (the reference
+normalised each split with its own; see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from met2net.data import masks
 from met2net.data.shards import ShardError, iso, read_index
 from met2net.data.stats import Moments, read_stats
 from met2net.data.timestep import TimeStep
-from met2net.data.windows import ShardWindowDataset, WindowDataset, in_split, window_starts
+from met2net.data.windows import Normalise, ShardWindowDataset, WindowDataset, in_split, window_starts
 from met2net.errors import UserError
 
 _SPLITS = {"train_years": "training", "val_years": "validation", "test_years": "test"}
@@ -63,13 +64,16 @@ class Splits:
     std: np.ndarray
     # (C, H, W) bool, the points that count in the loss (met2net/data/masks.py); None: every point
     valid: np.ndarray | None = None
+    # what makes the datasets' batches normalised (shards: they hold raw windows); None: they come normalised
+    normalise: Normalise | None = None
 
 
-def build_splits(cfg: Config) -> Splits:
-    return _shard_splits(cfg) if cfg.data.source == "shards" else _synthetic_splits(cfg)
+def build_splits(cfg: Config, normalise_in_loader: bool = True) -> Splits:
+    """``normalise_in_loader=False``: shard splits give raw windows, and ``Splits.normalise`` normalises them."""
+    return _shard_splits(cfg, normalise_in_loader) if cfg.data.source == "shards" else _synthetic_splits(cfg)
 
 
-def _shard_splits(cfg: Config) -> Splits:
+def _shard_splits(cfg: Config, normalise_in_loader: bool) -> Splits:
     d, m = cfg.data, cfg.model
     root = Path(d.path)
     index, stats = read_index(root), read_stats(root)
@@ -119,14 +123,15 @@ def _shard_splits(cfg: Config) -> Splits:
             std=std,
             channels=channels,
             period=d.period(key.removesuffix("_years")),
+            normalise=normalise_in_loader,
         )
         check_windows(cfg, key, ds.reader.times[ds.frames], len(ds), root, ds.step)
         return ds
 
     valid = masks.select(masks.read_mask(root, index), channels)
-    return Splits(
-        dataset("train_years"), dataset("val_years"), dataset("test_years") if d.test_years else None, mean, std, valid
-    )
+    train = dataset("train_years")
+    val, test = dataset("val_years"), dataset("test_years") if d.test_years else None
+    return Splits(train, val, test, mean, std, valid, None if normalise_in_loader else train.normalise)
 
 
 def synthetic_series(cfg: Config, years: list[int], split: str | None = None) -> tuple[np.ndarray, np.ndarray]:

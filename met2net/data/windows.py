@@ -111,8 +111,28 @@ def window_step(base: TimeStep, step_hours: int, where: str | Path) -> TimeStep:
     return TimeStep(step_hours, calendar=base.calendar)
 
 
+class Normalise:
+    """x ↦ (x − mean) / std per channel, on (…, C, H, W) batches wherever they are: the training loop applies it on
+    the device to the raw batches of a ``ShardWindowDataset(normalise=False)``, so the loader only copies (the host
+    passes over every batch were most of its time: docs/performance.md, Data loader). The same float32 subtraction
+    and division as the dataset's own normalisation, so the same values, bit for bit."""
+
+    def __init__(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor):
+        # (C, H, W) frames: a contiguous operand on both sides, so no broadcast of a (C, 1, 1) stride-0 operand
+        self.mean, self.std = torch.as_tensor(mean), torch.as_tensor(std)
+
+    def to(self, device: torch.device) -> Normalise:
+        return Normalise(self.mean.to(device), self.std.to(device))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """A new contiguous tensor (``x`` is untouched: it may be a view of a batch the loader still holds)."""
+        return torch.sub(x, self.mean).div_(self.std)
+
+
 class ShardWindowDataset(Dataset):
-    """Normalised windows read from a shard directory, for the training years (or any years) only.
+    """Normalised windows read from a shard directory, for the training years (or any years) only; with
+    ``normalise=False`` the raw windows, which ``self.normalise`` (a :class:`Normalise`) turns into the same
+    normalised ones wherever the consumer wants them (the training loop: on its device).
 
     With ``step_hours`` k, windows use the frames whose hour since 1970-01-01T00 (on the shards' calendar) is a
     multiple of k (00, 06, 12, 18 UTC for k = 6), the axis a k-hourly conversion would have written, and ``stride``
@@ -140,6 +160,7 @@ class ShardWindowDataset(Dataset):
         std: np.ndarray,
         channels: Sequence[int] | None = None,
         period: tuple[np.datetime64, np.datetime64] | None = None,
+        normalise: bool = True,
     ):
         if in_frames < 1 or out_frames < 1 or stride < 1 or step_hours < 1:
             raise ValueError(
@@ -173,6 +194,8 @@ class ShardWindowDataset(Dataset):
         frame = (c, *self.reader.meta.shape[1:])
         self._mean_frame = np.ascontiguousarray(np.broadcast_to(self.mean, frame))
         self._std_frame = np.ascontiguousarray(np.broadcast_to(self.std, frame))
+        self.normalise = Normalise(self._mean_frame, self._std_frame)
+        self.normalised = bool(normalise)  # False: __getitem__ returns raw windows, for self.normalise to normalise
         self.in_frames, self.out_frames, self.step_hours = int(in_frames), int(out_frames), int(step_hours)
 
         times = self.reader.times
@@ -194,7 +217,8 @@ class ShardWindowDataset(Dataset):
 
     def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One window, or a batch of them for a list of indices: read straight into one (B, T, C, H, W)
-        tensor (in shared memory inside a DataLoader worker) and normalised in place (see :func:`batch_loader`)."""
+        tensor (in shared memory inside a DataLoader worker) and normalised in place unless ``normalised`` is False
+        (see :func:`batch_loader`)."""
         if isinstance(i, (int, np.integer)):
             x, y = self[[int(i)]]
             return x[0], y[0]
@@ -206,10 +230,10 @@ class ShardWindowDataset(Dataset):
         return batch[:, : self.in_frames], batch[:, self.in_frames :]
 
     def _load(self, i: int, out: np.ndarray) -> None:
-        """Window ``i`` into ``out`` (T, C, H, W), normalised. Each piece of it is subtracted from the shard's memory
-        map (or from what h5py read) straight into ``out``, and the window divided in place while it is still in
-        cache: one pass over memory, where reading the batch and then normalising it took three (docs/performance.md,
-        Data loader). The same float32 operations, so the same values."""
+        """Window ``i`` into ``out`` (T, C, H, W), normalised unless ``self.normalised`` is False. Each piece of it is
+        subtracted from the shard's memory map (or from what h5py read) straight into ``out``, and the window divided
+        in place while it is still in cache: one pass over memory, where reading the batch and then normalising it
+        took three (docs/performance.md, Data loader). The same float32 operations, so the same values."""
         frames = self._frames(i)
         steps = np.diff(frames)
         if steps.size == 0 or (steps == steps[0]).all():  # equally spaced: one strided read
@@ -225,6 +249,12 @@ class ShardWindowDataset(Dataset):
                 else:
                     raw = into if self.channels is None else np.empty((count, *source.shape[1:]), np.float32)
                     source.read_direct(raw, rows)
-                np.subtract(raw if self.channels is None else raw[:, self.channels], self._mean_frame, out=into)
+                if self.normalised:
+                    np.subtract(raw if self.channels is None else raw[:, self.channels], self._mean_frame, out=into)
+                elif self.channels is not None:
+                    np.take(raw, self.channels, axis=1, out=into)
+                elif raw is not into:
+                    np.copyto(into, raw)
             done += n
-        np.divide(out, self._std_frame, out=out)
+        if self.normalised:
+            np.divide(out, self._std_frame, out=out)

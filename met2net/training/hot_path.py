@@ -19,20 +19,27 @@ import time
 
 import torch
 
+from met2net.data.windows import Normalise
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device``, contiguous. On CUDA through a contiguous pinned copy sent with ``non_blocking``: the
-    host does not wait for the transfer, nor for the steps still queued before it.
+
+def to_device(x: torch.Tensor, device: torch.device, normalise: Normalise | None = None) -> torch.Tensor:
+    """A batch on ``device``, contiguous, and normalised there by ``normalise`` (already on ``device``) when the
+    loader delivers raw windows: two elementwise passes on the device instead of on the host. On CUDA through a
+    contiguous pinned copy sent with ``non_blocking``: the host does not wait for the transfer, nor for the steps
+    still queued before it.
 
     The loader's own ``pin_memory`` is not used: x and y are views of one (B, T_in + T_out, C, H, W) batch, pinned
     with their strides, and torch sends a strided host tensor through a pageable contiguous temporary, whose copy
     waits for the stream (a host synchronisation per batch). The copy into pinned memory here is the one the loader's
-    pin thread would make; it runs while the device works through the queued steps. A no-op copy on the CPU."""
-    if device.type != "cuda":
-        return x.to(device).contiguous()
-    pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-    pinned.copy_(x)
-    return pinned.to(device, non_blocking=True)
+    pin thread would make; it runs while the device works through the queued steps. On the CPU the normalisation
+    writes the contiguous copy (without it, ``contiguous`` does)."""
+    if device.type == "cuda":
+        pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        pinned.copy_(x)
+        x = pinned.to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    return x.contiguous() if normalise is None else normalise(x)
 
 
 class StepMeter:

@@ -71,6 +71,7 @@ class Trainer:
         if self.world_size > 1:  # ranks split validation
             val_sampler = ShardedSampler(len(self.splits.val), self.rank, self.world_size, shuffle=False)
         self.val_loader = batch_loader(self.splits.val, val_sampler, micro, False, workers)
+        self.normalise = None if self.splits.normalise is None else self.splits.normalise.to(self.device)
 
     # -- the run -------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -235,7 +236,8 @@ class Trainer:
             average_batchnorm_statistics(self.model)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return to_device(x, self.device)
+        """A batch of the loader on the device, normalised (``hot_path.to_device``)."""
+        return to_device(x, self.device, self.normalise)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.rank != 0:

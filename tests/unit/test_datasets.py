@@ -2,11 +2,17 @@
 
 import numpy as np
 import pytest
+import torch
 
 from met2net.cli import main
 from met2net.data.datasets import SplitTooShort, build_splits
+from met2net.data.sampler import ShardedSampler
 from met2net.data.shards import ShardMeta, shard_entry, write_index, write_shard
 from met2net.data.stats import Moments, write_stats
+from met2net.data.windows import ShardWindowDataset
+from met2net.train import run_train
+from met2net.training import build
+from met2net.training.stages import SCHEDULES
 from tests.conftest import small_config
 
 CHANNELS = ["u10", "t2m", "r"]
@@ -86,3 +92,46 @@ def test_training_refuses_it_with_exit_code_2(shards, tmp_path, capsys):
     config.write_text(cfg(shards, "data.val_years=[2011]", "data.test_years=[]").to_yaml())
     assert main(["train", str(config), f"run.dir={tmp_path / 'run'}", "training.max_steps=1"]) == 2
     assert "validation split (data.val_years [2011]) has 3 frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("in_loader", [True, False])
+def test_training_gets_the_windows_normalised(shards, tmp_path, monkeypatch, in_loader):
+    """The train loop's batches are the windows normalised with the training statistics, whether the loader
+    normalises them (the CPU's way) or gives them raw and the loop normalises them on its device (a GPU's way,
+    forced here on the CPU): the same batch, bit for bit."""
+    rng = np.random.default_rng(1)
+    write_stats(shards, Moments.of(rng.normal(3.0, 2.0, (4, 3, H, W)), channel_axis=1), CHANNELS, [2010])
+    c = cfg(
+        shards,
+        "data.val_years=[2012]",
+        "model.in_frames=1",
+        "model.out_frames=1",
+        "training.schedule=end_to_end",
+        "training.max_steps=1",
+        "training.batch_size=4",
+        "training.val_every=0",
+        "training.progress=false",
+        f"run.dir={tmp_path / 'run'}",
+    )
+    built = []
+
+    def splits_as_asked(config, normalise_in_loader=True):
+        built.append(build_splits(config, normalise_in_loader=in_loader))
+        return built[-1]
+
+    monkeypatch.setattr(build, "build_splits", splits_as_asked)
+    seen = []
+    forward = SCHEDULES["end_to_end"].forward
+    monkeypatch.setattr(
+        SCHEDULES["end_to_end"], "forward", lambda s, m, x, y: seen.append((x, y)) or forward(s, m, x, y)
+    )
+    assert run_train(c).finished
+    (splits,) = built
+    assert splits.train.normalised == in_loader and (splits.normalise is None) == in_loader
+    sampler = ShardedSampler(len(splits.train), rank=0, world_size=1, seed=c.run.seed)
+    sampler.set_epoch(0)
+    normalising = ShardWindowDataset(
+        shards, [2010], 1, 1, 1, mean=splits.mean, std=splits.std, channels=splits.train.channels
+    )
+    x, y = normalising[sampler.indices()[:4].tolist()]
+    assert splits.std.min() > 1.5 and torch.equal(seen[0][0], x) and torch.equal(seen[0][1], y)

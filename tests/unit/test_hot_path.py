@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from met2net.config import load_config
+from met2net.data.windows import Normalise
 from met2net.train import run_train
 from met2net.training import loop
 from met2net.training.hot_path import StepMeter, to_device
@@ -126,6 +127,10 @@ def test_batches_reach_the_cpu_contiguous_and_equal():
     assert not x.is_contiguous()
     moved = to_device(x, torch.device("cpu"))
     assert moved.is_contiguous() and torch.equal(moved, x)
+    mean, std = torch.randn(3, 4, 5), torch.rand(3, 4, 5) + 0.5
+    kept = x.clone()
+    normalised = to_device(x, torch.device("cpu"), Normalise(mean, std))
+    assert normalised.is_contiguous() and torch.equal(normalised, (kept - mean) / std) and torch.equal(x, kept)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -133,6 +138,9 @@ def test_batches_reach_a_gpu_from_pinned_memory_without_waiting():
     x = torch.randn(2, 6, 3, 4, 5)[:, :3]
     moved = to_device(x, torch.device("cuda"))
     assert moved.is_cuda and moved.is_contiguous() and torch.equal(moved.cpu(), x)
+    mean, std = torch.randn(3, 4, 5), torch.rand(3, 4, 5) + 0.5
+    normalised = to_device(x, torch.device("cuda"), Normalise(mean, std).to(torch.device("cuda")))
+    assert torch.equal(normalised.cpu(), (x - mean) / std)
 
 
 if __name__ == "__main__":  # STEPS [OVERRIDE ...]: the host reads of one run, as JSON (the ZeRO-2 test above)

@@ -245,10 +245,24 @@ def plain_read(directory) -> tuple[np.ndarray, np.ndarray]:
     "step_hours, channels, num_workers",
     [(1, None, 0), (2, None, 0), (1, [3, 0, 2], 0), (2, [1], 0), (2, [2, 1], 2)],
 )
-def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(holey, step_hours, channels, num_workers):
+@pytest.mark.parametrize("normalised", [True, False])
+def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(
+    holey, step_hours, channels, num_workers, normalised
+):
+    """normalised=False: the raw windows, which the dataset's Normalise (what the training loop applies on its
+    device) turns into the same normalised batches, bit for bit."""
     pick = slice(None) if channels is None else channels
     ds = ShardWindowDataset(
-        holey, [2010, 2011], IN, OUT, 1, step_hours, mean=GRID_MEAN[pick], std=GRID_STD[pick], channels=channels
+        holey,
+        [2010, 2011],
+        IN,
+        OUT,
+        1,
+        step_hours,
+        mean=GRID_MEAN[pick],
+        std=GRID_STD[pick],
+        channels=channels,
+        normalise=normalised,
     )
     spans_files = [ds.times(j)[0].item().year != ds.times(j)[-1].item().year for j in range(len(ds))]
     unequal = [len(set(np.diff(ds.frames[s : s + IN + OUT]).tolist())) > 1 for s in ds.starts]
@@ -264,4 +278,8 @@ def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(holey, ste
         windows = [fields[np.searchsorted(times, ds.times(j))][:, pick] for j in order[4 * k : 4 * k + 4]]
         want = torch.from_numpy((np.stack(windows) - mean) / std)
         assert x.dtype == y.dtype == want.dtype == torch.float32
+        if not normalised:
+            raw = torch.from_numpy(np.stack(windows))
+            assert torch.equal(x, raw[:, :IN]) and torch.equal(y, raw[:, IN:])
+            x, y = ds.normalise(x), ds.normalise(y)
         assert torch.equal(x, want[:, :IN]) and torch.equal(y, want[:, IN:])

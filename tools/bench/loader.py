@@ -7,10 +7,13 @@ directory, then measures side by side in one run, on shuffled 12 → 12 windows 
   yardstick of issue 17; malloc hands back the same ~1 MB block every time, so it stays in cache);
 - raw into batches: the same reads into one (16, 24, C, H, W) array per batch, no normalisation:
   what any loader that hands over a fresh batch must at least do;
-- loader: `ShardWindowDataset` + `ShardedSampler` through `batch_loader` (the training loop's
-  DataLoader) with 0, 1, 2 … workers, delivering normalised float32 batches ready for the model;
-- previous loader (0 workers): the same, normalising the whole batch with (C, 1, 1) broadcasting
-  after all reads, as before (checked to give the same values, bit for bit);
+- raw loader: `ShardWindowDataset(normalise=False)` + `ShardedSampler` through `batch_loader` (the
+  training loop's DataLoader) with 0, 1, 2 … workers, delivering raw float32 batches: a GPU's training
+  loop normalises them on the device (`met2net/training/hot_path.py: to_device`);
+- raw loader + normalisation by torch (0 workers): the same, then x and y normalised on the CPU as
+  `to_device` would: what normalising on the device costs where the device is the CPU;
+- normalising loader (0 workers): the dataset normalising each window on its way into the batch, the CPU
+  training loop's loader (checked against the raw batch normalised by torch: the same bits).
 - step: samples/s of the optimised training step (as `tools/bench/step.py`, fp32, channels-last).
 
 The variants take turns, a block of batches each, for several rounds, so that a load that changes
@@ -31,7 +34,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,7 @@ from met2net.data.shards import ShardMeta, ShardReader, shard_entry, write_index
 from met2net.data.synthetic import VARIABLES, generate
 from met2net.data.windows import ShardWindowDataset, batch_loader
 from met2net.model.met2net import Met2Net
+from met2net.training.hot_path import to_device
 from met2net.training.stages import Implicit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,33 +74,22 @@ def write_year(directory: Path, year: int = 2010) -> None:
     write_index(directory, meta, 1, [shard_entry(path, f.time, write_shard(path, f.time, fields, meta))])
 
 
-class PreviousLoader(ShardWindowDataset):
-    """The dataset as it normalised before: the whole batch after all its reads, with (C, 1, 1) broadcasting."""
-
-    def __getitem__(self, i: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = torch.empty((len(i), T_IN + T_OUT, len(self.mean), *self.reader.meta.shape[1:]))
-        out = batch.numpy()
-        for b, j in enumerate(i):
-            frames = self._frames(int(j))  # equally spaced, one shard, every channel here
-            self.reader.read(int(frames[0]), frames.size, int(frames[1] - frames[0]), out=out[b])
-        np.subtract(out, self.mean, out=out)
-        np.divide(out, self.std, out=out)
-        return batch[:, :T_IN], batch[:, T_IN:]
-
-
-def dataset(directory: Path, cls: type[ShardWindowDataset] = ShardWindowDataset) -> ShardWindowDataset:
+def dataset(directory: Path, normalise: bool) -> ShardWindowDataset:
     rng = np.random.default_rng(1)  # statistics that make every division round, as real ones do
     mean, std = rng.normal(size=5) * 100, rng.uniform(0.3, 30, size=5)
-    return cls(directory, [2010], T_IN, T_OUT, 1, mean=mean, std=std)
+    return ShardWindowDataset(directory, [2010], T_IN, T_OUT, 1, mean=mean, std=std, normalise=normalise)
 
 
-def batches(ds: ShardWindowDataset, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless batches of a seeded shuffle (one DataLoader iterator per epoch; persistent workers)."""
+def batches(ds: ShardWindowDataset, workers: int, on_cpu: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of a seeded shuffle (one DataLoader iterator per epoch; persistent workers); ``on_cpu``:
+    normalised as the training loop does on a CPU device."""
     sampler = ShardedSampler(len(ds), rank=0, world_size=1, seed=0)
     loader = batch_loader(ds, sampler, BATCH, drop_last=True, num_workers=workers)
+    cpu = torch.device("cpu")
     for epoch in range(1 << 30):
         sampler.set_epoch(epoch)
-        yield from loader
+        for x, y in loader:
+            yield (to_device(x, cpu, ds.normalise), to_device(y, cpu, ds.normalise)) if on_cpu else (x, y)
 
 
 def raw_windows(reader: ShardReader, starts: np.ndarray) -> None:
@@ -168,10 +161,10 @@ def main() -> None:
         directory = Path(tmp)
         write_year(directory)
         reader = ShardReader(directory)
-        current, previous = dataset(directory), dataset(directory, PreviousLoader)
-        probe = ShardedSampler(len(current), 0, 1, seed=0).indices()[:BATCH].tolist()
-        same = all(torch.equal(a, b) for a, b in zip(current[probe], previous[probe]))
-        print(f"new and previous loader give the same batch, bit for bit: {same}")
+        plain, normalising = dataset(directory, normalise=False), dataset(directory, normalise=True)
+        probe = ShardedSampler(len(plain), 0, 1, seed=0).indices()[:BATCH].tolist()
+        same = all(torch.equal(plain.normalise(a), b) for a, b in zip(plain[probe], normalising[probe]))
+        print(f"the raw batch normalised by torch equals the normalising loader's, bit for bit: {same}")
         rng = np.random.default_rng(0)
 
         def reads(fn: Callable[[ShardReader, np.ndarray], object]) -> Callable[[], float]:
@@ -185,8 +178,8 @@ def main() -> None:
 
             return block
 
-        def loads(ds: ShardWindowDataset, workers: int) -> Callable[[], float]:
-            it = batches(ds, workers)
+        def loads(ds: ShardWindowDataset, workers: int, on_cpu: bool = False) -> Callable[[], float]:
+            it = batches(ds, workers, on_cpu)
             for _ in range(max(2, workers * PREFETCH)):  # warm-up: workers started, files opened
                 next(it)
 
@@ -204,8 +197,9 @@ def main() -> None:
             return block
 
         variants = {"raw": reads(raw_windows), "raw into batches": reads(raw_batch)}
-        variants["previous loader, 0 workers"] = loads(previous, 0)
-        variants.update({f"loader, {w} workers": loads(current, w) for w in args.workers})
+        variants["normalising loader, 0 workers"] = loads(normalising, 0)
+        variants["raw loader + normalisation by torch, 0 workers"] = loads(plain, 0, on_cpu=True)
+        variants.update({f"raw loader, {w} workers": loads(plain, w) for w in args.workers})
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, block in variants.items():
@@ -226,13 +220,13 @@ def main() -> None:
         "| variant | samples/s | per worker | vs raw | vs raw into batches | vs 1 worker | per worker vs fastest step |"
     )
     print("|---|---|---|---|---|---|---|")
-    one = "loader, 1 workers" if "loader, 1 workers" in rates else None
+    one = "raw loader, 1 workers" if "raw loader, 1 workers" in rates else None
     for name in rates:
         rate = median(name)
-        workers = int(name.split(", ")[1].split()[0]) if name.startswith("loader") else 0
+        workers = int(name.split(", ")[1].split()[0]) if "loader" in name else 0
         per = rate / max(workers, 1)
         scale = f"{median(name, one):.2f}×" if one and workers else ""
-        fastest = f"{per / FASTEST_DOCUMENTED_STEP:,.0f}×" if name.startswith("loader") else ""
+        fastest = f"{per / FASTEST_DOCUMENTED_STEP:,.0f}×" if "loader" in name else ""
         print(
             f"| {name} | {rate:,.0f} | {per:,.0f} | {median(name, 'raw'):.0%} | {median(name, 'raw into batches'):.0%} "
             f"| {scale} | {fastest} |",
