@@ -46,17 +46,24 @@ def atomic_write(
     hidden temporary file, and h5py's spans several lines of its internals. With a ``publisher`` the flush and the
     rename happen on its thread, while the caller goes on (`Publisher`); ``path`` exists once it has finished."""
     path = Path(path)
+    tmp = _written(path, write)
+    if publisher is not None:
+        publisher.submit(tmp, path)
+        return path
+    with _removed_on_failure(tmp, path):
+        _publish(tmp, path)
+        if sync_dir:
+            fsync(path.parent)
+    return path
+
+
+def _written(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` on a new hidden temporary name beside ``path``; that name (removed if the write fails)."""
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     with _removed_on_failure(tmp, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-        if publisher is None:
-            _publish(tmp, path)
-            if sync_dir:
-                fsync(path.parent)
-    if publisher is not None:
-        publisher.submit(tmp, path)
-    return path
+    return tmp
 
 
 def _publish(tmp: Path, path: Path) -> None:
@@ -94,19 +101,24 @@ class Publisher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="met2net-publish")
         self._jobs: list[Future[None]] = []
 
-    def submit(self, tmp: Path, path: Path) -> None:
+    def submit(self, tmp: Path, path: Path, digest: bool = False) -> Future[str | None]:
         """Flush ``tmp`` and rename it to ``path`` after the files handed over before; if one of those has failed
-        already, remove ``tmp`` and raise that failure."""
+        already, remove ``tmp`` and raise that failure. ``digest``: first take the file's sha256 there too (the
+        future's result; None without), so the hashing also runs beside the writer's next file."""
         failed = self._failure()
         if failed is not None:
             tmp.unlink(missing_ok=True)
             raise failed
-        self._jobs.append(self._pool.submit(self._run, tmp, path))
+        job = self._pool.submit(self._run, tmp, path, digest)
+        self._jobs.append(job)
+        return job
 
     @staticmethod
-    def _run(tmp: Path, path: Path) -> None:
+    def _run(tmp: Path, path: Path, digest: bool) -> str | None:
         with _removed_on_failure(tmp, path):
+            sha = _sha256_while_written_back(tmp) if digest else None
             _publish(tmp, path)
+            return sha
 
     def _failure(self) -> BaseException | None:
         """The first failure among the files finished so far."""
@@ -124,21 +136,30 @@ class Publisher:
 
 def atomic_write_sha256(
     path: Path, write: Callable[[Path], None], *, sync_dir: bool = True, publisher: Publisher | None = None
-) -> str:
+) -> str | Future[str]:
     """`atomic_write`, returning the file's sha256 (for an index), taken from the complete temporary file before it
     is renamed to ``path``. The kernel is first asked to start writing the file to disk (`start_writeback`), so the
     flush that follows the hashing has little left to wait for: hashing is CPU work, writing waits on the disk, and
-    the two overlap instead of following each other. ``publisher``: as in `atomic_write`."""
+    the two overlap instead of following each other. With a ``publisher`` the hashing, the flush and the rename run
+    on its thread (`Publisher`), and the sha256 is returned as a future."""
+    path = Path(path)
+    if publisher is not None:
+        return publisher.submit(_written(path, write), path, digest=True)
     digest: list[str] = []
 
     def write_then_hash(tmp: Path) -> None:
         write(tmp)
-        with open(tmp, "rb", buffering=0) as f:
-            start_writeback(f.fileno())
-            digest.append(_sha256_of(f))
+        digest.append(_sha256_while_written_back(tmp))
 
-    atomic_write(path, write_then_hash, sync_dir=sync_dir, publisher=publisher)
+    atomic_write(path, write_then_hash, sync_dir=sync_dir)
     return digest[0]
+
+
+def _sha256_while_written_back(tmp: Path) -> str:
+    """The sha256 of a complete file, read after asking the kernel to start writing it to disk."""
+    with open(tmp, "rb", buffering=0) as f:
+        start_writeback(f.fileno())
+        return _sha256_of(f)
 
 
 def _sync_file_range() -> Callable[..., int] | None:

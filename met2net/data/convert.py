@@ -411,11 +411,12 @@ def _write(
             sha = shards.write_shard(
                 target / name, data.times, data.fields, data.meta, valid=data.valid, sync_dir=False, publisher=publisher
             )
-            entries.append(shards.shard_entry(target / name, data.times, sha))
+            entries.append((target / name, data.times, sha))  # its sha256 is taken on the publisher's thread
             print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
             steps.update([data.step] if data.step else [])
             meta = data.meta
             del data
+    entries = [e if isinstance(e, dict) else shards.shard_entry(e[0], e[1], e[2].result()) for e in entries]
     if meta is not None:  # each shard's data was flushed before its rename; the renames, once, before the index
         fsync(target)
     if comm is not None:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,13 +224,13 @@ def write_shard(
     valid: np.ndarray | None = None,
     sync_dir: bool = True,
     publisher: Publisher | None = None,
-) -> str:
-    """Write one shard atomically and return its sha256 (for the index).
+) -> str | Future[str]:
+    """Write one shard atomically and return its sha256 (for the index), or with a ``publisher`` a future of it.
 
     ``times``: datetime64, whole hours, strictly increasing; ``fields``: (time, channel, lat, lon); ``valid``:
     (channel, lat, lon), the points that count where values were filled (met2net/data/masks.py); ``sync_dir=False``:
     the caller fsyncs the directory once after its shards, before the index that lists them (`atomic_write`);
-    ``publisher``: the shard is flushed and renamed into place on its thread (`atomic.Publisher`).
+    ``publisher``: the shard is hashed, flushed and renamed into place on its thread (`atomic.Publisher`).
     """
     path = Path(path)
     times = _hours(times)

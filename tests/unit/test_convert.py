@@ -91,20 +91,33 @@ def test_each_shard_is_flushed_before_its_rename_and_the_renames_before_the_inde
     verify_shards(out)
 
 
-def test_shards_are_flushed_and_renamed_off_the_thread_that_reads_the_next_year(tree, tmp_path, monkeypatch):
-    """The flush and rename of each shard run on the publisher's thread (while the next year is read), in order."""
-    threads, replace = [], atomic.os.replace
+def test_shards_are_hashed_flushed_and_renamed_off_the_thread_that_reads_the_next_year(tree, tmp_path, monkeypatch):
+    """The hashing, flush and rename of each shard run on the publisher's thread (while the next year is read), in
+    order, and index.json holds the sha256 of the files as renamed."""
+    threads, replace, hash_of = [], atomic.os.replace, atomic._sha256_while_written_back
 
     def logged_replace(a, b):
-        threads.append((os.path.basename(b), threading.current_thread().name))
+        threads.append(("rename", os.path.basename(b), threading.current_thread().name))
         replace(a, b)
 
+    def logged_hash(tmp):
+        threads.append(("hash", tmp.name.split(".")[1], threading.current_thread().name))
+        return hash_of(tmp)
+
     monkeypatch.setattr(atomic.os, "replace", logged_replace)
-    convert(tree, cfg(), tmp_path / "shards", progress=False)
-    shards = [(name, thread) for name, thread in threads if name.endswith(".h5")]
-    assert [name for name, _ in shards] == ["2010.h5", "2011.h5"]
-    assert all(thread.startswith("met2net-publish") for _, thread in shards)
-    assert dict(threads)["index.json"] == threading.main_thread().name
+    monkeypatch.setattr(atomic, "_sha256_while_written_back", logged_hash)
+    out = tmp_path / "shards"
+    convert(tree, cfg(), out, progress=False)
+    shards = [(what, name, thread) for what, name, thread in threads if "2010" in name or "2011" in name]
+    assert [(what, name) for what, name, _ in shards] == [
+        ("hash", "2010"),
+        ("rename", "2010.h5"),
+        ("hash", "2011"),
+        ("rename", "2011.h5"),
+    ]
+    assert all(thread.startswith("met2net-publish") for *_, thread in shards)
+    assert [t for what, name, t in threads if name == "index.json"] == [threading.main_thread().name]
+    verify_shards(out)  # every shard's sha256 in index.json is the file's
 
 
 def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_leaves_no_trace(
