@@ -99,7 +99,7 @@ class Publisher:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="met2net-publish")
-        self._jobs: list[Future[None]] = []
+        self._jobs: list[Future[str | None]] = []
 
     def submit(self, tmp: Path, path: Path, digest: bool = False) -> Future[str | None]:
         """Flush ``tmp`` and rename it to ``path`` after the files handed over before; if one of those has failed

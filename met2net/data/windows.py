@@ -112,10 +112,10 @@ def window_step(base: TimeStep, step_hours: int, where: str | Path) -> TimeStep:
 
 
 class Normalise:
-    """x ↦ (x − mean) / std per channel, on (…, C, H, W) batches wherever they are: the training loop applies it on
-    the device to the raw batches of a ``ShardWindowDataset(normalise=False)``, so the loader only copies (the host
-    passes over every batch were most of its time: docs/performance.md, Data loader). The same float32 subtraction
-    and division as the dataset's own normalisation, so the same values, bit for bit."""
+    """x ↦ (x − mean) / std per channel, on (…, C, H, W) batches wherever they are: the training loop on a GPU
+    applies it there to the raw batches of a ``ShardWindowDataset(normalise=False)``, so the loader only copies (the
+    normalisation was half of its host time: docs/performance.md, Data loader). The same float32 subtraction and
+    division as the dataset's own normalisation, so the same values, bit for bit."""
 
     def __init__(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor):
         # (C, H, W) frames: a contiguous operand on both sides, so no broadcast of a (C, 1, 1) stride-0 operand

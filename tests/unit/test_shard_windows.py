@@ -249,8 +249,8 @@ def plain_read(directory) -> tuple[np.ndarray, np.ndarray]:
 def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(
     holey, step_hours, channels, num_workers, normalised
 ):
-    """normalised=False: the raw windows, which the dataset's Normalise (what the training loop applies on its
-    device) turns into the same normalised batches, bit for bit."""
+    """normalised=False: the raw windows, which the dataset's Normalise (what the training loop on a GPU applies on
+    the device) turns into the same normalised batches, bit for bit."""
     pick = slice(None) if channels is None else channels
     ds = ShardWindowDataset(
         holey,
