@@ -15,6 +15,8 @@
 # Data: the built-in synthetic fields on the mv5 grid and variables (one year each for train/val/test, 6-hourly),
 # or SMOKE_DATA="data.source=shards data.path=/scratch/mv5/shards" for converted WeatherBench data.
 # SMOKE_ONLY="zero2-bf16 zero3-fp32" runs those configurations only; SMOKE_DIR (runs/gpu_smoke) holds runs and logs.
+# Also: the CUDA unit tests (tests/unit/test_hot_path.py -k gpu), and with the default data one run on shards
+# ("shards-zero2-bf16": batches normalised on the device) converted from the same synthetic fields.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -85,6 +87,24 @@ launch() {
       return "$rc" ;;
   esac
 }
+
+# The CUDA unit tests that skip on the CPU: batches sent from pinned memory, normalised on the device, equal the host's
+CUDA_VISIBLE_DEVICES=${visible[0]} "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/unit/test_hot_path.py" -k gpu \
+  > "$OUT/cuda-tests.log" 2>&1 || fail "CUDA unit tests" "$OUT/cuda-tests.log"
+
+# On a GPU the training loader hands over raw windows of shards and the step normalises them on the device
+# (docs/performance.md, Data loader); the built-in data above never reads shards, so one run trains on converted ones:
+# the same synthetic fields as netCDF files → shards → statistics (what scripts/quickstart.sh does).
+SHARDS="$OUT/shards"
+if [ -z "${SMOKE_DATA:-}" ] && [ "$CONFIG" = configs/mv5_5.625.yaml ] && [ ! -f "$SHARDS/stats.json" ]; then
+  { "$PY" -m met2net.cli data synthetic "$OUT/netcdf" --years 2010-2012 --grid 32x64 \
+    && "$PY" -m met2net.cli data convert "$OUT/netcdf" -c configs/quickstart.yaml -o "$SHARDS" data.path="$SHARDS" \
+    && "$PY" -m met2net.cli data stats "$SHARDS" --train-years 2010; } > "$OUT/shards.log" 2>&1 \
+    || fail "shards: synthetic netCDF, convert, stats" "$OUT/shards.log"
+fi
+if [ -f "$SHARDS/stats.json" ]; then
+  smoke "shards-zero2-bf16" one training.precision=bf16 deepspeed.zero_stage=2 data.source=shards data.path="$SHARDS"
+fi
 
 for precision in fp32 bf16; do
   smoke "local-$precision" one training.precision=$precision deepspeed.zero_stage=0
