@@ -18,6 +18,10 @@ table of the rates, before and after the steps, shows the machine's best and how
 names the CPU and the kernels oneDNN chose (from its verbose log).
 
     .venv/bin/python tools/bench/step.py [--batches 1 2 4] [--precisions fp32 bf16] [--steps 3]
+    .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32]
+
+``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after two
+warm-up steps) by self CPU time, and the largest copies (`aten::copy_`, layout conversions among them) by shape.
 """
 
 from __future__ import annotations
@@ -268,6 +272,24 @@ def timed_steps(
     }
 
 
+def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 20) -> None:
+    """Print where one optimised step's time goes (``--profile``)."""
+    runner = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision)
+    x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
+    y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid)
+    for _ in range(2):
+        runner.step(x, y)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        runner.step(x, y)
+    print(f"\noptimised {precision} step, batch {batch}:", flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
+    copies.sort(key=lambda e: -e.self_cpu_time_total)
+    print("largest aten::copy_ by shape: self ms, calls, shapes")
+    for e in copies[:8]:
+        print(f"  {e.self_cpu_time_total / 1e3:8.1f} {e.count:6d}  {e.input_shapes[0]}")
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
@@ -279,11 +301,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
+    ap.add_argument("--profile", action="store_true", help="where the optimised step's time goes, instead")
     args = ap.parse_args()
     precisions = [p for p in DTYPES if p == "fp32" or p in args.precisions]  # the literal fp32 step is the yardstick
     cfg = load_config(args.config, ["model.drop_path=0"])  # deterministic, so the check is exact
     torch.manual_seed(0)
     base = Met2Net(cfg.model)
+    if args.profile:
+        for batch in args.batches:
+            for precision in args.precisions:
+                profile(base, cfg, batch, precision)
+        return
     print(f"CPU: {cpu_model()}", flush=True)
     print(f"{onednn_kernels()}", flush=True)
     necessary = implicit_step_flops(cfg.model)
