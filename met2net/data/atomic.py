@@ -45,31 +45,41 @@ def atomic_write(
     file system is raised as an ``OSError`` naming ``path`` itself (one line): the writer's own error names the
     hidden temporary file, and h5py's spans several lines of its internals. With a ``publisher`` the flush and the
     rename happen on its thread, while the caller goes on (`Publisher`); ``path`` exists once it has finished."""
-    path = Path(path)
-    tmp = _written(path, write)
-    if publisher is not None:
-        publisher.submit(tmp, path)
-        return path
-    with _removed_on_failure(tmp, path):
-        _publish(tmp, path)
-        if sync_dir:
-            fsync(path.parent)
-    return path
+    _atomic(Path(path), write, sync_dir, publisher, digest=False)
+    return Path(path)
 
 
-def _written(path: Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` on a new hidden temporary name beside ``path``; that name (removed if the write fails)."""
+def _atomic(
+    path: Path, write: Callable[[Path], None], sync_dir: bool, publisher: Publisher | None, digest: bool
+) -> str | None | Future[str | None]:
+    """`atomic_write` and `atomic_write_sha256`: write the temporary file here, then finish it (`_finish`) here or on
+    the publisher's thread; the sha256 when ``digest``, or its future with a publisher."""
     tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     with _removed_on_failure(tmp, path):
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-    return tmp
+    if publisher is not None:
+        return publisher.submit(tmp, path, digest)
+    sha = _finish(tmp, path, digest)
+    if sync_dir:
+        with _removed_on_failure(tmp, path):
+            fsync(path.parent)
+    return sha
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Flush the complete temporary file, then rename it into place: a crash never publishes an empty file."""
-    fsync(tmp)
-    os.replace(tmp, path)
+def _finish(tmp: Path, path: Path, digest: bool) -> str | None:
+    """The complete temporary file's sha256 (when ``digest``: read after asking the kernel to start writing the file
+    to disk, so the flush that follows has little left to wait for), then its flush and its rename into place (a
+    crash never publishes an empty file); ``tmp`` removed on failure."""
+    with _removed_on_failure(tmp, path):
+        sha = None
+        if digest:
+            with open(tmp, "rb", buffering=0) as f:
+                start_writeback(f.fileno())
+                sha = _sha256_of(f)
+        fsync(tmp)
+        os.replace(tmp, path)
+        return sha
 
 
 @contextlib.contextmanager
@@ -109,16 +119,9 @@ class Publisher:
         if failed is not None:
             tmp.unlink(missing_ok=True)
             raise failed
-        job = self._pool.submit(self._run, tmp, path, digest)
+        job = self._pool.submit(_finish, tmp, path, digest)
         self._jobs.append(job)
         return job
-
-    @staticmethod
-    def _run(tmp: Path, path: Path, digest: bool) -> str | None:
-        with _removed_on_failure(tmp, path):
-            sha = _sha256_while_written_back(tmp) if digest else None
-            _publish(tmp, path)
-            return sha
 
     def _failure(self) -> BaseException | None:
         """The first failure among the files finished so far."""
@@ -142,24 +145,7 @@ def atomic_write_sha256(
     flush that follows the hashing has little left to wait for: hashing is CPU work, writing waits on the disk, and
     the two overlap instead of following each other. With a ``publisher`` the hashing, the flush and the rename run
     on its thread (`Publisher`), and the sha256 is returned as a future."""
-    path = Path(path)
-    if publisher is not None:
-        return publisher.submit(_written(path, write), path, digest=True)
-    digest: list[str] = []
-
-    def write_then_hash(tmp: Path) -> None:
-        write(tmp)
-        digest.append(_sha256_while_written_back(tmp))
-
-    atomic_write(path, write_then_hash, sync_dir=sync_dir)
-    return digest[0]
-
-
-def _sha256_while_written_back(tmp: Path) -> str:
-    """The sha256 of a complete file, read after asking the kernel to start writing it to disk."""
-    with open(tmp, "rb", buffering=0) as f:
-        start_writeback(f.fileno())
-        return _sha256_of(f)
+    return _atomic(Path(path), write, sync_dir, publisher, digest=True)
 
 
 def _sync_file_range() -> Callable[..., int] | None:

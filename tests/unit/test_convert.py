@@ -94,18 +94,18 @@ def test_each_shard_is_flushed_before_its_rename_and_the_renames_before_the_inde
 def test_shards_are_hashed_flushed_and_renamed_off_the_thread_that_reads_the_next_year(tree, tmp_path, monkeypatch):
     """The hashing, flush and rename of each shard run on the publisher's thread (while the next year is read), in
     order, and index.json holds the sha256 of the files as renamed."""
-    threads, replace, hash_of = [], atomic.os.replace, atomic._sha256_while_written_back
+    threads, replace, hash_of = [], atomic.os.replace, atomic._sha256_of
 
     def logged_replace(a, b):
         threads.append(("rename", os.path.basename(b), threading.current_thread().name))
         replace(a, b)
 
-    def logged_hash(tmp):
-        threads.append(("hash", tmp.name.split(".")[1], threading.current_thread().name))
-        return hash_of(tmp)
+    def logged_hash(f):  # the temporary file ".<year>.h5.<pid>-<hex>.tmp", open
+        threads.append(("hash", os.path.basename(f.name).split(".")[1], threading.current_thread().name))
+        return hash_of(f)
 
     monkeypatch.setattr(atomic.os, "replace", logged_replace)
-    monkeypatch.setattr(atomic, "_sha256_while_written_back", logged_hash)
+    monkeypatch.setattr(atomic, "_sha256_of", logged_hash)
     out = tmp_path / "shards"
     convert(tree, cfg(), out, progress=False)
     shards = [(what, name, thread) for what, name, thread in threads if "2010" in name or "2011" in name]
