@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 from met2net.config import ModelConfig
 from met2net.model.encoder import downsampling, layer_strides
@@ -113,5 +113,16 @@ def _convolution_backward(
 
 def flop_counter() -> FlopCounterMode:
     """torch's FlopCounterMode (FLOPs of matrix products and convolutions, forward and backward; nothing else), with
-    the weight gradients of grouped convolutions counted right."""
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _convolution_backward})
+    the weight gradients of grouped convolutions counted right, and the CPU's fused attention (which torch counts on
+    GPUs only) counted as the GPUs' is."""
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten.convolution_backward: _convolution_backward,
+            aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *_, **__: (
+                sdpa_backward_flop_count(g, q, k, v)
+            ),
+        },
+    )

@@ -13,7 +13,7 @@ from torch import nn
 
 from met2net.config import ModelConfig
 from met2net.model.encoder import Decoder, Encoder
-from met2net.model.translator import PhaseDilatedConv2d, Translator, TranslatorBlock
+from met2net.model.translator import CrossVariableAttention, PhaseDilatedConv2d, Translator, TranslatorBlock
 
 TRAINED = ("encoders_q", "decoders_q", "translator_q")
 COPIES = ("encoders_k", "decoders_k", "translator_k")
@@ -87,7 +87,7 @@ class Met2Net(nn.Module):
         """Faster kernels with the same arithmetic up to float rounding (on by default);
         off runs the reference's plain PyTorch layers, the benchmarks' yardstick."""
         for m in self.modules():
-            if isinstance(m, PhaseDilatedConv2d):
+            if isinstance(m, (PhaseDilatedConv2d, CrossVariableAttention)):
                 m.fast_kernels = on
         return self
 

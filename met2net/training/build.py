@@ -32,6 +32,7 @@ from met2net.training.engine import (
     uses_deepspeed,
     write_deepspeed_config,
 )
+from met2net.training.host_memory import keep_freed_memory
 from met2net.training.loop import Trainer
 from met2net.training.optim import build_lr_scheduler, build_optimizer
 from met2net.training.rng import seed_everything
@@ -151,6 +152,7 @@ def build_trainer(cfg: Config) -> Trainer:
     ranks = setup_ranks(cfg)
     info, deepspeed, device = ranks.info, ranks.deepspeed, ranks.device
     seed_everything(cfg.run.seed)
+    host_memory_kept = cfg.training.keep_host_memory and keep_freed_memory()
     run_dir = prepare_run_dir(cfg, info.rank, info.world_size)
     # On a GPU the batches are normalised there (two cheap passes; the loader only copies); on the CPU the loader
     # normalises each window while it is in cache, 2x faster than torch over whole batches (docs/performance.md).
@@ -213,6 +215,7 @@ def build_trainer(cfg: Config) -> Trainer:
             "launcher": info.launcher,
             "master_addr": info.master_addr,
             "engine": "deepspeed" if deepspeed else "local",
+            "host_memory_kept": host_memory_kept,
             "startup": report,
         }
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import socket
 
 import pytest
@@ -72,6 +73,7 @@ def test_the_start_record_holds_the_startup_report(run):
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["cuda"] is None and report["versions"]["nccl"] is None
     assert not any("peak_memory_gib" in r for r in records(run))  # GPU memory is logged on GPUs only
+    assert start["host_memory_kept"] is (platform.libc_ver()[0] == "glibc")  # training.keep_host_memory
 
 
 def test_tensorboard_reads_back_the_logged_scalars(run):

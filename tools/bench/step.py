@@ -21,7 +21,8 @@ names the CPU and the kernels oneDNN chose (from its verbose log).
     .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32]
 
 ``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after two
-warm-up steps) by self CPU time, and the largest copies (`aten::copy_`, layout conversions among them) by shape.
+warm-up steps) by self CPU time, and the largest copies (`aten::copy_`, layout conversions among them), convolutions
+and convolution backwards by shape.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from met2net.config import Config, load_config
 from met2net.model.flops import flop_counter, implicit_step_flops, implicit_step_macs
 from met2net.model.met2net import Met2Net
+from met2net.training.host_memory import keep_freed_memory
 from met2net.training.precision import autocast
 from met2net.training.reference_step import LiteralImplicit
 from met2net.training.stages import Implicit, Schedule
@@ -283,11 +285,17 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 
         runner.step(x, y)
     print(f"\noptimised {precision} step, batch {batch}:", flush=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
-    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
-    copies.sort(key=lambda e: -e.self_cpu_time_total)
-    print("largest aten::copy_ by shape: self ms, calls, shapes")
-    for e in copies[:8]:
-        print(f"  {e.self_cpu_time_total / 1e3:8.1f} {e.count:6d}  {e.input_shapes[0]}")
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    for op, what in (
+        ("aten::copy_", "shape"),
+        ("aten::mkldnn_convolution", "input, weight"),
+        ("aten::convolution_backward", "grad_output, input, weight"),
+    ):
+        events = sorted((e for e in by_shape if e.key == op), key=lambda e: -e.self_cpu_time_total)
+        print(f"largest {op} by shape: self ms, calls, {what}")
+        for e in events[:8]:
+            shapes = e.input_shapes[: len(what.split(", "))]
+            print(f"  {e.self_cpu_time_total / 1e3:8.1f} {e.count:6d}  {', '.join(map(str, shapes))}")
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -302,7 +310,11 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
     ap.add_argument("--profile", action="store_true", help="where the optimised step's time goes, instead")
+    ap.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (training keeps freed memory)"
+    )
     args = ap.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
     precisions = [p for p in DTYPES if p == "fp32" or p in args.precisions]  # the literal fp32 step is the yardstick
     cfg = load_config(args.config, ["model.drop_path=0"])  # deterministic, so the check is exact
     torch.manual_seed(0)
@@ -318,7 +330,8 @@ def main() -> None:
     macs = implicit_step_macs(cfg.model)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model.grid} grid, "
-        f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames; necessary work "
+        f"{len(cfg.model.variables)} variables, {cfg.model.in_frames} → {cfg.model.out_frames} frames; freed host "
+        f"memory kept (training.keep_host_memory): {kept}; necessary work "
         f"{necessary / 1e9:.1f} GFLOP per sample ("
         + ", ".join(f"{k} {2 * v / 1e9:.1f}" for k, v in macs.items())
         + ")",

@@ -1,0 +1,31 @@
+"""Keep the host memory a training step frees for the next step, instead of giving it back to the kernel.
+
+glibc's malloc unmaps large freed blocks and trims the heap's free top (above 128 KiB by default, a threshold that
+grows only to the largest block freed), so the next step's allocations of the same sizes fault their pages in and
+the kernel zeroes them again: ~160,000 minor faults per CPU step at mv5 5.625°, a tenth of the step's time
+(docs/performance.md). Raising the thresholds keeps the pages mapped: a step reuses the last one's, and the resident
+set stays at the step's peak, which the step reaches anyway. Allocations above 32 MiB (glibc's largest mmap
+threshold) are still unmapped on free.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 64 << 20}
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory mapped; False where the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        glibc = hasattr(libc, "gnu_get_libc_version")  # another libc's mallopt may read these numbers otherwise
+    except (OSError, AttributeError):
+        return False
+    if not glibc:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in SETTINGS.items())

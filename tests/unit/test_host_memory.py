@@ -1,0 +1,53 @@
+"""Keeping freed host memory (``training.keep_host_memory``): on glibc a training step then faults no pages in
+afresh. Page faults are counted (getrusage), not timed, so a loaded machine cannot fail the test. Each case runs in
+its own process: the setting is process-wide and lasts."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.test_train_cli import ROOT
+
+STEPS = """
+import json, resource, sys, torch
+from met2net.model.met2net import Met2Net
+from met2net.training.host_memory import keep_freed_memory
+from met2net.training.stages import make_schedule
+from tests.conftest import small_config
+
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.manual_seed(0)
+cfg = small_config("model.grid=[32,64]", "model.hid_t=64")
+schedule = make_schedule(cfg)
+model = Met2Net(cfg.model, with_copies=schedule.needs_copies)
+schedule.configure(model)
+x = torch.randn(4, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    schedule.forward(model, x, x.flip(1)).loss.backward()
+    model.zero_grad(set_to_none=True)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
+"""
+
+
+def step_faults(mode: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", STEPS, mode], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
+def test_steps_after_the_first_fault_no_pages_in_when_freed_memory_is_kept():
+    kept, default = step_faults("keep"), step_faults("default")
+    assert kept["kept"] is True
+    later_kept, later_default = sum(kept["faults"][2:]), sum(default["faults"][2:])
+    assert later_default > 5_000, default  # glibc's defaults give pages back and fault them in again every step
+    assert later_kept < later_default / 10, (kept, default)
