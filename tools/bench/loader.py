@@ -21,7 +21,8 @@ during the run (a shared machine) hits them alike; ratios are taken within each 
 medians over rounds are printed. Each block's first batch is untimed (after another variant's
 allocations, malloc may hand back fresh pages that fault in: 3,000 faults per batch measured), and
 so are the batches a worker variant has waiting; after its block, the bench sleeps while the
-workers refill their prefetch queues, so that they do not slow down the next variant.
+workers refill their prefetch queues, so that they do not slow down the next variant. The process keeps freed
+memory mapped, as training does (`training.keep_host_memory`), unless ``--default-malloc``.
 
     .venv/bin/python tools/bench/loader.py [--batches 20] [--rounds 5] [--workers 0 1 2] [--step-batch 1]
 """
@@ -46,6 +47,7 @@ from met2net.data.shards import ShardMeta, ShardReader, shard_entry, write_index
 from met2net.data.synthetic import VARIABLES, generate
 from met2net.data.windows import ShardWindowDataset, batch_loader
 from met2net.model.met2net import Met2Net
+from met2net.training.host_memory import keep_freed_memory
 from met2net.training.hot_path import to_device
 from met2net.training.stages import Implicit
 
@@ -155,8 +157,15 @@ def main() -> None:
         "--workers", type=int, nargs="+", default=[w for w in (0, 1, 2, 4) if w <= cores], help="(default: ≤ cores)"
     )
     ap.add_argument("--step-batch", type=int, default=1, help="batch of the training-step measurement (0: skip)")
+    ap.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (training keeps freed memory)"
+    )
     args = ap.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {cores} cores; load average before: {loadavg()}")
+    kept = not args.default_malloc and keep_freed_memory()
+    print(
+        f"{platform.processor() or platform.machine()}, {cores} cores; load average before: {loadavg()}; freed host "
+        f"memory kept (training.keep_host_memory): {kept}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         write_year(directory)
