@@ -75,9 +75,9 @@ class CrossVariableAttention(nn.Module):
     (D/heads)·h·w feature map.
 
     With ``fast_kernels`` the products run in ``F.scaled_dot_product_attention`` on strided views of the
-    projections: the reference's head split and output reshape each copy a whole latent (a tenth of a CPU step in
-    copies), while the fused kernel reads the views in place and writes its output in the (B, C, heads, ·) layout
-    that the output projection reads as it is. Equal up to float rounding (the softmax is computed in blocks)."""
+    projections: the reference's head split and output reshape each copy a whole latent, while the fused kernel
+    reads the views in place and writes its output in the (B, C, heads, ·) layout that the output projection reads
+    as it is. Equal up to float rounding (the softmax is computed in blocks)."""
 
     fast_kernels = True
 

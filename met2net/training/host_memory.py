@@ -2,8 +2,9 @@
 
 glibc's malloc unmaps large freed blocks and trims the heap's free top (above 128 KiB by default, a threshold that
 grows only to the largest block freed), so the next step's allocations of the same sizes fault their pages in and
-the kernel zeroes them again: ~160,000 minor faults per CPU step at mv5 5.625°, a tenth of the step's time
-(docs/performance.md). Raising the thresholds keeps the pages mapped: a step reuses the last one's, and the resident
+the kernel zeroes them again: ~160,000 minor faults per CPU step at mv5 5.625°, 0.3-0.4 s of system time in a
+2.2 s step, and the kernels that first write the fresh pages run slower (docs/performance.md, session 11).
+Raising the thresholds keeps the pages mapped: a step reuses the last one's, and the resident
 set stays at the step's peak, which the step reaches anyway. Allocations above 32 MiB (glibc's largest mmap
 threshold) are still unmapped on free.
 """
@@ -21,11 +22,10 @@ def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory mapped; False where the C library is not glibc (nothing changed)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        glibc = hasattr(libc, "gnu_get_libc_version")  # another libc's mallopt may read these numbers otherwise
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    if not glibc:
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt may read these numbers otherwise
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
