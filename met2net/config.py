@@ -96,7 +96,7 @@ class TrainingConfig:
     # one tuned (without it stage two made forecasts worse: docs/architecture.md, Schedules)
     stage2_pred_loss_weight: float = 100.0
     channels_last: bool = True
-    # keep the memory a step frees mapped for the next (glibc malloc): no page faults per step (docs/performance.md)
+    # keep the memory a step frees mapped for the next (glibc malloc), not faulted in afresh (docs/performance.md)
     keep_host_memory: bool = True
     # torch.compile each encoder, decoder and Translator block (trained and copies); off: eager (docs/performance.md)
     compile: bool = False
