@@ -15,7 +15,8 @@
 # Data: the built-in synthetic fields on the mv5 grid and variables (one year each for train/val/test, 6-hourly),
 # or SMOKE_DATA="data.source=shards data.path=/scratch/mv5/shards" for converted WeatherBench data.
 # SMOKE_ONLY="zero2-bf16 zero3-fp32" runs those configurations only; SMOKE_DIR (runs/gpu_smoke) holds runs and logs.
-# Also: the CUDA unit tests (tests/unit/test_hot_path.py -k gpu), and with the default data one run on shards
+# Also: the CUDA unit tests (tests/unit/test_hot_path.py -k gpu; the fast kernels against the plain layers in
+# tests/unit/test_model.py), and with the default data one run on shards
 # ("shards-zero2-bf16": batches normalised on the device) converted from the same synthetic fields.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -88,8 +89,10 @@ launch() {
   esac
 }
 
-# The CUDA unit tests that skip on the CPU: batches sent from pinned memory, normalised on the device, equal the host's
-CUDA_VISIBLE_DEVICES=${visible[0]} "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/unit/test_hot_path.py" -k gpu \
+# The CUDA unit tests that skip on the CPU: batches sent from pinned memory, normalised on the device, equal the host's;
+# the fused attention and the phase-split convolution equal the plain layers on the GPU
+CUDA_VISIBLE_DEVICES=${visible[0]} "$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/unit/test_hot_path.py" -k "gpu or cuda" \
+  "$ROOT/tests/unit/test_model.py::test_fast_kernels_equal_the_reference_layers" \
   > "$OUT/cuda-tests.log" 2>&1 || fail "CUDA unit tests" "$OUT/cuda-tests.log"
 
 # On a GPU the training loader hands over raw windows of shards and the step normalises them on the device

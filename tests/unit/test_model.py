@@ -163,27 +163,33 @@ def test_importer_rejects_foreign_keys():
         reference_key_to_ours("hid_q.extra.weight")
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("batch, heads", [(1, 8), (3, 2), (2, 1)])
-def test_fast_kernels_equal_the_reference_layers(batch, heads, channels_last):
+def test_fast_kernels_equal_the_reference_layers(batch, heads, channels_last, device, monkeypatch):
     """The Translator block with the fused attention and the phase-split dilated convolution gives the plain
-    layers' output and gradients, up to float rounding (1e-5 relative)."""
+    layers' output and gradients, up to float rounding (1e-5 relative); on a GPU too (tools/gpu_smoke.sh runs it),
+    with TF32 off, which would round both paths' convolutions to 1e-3."""
     from met2net.model.translator import TranslatorBlock
 
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
-    fast = TranslatorBlock(32, heads, drop_path=0.0).train()
+    fast = TranslatorBlock(32, heads, drop_path=0.0).train().to(device)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     plain = deepcopy(fast)
     for m in plain.modules():
         if hasattr(m, "fast_kernels"):
             m.fast_kernels = False
-    x = torch.randn(batch, 5, 32, 10, 14)
+    x = torch.randn(batch, 5, 32, 10, 14, device=device)
     results = []
     for block in (fast, plain):
         xi = x.clone().requires_grad_()
         out = block(xi)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel(), device=device).reshape(out.shape)).sum().backward()
         results.append([out, xi.grad, *[p.grad for p in block.parameters()]])
     scale = max(g.abs().max().item() for g in results[1][1:])  # a bias that a norm follows has ~0 gradient
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
