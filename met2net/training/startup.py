@@ -77,6 +77,10 @@ def startup_report(
         "ranks": ranks,
         "versions": versions(cuda),
         "precision": precision,
+        # on NVIDIA GPUs PyTorch lets cuDNN run fp32 convolutions in TF32 by default: what "fp32" meant for this run
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+        if cuda
+        else None,
         "deepspeed_config": deepspeed_config,
     }
 
@@ -87,7 +91,9 @@ def format_report(report: dict[str, Any]) -> str:
     stack = f"torch {v['torch']}" + "".join(
         f", {name} {v[key]}" for key, name in (("cuda", "CUDA"), ("nccl", "NCCL"), ("deepspeed", "DeepSpeed")) if v[key]
     )
-    lines = [f"met2net: {len(report['ranks'])} rank(s), precision {report['precision']}, {stack}"]
+    tf32 = report.get("tf32")
+    allowed = tf32 and ", TF32 for " + (" and ".join(k for k, on in tf32.items() if on) or "nothing")
+    lines = [f"met2net: {len(report['ranks'])} rank(s), precision {report['precision']}{allowed or ''}, {stack}"]
     for r in report["ranks"]:
         gpu = f"  {r['gpu']} {r['memory_gib']} GiB" if "gpu" in r else ""
         lines.append(

@@ -70,6 +70,7 @@ def test_the_start_record_holds_the_startup_report(run):
         }
     ]
     assert report["precision"] == cfg.training.precision and report["deepspeed_config"] is None
+    assert report["tf32"] is None  # TF32 is an NVIDIA GPU's: recorded there only
     assert report["versions"]["torch"] == torch.__version__
     assert report["versions"]["cuda"] is None and report["versions"]["nccl"] is None
     assert not any("peak_memory_gib" in r for r in records(run))  # GPU memory is logged on GPUs only
@@ -109,3 +110,18 @@ def test_a_resumed_log_hides_the_steps_it_logs_again(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_the_start_up_line_says_what_tf32_allowed():
+    """On a GPU "fp32" convolutions may run in TF32 (PyTorch's default for cuDNN): the printed line says so."""
+    from met2net.training.startup import format_report
+
+    rank = {"rank": 0, "host": "h", "local_rank": 0, "device": "cuda:0", "layout": "one-gpu", "visible": "0"}
+    versions = {"torch": "2", "cuda": "12", "nccl": None, "deepspeed": None}
+    report = {"ranks": [rank], "versions": versions, "precision": "fp32", "deepspeed_config": None}
+    first = {}
+    for tf32 in (None, {"cudnn": True, "matmul": False}, {"cudnn": False, "matmul": False}):
+        first[str(tf32)] = format_report({**report, "tf32": tf32}).splitlines()[0]
+    assert "TF32" not in first["None"]
+    assert "precision fp32, TF32 for cudnn, torch 2" in first["{'cudnn': True, 'matmul': False}"]
+    assert "TF32 for nothing" in first["{'cudnn': False, 'matmul': False}"]
