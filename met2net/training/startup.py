@@ -92,8 +92,8 @@ def format_report(report: dict[str, Any]) -> str:
         f", {name} {v[key]}" for key, name in (("cuda", "CUDA"), ("nccl", "NCCL"), ("deepspeed", "DeepSpeed")) if v[key]
     )
     tf32 = report.get("tf32")
-    allowed = tf32 and ", TF32 for " + (" and ".join(k for k, on in tf32.items() if on) or "nothing")
-    lines = [f"met2net: {len(report['ranks'])} rank(s), precision {report['precision']}{allowed or ''}, {stack}"]
+    allowed = "" if tf32 is None else ", TF32 for " + (" and ".join(k for k, on in tf32.items() if on) or "nothing")
+    lines = [f"met2net: {len(report['ranks'])} rank(s), precision {report['precision']}{allowed}, {stack}"]
     for r in report["ranks"]:
         gpu = f"  {r['gpu']} {r['memory_gib']} GiB" if "gpu" in r else ""
         lines.append(
