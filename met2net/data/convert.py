@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import h5py
 import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import masks, reconvert, shards
-from met2net.data.atomic import Publisher, fsync
+from met2net.data.atomic import Publisher, atomic_write_sha256, fsync
 from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
@@ -76,15 +78,6 @@ def file_years(path: Path, coords: Mapping[str, str] | None = None, opened: Open
     return set(np.unique(times.astype("datetime64[Y]").astype(int) + 1970).tolist())
 
 
-@dataclass
-class Year:
-    times: np.ndarray  # datetime64[h]
-    fields: np.ndarray  # (time, C, lat, lon) float32
-    meta: shards.ShardMeta
-    step: TimeStep | None  # None: fewer than two times
-    valid: np.ndarray | None = None  # (C, lat, lon) bool, points never missing; None: nothing was filled
-
-
 @dataclass(frozen=True)
 class _Axes:
     """The time axis and grid of one variable's year, which every other variable must share."""
@@ -104,7 +97,18 @@ class _Axes:
         )
 
 
-def read_year(
+@dataclass
+class Year:
+    """One shard's worth of sources, opened and checked but not read: `write_year` reads and writes it."""
+
+    year: int
+    times: np.ndarray  # datetime64[h]
+    meta: shards.ShardMeta
+    step: TimeStep | None  # None: fewer than two times
+    variables: list[tuple[VariableSource, _Axes, xr.DataArray]]  # per channel; the data not read yet where it can be
+
+
+def open_year(
     year: int,
     sources: list[VariableSource],
     files: dict[str, dict[int, list[Path]]],
@@ -112,19 +116,11 @@ def read_year(
     allow_gaps: bool,
     coords: Mapping[str, str] | None = None,
     opened: OpenSources | None = None,
-    missing: Mapping[str, str] | None = None,
 ) -> Year:
-    """Every variable's data for ``year``, checked to share time axis and grid; ``opened``: sources kept open across
-    years; ``missing``: the policy for missing values per variable (``data.missing``; met2net/data/masks.py).
-
-    Only ``year``'s times are read from each source, one variable at a time into the shard's array, so memory stays
-    at about one shard plus one variable's year, however many years a source file holds.
-    """
-    units, long_names = [], []
-    first: _Axes | None = None
-    fields = np.empty(0, dtype=np.float32)
-    valid = None
-    for c, src in enumerate(sources):
+    """Every variable's ``year``, checked to share time axis and grid, its time step and the shard's description,
+    before any value is read (a variable of several source files for the year is read here, concatenated)."""
+    variables, units, long_names = [], [], []
+    for src in sources:
         paths = files[src.name].get(year, [])
         if not paths:
             raise UserError(
@@ -133,21 +129,12 @@ def read_year(
             )
         da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year, opened, lazy=True)
         axes = _Axes.of(src.name, paths, da)
-        if first is None:
-            first = axes
-            frame = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
-            fields = np.empty((da.sizes["time"], len(sources), *frame), dtype=np.float32)
-        else:
-            _same_axes(first, axes, year)
-        finite = _copy(da, fields[:, c], subsample)
-        how = masks.policy(missing or {}, src.name)
-        counted = None if finite else _complete(fields[:, c], src, axes, year, how, subsample)
-        if counted is not None:
-            valid = np.ones((len(sources), *fields.shape[2:]), dtype=bool) if valid is None else valid
-            valid[c] = counted
+        if variables:
+            _same_axes(variables[0][1], axes, year)
+        variables.append((src, axes, da))
         units.append(str(da.attrs.get("units", "")))
         long_names.append(str(da.attrs.get("long_name", src.var)))
-        del da
+    first = variables[0][1]
     times = first.times.astype("datetime64[h]")
     step = of_times(times, str(first.files), allow_gaps, first.calendar)
     meta = shards.ShardMeta(
@@ -158,7 +145,66 @@ def read_year(
         lat=first.lat[::subsample],
         lon=first.lon[::subsample],
     )
-    return Year(times, fields, meta, step, valid)
+    return Year(year, times, meta, step, variables)
+
+
+def write_year(
+    path: Path,
+    year: Year,
+    subsample: int,
+    missing: Mapping[str, str] | None = None,
+    writer: shards.BlockWriter | None = None,
+    publisher: Publisher | None = None,
+) -> str | Future[str]:
+    """``year`` read from its sources and written as the shard ``path``, a block of times of one variable at a
+    time; returns its sha256 (or, with a ``publisher``, its future: `shards.write_shard`). ``missing``: the policy
+    for missing values per variable (``data.missing``; met2net/data/masks.py).
+
+    Each block goes to the file on a writer thread while the next is read (`shards.BlockWriter`), so memory stays
+    at a few blocks, whatever the size of the shard or of the source files, and reading overlaps writing. Missing
+    values are refused (or filled) block by block, before the block is written; a refusal removes the unfinished
+    file, so nothing of the year is published.
+    """
+
+    def write(tmp: Path) -> None:
+        # Closed only when complete: after a failed write (a full disk) h5py's close fails too, and the objects that
+        # the error's traceback still holds then crash the interpreter when freed; they close the file when they
+        # are collected, the unfinished file already removed (atomic_write_sha256).
+        f = h5py.File(tmp, "w")
+        if writer is None:
+            with shards.BlockWriter() as own:
+                valid = _stream(f, year, subsample, missing or {}, own)
+        else:
+            valid = _stream(f, year, subsample, missing or {}, writer)
+        if valid is not None:
+            shards.add_valid(f, valid)
+        f.close()
+
+    return atomic_write_sha256(path, write, sync_dir=False, publisher=publisher)
+
+
+def _stream(
+    f: h5py.File, year: Year, subsample: int, missing: Mapping[str, str], writer: shards.BlockWriter
+) -> np.ndarray | None:
+    """`write_year`'s shard into the open file ``f``, every block written when it returns; the points that count
+    where values were filled (None: nothing was missing)."""
+    valid = None
+    fields = shards.start_shard(f, year.times, year.meta)
+    try:
+        for c, (src, axes, da) in enumerate(year.variables):
+            how = masks.policy(missing, src.name)
+            for lo, block in _blocks(da, subsample):
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    counted = _complete(block, bad, src, axes, year, how, subsample, da, lo)
+                    valid = np.ones(year.meta.shape, dtype=bool) if valid is None else valid
+                    valid[c] &= counted
+                writer.put(fields, (slice(lo, lo + block.shape[0]), c), block)
+    except BaseException:
+        writer.drain(quiet=True)  # nothing may still write into the file that the caller removes
+        raise
+    writer.drain()
+    return valid
 
 
 # Source values read (and decoded) at a time: at most 4 MiB and a quarter of the variable's year, but at least 1 MiB
@@ -166,39 +212,48 @@ def read_year(
 _BLOCK_BYTES, _BLOCKS, _MIN_BLOCK_BYTES = 4 << 20, 4, 1 << 20
 
 
-def _copy(da: xr.DataArray, out: np.ndarray, subsample: int) -> bool:
-    """``da`` (time, lat, lon), possibly not read yet, into ``out`` (float32), a block of times at a time, so the
-    year is never held as read and as decoded beside the shard (xarray's masking and scaling makes a copy); whether
-    every value is finite."""
+def _blocks(da: xr.DataArray, subsample: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``da`` (time, lat, lon), possibly not read yet, as float32 blocks of times (the first time's index, the
+    block), each a new array: the year is never held whole, and never as read and as decoded beside its copy
+    (xarray's masking and scaling makes one)."""
     frame = da.sizes["lat"] * da.sizes["lon"] * max(da.dtype.itemsize, 4)
     quarter = -(-da.sizes["time"] // _BLOCKS)
     step = max(1, min(_BLOCK_BYTES // frame, max(quarter, _MIN_BLOCK_BYTES // frame)))
-    finite = True
+    shape = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
     for lo in range(0, da.sizes["time"], step):
-        block = out[lo : lo + step]
-        block[...] = da[lo : lo + step].values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
-        finite = finite and bool(np.isfinite(block).all())
-    return finite
+        values = da[lo : lo + step].values
+        block = np.empty((values.shape[0], *shape), dtype=np.float32)
+        block[...] = values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
+        del values
+        yield lo, block
 
 
 def _complete(
-    values: np.ndarray, src: VariableSource, axes: _Axes, year: int, how: str | float, subsample: int
-) -> np.ndarray | None:
-    """Missing values (NaN after xarray applied the file's _FillValue/missing_value, or inf) of one variable's year
-    as written (after ``subsample``): refused under the policy ``error``, naming the source, the variable, how many
-    there are and where the first is, before anything of the year is written; else filled in place, returning the
-    points that count (None: nothing was missing)."""
-    bad = ~np.isfinite(values)
-    if not bad.any():
-        return None
-    where = f"{axes.files}: variable {src.var!r} ({src.name}) in {year}"
+    block: np.ndarray,
+    bad: np.ndarray,
+    src: VariableSource,
+    axes: _Axes,
+    year: Year,
+    how: str | float,
+    subsample: int,
+    da: xr.DataArray,
+    lo: int,
+) -> np.ndarray:
+    """Missing values ``bad`` (NaN after xarray applied the file's _FillValue/missing_value, or inf) in the block of
+    one variable's year that starts at time ``lo`` (of ``da``, as written: after ``subsample``): filled in place
+    under a fill policy, returning the points that count; refused under the policy ``error``, naming the source,
+    the variable, how many there are in the year (the rest of it is read to count them) and where the first is."""
+    where = f"{axes.files}: variable {src.var!r} ({src.name}) in {year.year}"
     if how != "error":
-        return masks.fill(values, how, bad, where, axes.times)
+        return masks.fill(block, how, bad, where, axes.times[lo : lo + block.shape[0]])
     t, i, j = np.argwhere(bad)[0]
-    frames = int(bad.any(axis=(1, 2)).sum())
+    count, frames = int(bad.sum()), int(bad.any(axis=(1, 2)).sum())
+    for _, rest in _blocks(da[lo + block.shape[0] :], subsample):  # earlier blocks had none
+        later = ~np.isfinite(rest)
+        count, frames = count + int(later.sum()), frames + int(later.any(axis=(1, 2)).sum())
     raise UserError(
-        f"{axes.files}: variable {src.var!r} ({src.name}) has {int(bad.sum())} missing (NaN or inf) values in {year}, "
-        f"in {frames} of {bad.shape[0]} frames, the first at {str(axes.times[t])[:16]}, lat "
+        f"{axes.files}: variable {src.var!r} ({src.name}) has {count} missing (NaN or inf) values in {year.year}, "
+        f"in {frames} of {axes.times.size} frames, the first at {str(axes.times[lo + t])[:16]}, lat "
         f"{axes.lat[i * subsample]:g}, lon {axes.lon[j * subsample]:g}; nothing written. Set a fill policy, e.g. "
         f"data.missing: {{{src.name}: mean}} (or zero, or a value), to fill them and mask those points out of the "
         f"statistics, the loss and the metrics; or fill them in the source (xarray: ds[{src.var!r}].fillna(value) or "
@@ -400,17 +455,16 @@ def _write(
     names = {f"{y}.h5" for y in mine}
     reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
-    with Publisher() as publisher:  # shard N is flushed and renamed while year N + 1 is read
+    # shard N is flushed and renamed while year N + 1 is read; each block is written while the next is read
+    with Publisher() as publisher, shards.BlockWriter() as writer:
         for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
             name = f"{year}.h5"
             if name in reusable:
                 entries.append(reusable[name])
                 continue
             d = cfg.data
-            data = read_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened, d.missing)
-            sha = shards.write_shard(
-                target / name, data.times, data.fields, data.meta, valid=data.valid, sync_dir=False, publisher=publisher
-            )
+            data = open_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
+            sha = write_year(target / name, data, d.subsample, d.missing, writer, publisher)
             entries.append((target / name, data.times, sha))  # its sha256 is taken on the publisher's thread
             print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
             steps.update([data.step] if data.step else [])

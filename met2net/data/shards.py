@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +193,32 @@ def _check_finite(path: Path, fields: np.ndarray, times: np.ndarray, meta: Shard
             )
 
 
+def start_shard(f: h5py.File, times: np.ndarray, meta: ShardMeta, compression: str | None = None) -> h5py.Dataset:
+    """A new shard's attributes and coordinates in ``f`` and its ``fields`` dataset, allocated but not written yet:
+    the caller fills it (whole, `write_shard`; or a block of times and one channel at a time, `BlockWriter`, as
+    met2net/data/convert.py streams a year from its sources) and answers for the values being finite. ``times``:
+    datetime64, whole hours, strictly increasing."""
+    times = _hours(times)
+    f.attrs["format"] = FORMAT
+    f.attrs["channels"] = meta.channels
+    f.attrs["units"] = meta.units
+    f.attrs["long_names"] = meta.long_names
+    f.attrs["levels"] = np.asarray(meta.levels, dtype=np.int64)
+    chunks = (1, *meta.shape) if compression else None  # contiguous: readers memory-map it
+    fields = f.create_dataset(
+        "fields", shape=(times.size, *meta.shape), dtype=np.float32, chunks=chunks, compression=compression
+    )
+    f.create_dataset("time", data=times.astype(np.int64)).attrs["units"] = TIME_UNITS
+    f.create_dataset("lat", data=meta.lat).attrs["units"] = "degrees_north"
+    f.create_dataset("lon", data=meta.lon).attrs["units"] = "degrees_east"
+    return fields
+
+
+def add_valid(f: h5py.File, valid: np.ndarray) -> None:
+    """The points that count of a shard whose missing values were filled (met2net/data/masks.py)."""
+    f.create_dataset("valid", data=np.asarray(valid, dtype=np.uint8))
+
+
 def _fill(
     f: h5py.File,
     times: np.ndarray,
@@ -200,18 +227,48 @@ def _fill(
     compression: str | None,
     valid: np.ndarray | None = None,
 ) -> None:
-    f.attrs["format"] = FORMAT
-    f.attrs["channels"] = meta.channels
-    f.attrs["units"] = meta.units
-    f.attrs["long_names"] = meta.long_names
-    f.attrs["levels"] = np.asarray(meta.levels, dtype=np.int64)
-    chunks = (1, *meta.shape) if compression else None  # contiguous: readers memory-map it
-    f.create_dataset("fields", data=fields, chunks=chunks, compression=compression)
-    f.create_dataset("time", data=times.astype(np.int64)).attrs["units"] = TIME_UNITS
-    f.create_dataset("lat", data=meta.lat).attrs["units"] = "degrees_north"
-    f.create_dataset("lon", data=meta.lon).attrs["units"] = "degrees_east"
-    if valid is not None:  # points filled by a missing-value policy: met2net/data/masks.py
-        f.create_dataset("valid", data=np.asarray(valid, dtype=np.uint8))
+    start_shard(f, times, meta, compression)[...] = fields
+    if valid is not None:
+        add_valid(f, valid)
+
+
+class BlockWriter:
+    """Writes blocks into HDF5 datasets on one background thread, at most ``depth`` blocks behind the caller.
+
+    h5py lets go of the GIL while HDF5 writes, so the caller reads and decodes the next block from its source while
+    the last one goes to the file: a conversion's reading and writing overlap instead of following each other, and
+    its memory is a few blocks, not a shard. A block must not be changed after `put`; `drain` before closing the
+    file. One writer serves many files in turn (met2net/data/convert.py keeps one for a conversion); use it as a
+    context manager, which drains it and stops its thread.
+    """
+
+    def __init__(self, depth: int = 2):
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="met2net-shard-write")
+        self._pending: deque[Future[None]] = deque()
+
+    def put(self, dataset: h5py.Dataset, where: tuple, block: np.ndarray) -> None:
+        """Write ``dataset[where] = block`` after the blocks put before; raises an earlier block's failure."""
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(dataset.__setitem__, where, block))
+
+    def drain(self, quiet: bool = False) -> None:
+        """Wait for every block put; raise the first failure unless ``quiet`` (another error is on its way)."""
+        failed = None
+        while self._pending:
+            failed = failed or self._pending.popleft().exception()
+        if failed is not None and not quiet:
+            raise failed
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.drain(quiet=kind is not None)
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def write_shard(

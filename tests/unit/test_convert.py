@@ -597,3 +597,40 @@ def test_a_multi_year_file_is_read_one_year_at_a_time(tmp_path, monkeypatch):
         fields(tmp_path / "out", 2004)[:, 0],
         values[(times >= np.datetime64("2004-01-01")) & (times < np.datetime64("2005-01-01"))],
     )
+
+
+def test_a_shard_is_written_a_block_at_a_time(tmp_path):
+    """Converting a year holds a few blocks of it, not its shard: a shard of two variables and 46 MiB is written with
+    a Python/numpy peak below half of it (the year was once read whole into the shard's array: above 46 MiB), and
+    its channels hold the sources' values."""
+    import tracemalloc
+
+    times = np.arange("2004-01-01", "2005-01-05", 12, dtype="datetime64[h]").astype("datetime64[ns]")
+    lat, lon = np.linspace(-88.59375, 88.59375, 64), np.arange(128) * 2.8125
+    rng = np.random.default_rng(0)
+    source = {}
+    for name in ("t2m", "u10"):
+        source[name] = rng.standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
+        data = {name: (("time", "lat", "lon"), source[name])}
+        xr.Dataset(data, coords={"time": times, "lat": lat, "lon": lon}).to_netcdf(tmp_path / f"{name}.nc")
+    config = small_config(
+        "model.variables=[t2m, u10]",
+        "model.grid=[64,128]",
+        "data.variables=[{name: t2m, file_glob: t2m.nc, var: t2m}, {name: u10, file_glob: u10.nc, var: u10}]",
+        "data.train_years=[2004]",
+        "data.val_years=[2005]",
+        "data.test_years=[]",
+    )
+    year = times < np.datetime64("2005-01-01")
+    shard_bytes = 2 * source["t2m"][year].nbytes
+    tracemalloc.start()
+    try:
+        convert(tmp_path, config, tmp_path / "out", progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert shard_bytes > 45 * 2**20
+    assert peak < shard_bytes / 2, f"peak {peak / 2**20:.1f} MiB for a shard of {shard_bytes / 2**20:.0f} MiB"
+    written = fields(tmp_path / "out", 2004)
+    np.testing.assert_array_equal(written[:, 0], source["t2m"][year])
+    np.testing.assert_array_equal(written[:, 1], source["u10"][year])
