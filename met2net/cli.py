@@ -203,9 +203,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from met2net.data.convert import convert
     from met2net.distributed.mpi import world_comm
+    from met2net.training.host_memory import keep_freed_memory
 
     cfg = load_config(args.config, args.overrides)
     comm = world_comm()
+    keep_freed_memory()  # each block reuses the last one's pages instead of faulting in fresh ones
     index = convert(args.src, cfg, args.out, comm=comm, force=args.force, hashes=args.hash)
     if comm is None or comm.Get_rank() == 0:
         print(f"shards and {index.name} in {args.out}")

@@ -59,6 +59,7 @@ def child(mode: str, src: str, config: str, out: str) -> None:
     from met2net.config import load_config
     from met2net.data.convert import convert, variable_sources
     from met2net.data.netcdf import find_files
+    from met2net.training.host_memory import keep_freed_memory
 
     cfg = load_config(config)
     tic = time.perf_counter()
@@ -78,13 +79,16 @@ def child(mode: str, src: str, config: str, out: str) -> None:
                     (Path(out) / f"{s.name}-{i}-{lo}.bin").write_bytes(piece)
                     hashlib.sha256(piece).hexdigest()
                 del raw
-    elif mode == "convert":
+    elif mode.startswith("convert"):
+        if mode == "convert":  # as `met2net data convert` runs it (not with --default-malloc: "convert-default")
+            keep_freed_memory()
         convert(src, cfg, out, progress=False)
     seconds = time.perf_counter() - tic
     print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb()}))
 
 
-def measure(mode: str, src: Path, config: Path, out: Path) -> dict:
+def measure(mode: str, src: Path, config: Path, out: Path, default_malloc: bool = False) -> dict:
+    mode = "convert-default" if mode == "convert" and default_malloc else mode
     cmd = [sys.executable, __file__, "--child", mode, str(src), str(config), str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if run.returncode:
@@ -126,7 +130,7 @@ def write_multi_year(root: Path, years: int) -> Path:
     return config
 
 
-def bench(name: str, src: Path, config: Path, work: Path, repeat: int, cold: bool) -> dict:
+def bench(name: str, src: Path, config: Path, work: Path, repeat: int, cold: bool, default_malloc: bool) -> dict:
     from met2net.config import load_config
     from met2net.data.convert import variable_sources
     from met2net.data.netcdf import find_files
@@ -140,7 +144,7 @@ def bench(name: str, src: Path, config: Path, work: Path, repeat: int, cold: boo
         for mode in rows:
             if cold:
                 drop_page_cache()
-            rows[mode].append(measure(mode, src, config, work / f"{name}-{mode}-{i}"))
+            rows[mode].append(measure(mode, src, config, work / f"{name}-{mode}-{i}", default_malloc))
         shutil.rmtree(work / f"{name}-floor-{i}", ignore_errors=True)  # plain copies of the sources: disk only
     shard_dir = work / f"{name}-convert-0"
     index = json.loads((shard_dir / "index.json").read_text())
@@ -194,6 +198,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts (default 2)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--cold", action="store_true", help="drop the page cache before every measurement (root)")
+    p.add_argument("--default-malloc", action="store_true", help="convert with glibc's malloc defaults")
     args = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="met2net-bench-convert-") as tmp:
@@ -201,15 +206,25 @@ def main() -> None:
         src = work / "multi_year"
         src.mkdir()
         config = write_multi_year(src, args.years)
-        results.append(bench(f"multi-year ({args.years} y, 6-hourly)", src, config, work, args.repeat, args.cold))
+        name = f"multi-year ({args.years} y, 6-hourly)"
+        results.append(bench(name, src, config, work, args.repeat, args.cold, args.default_malloc))
         if (NCEP / "air.mon.mean.nc").is_file():
             results.append(
-                bench("ncep air.mon.mean", NCEP, ROOT / "configs/ncep_air_monthly.yaml", work, args.repeat, args.cold)
+                bench(
+                    "ncep air.mon.mean",
+                    NCEP,
+                    ROOT / "configs/ncep_air_monthly.yaml",
+                    work,
+                    args.repeat,
+                    args.cold,
+                    args.default_malloc,
+                )
             )
         else:
             print(f"(no {NCEP / 'air.mon.mean.nc'}: run scripts/fetch_real_data.sh to include the real file)")
     where = "the disk (page cache dropped before each measurement)" if args.cold else "the page cache"
-    print(f"sources read from {where}")
+    malloc = "with glibc's defaults" if args.default_malloc else "keeping freed memory, as met2net data convert does"
+    print(f"sources read from {where}; convert {malloc}")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
