@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from met2net.data.sampler import ShardedSampler
 from met2net.data.shards import ShardMeta, shard_entry, write_index, write_shard
-from met2net.data.windows import ShardWindowDataset, batch_loader
+from met2net.data.windows import ShardWindowDataset, _spacing, batch_loader
 
 C, H, W = 3, 4, 5
 IN, OUT = 3, 2
@@ -283,3 +283,19 @@ def test_loader_batches_equal_a_plain_h5py_read_normalised_in_float32(
             assert torch.equal(x, raw[:, :IN]) and torch.equal(y, raw[:, IN:])
             x, y = ds.normalise(x), ds.normalise(y)
         assert torch.equal(x, want[:, :IN]) and torch.equal(y, want[:, IN:])
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 24])
+def test_the_spacing_worked_out_once_is_each_windows_own(length):
+    """`_spacing` (all windows at once) equals the per-window check it replaced: the common gap of the window's frame
+    indices, or 0 where they are not equally spaced (frame indices with gaps of 1, 2 and 6 mixed at random)."""
+    rng = np.random.default_rng(length)
+    frames = np.cumsum(rng.choice([1, 1, 1, 2, 6], size=400))
+    starts = np.arange(frames.size - length + 1)
+    expected = []
+    for s in starts:
+        gaps = np.diff(frames[s : s + length])
+        expected.append(1 if gaps.size == 0 else int(gaps[0]) if (gaps == gaps[0]).all() else 0)
+    spacing = _spacing(frames, starts, length)
+    np.testing.assert_array_equal(spacing, expected)
+    assert (spacing == 0).any() == (length > 2)
