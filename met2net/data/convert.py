@@ -33,8 +33,8 @@ from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
     find_files,
+    open_parts,
     open_source,
-    open_variable,
     source_times,
     with_our_names,
 )
@@ -90,11 +90,10 @@ class _Axes:
     lon: np.ndarray
 
     @classmethod
-    def of(cls, name: str, files: list[Path], da: xr.DataArray) -> _Axes:
-        time = da["time"]
-        return cls(
-            name, [str(p) for p in files], time.values, time.attrs["calendar"], da["lat"].values, da["lon"].values
-        )
+    def of(cls, name: str, files: list[Path], parts: list[xr.DataArray]) -> _Axes:
+        times = np.concatenate([part["time"].values for part in parts])
+        first, calendar = parts[0], parts[0]["time"].attrs["calendar"]
+        return cls(name, [str(p) for p in files], times, calendar, first["lat"].values, first["lon"].values)
 
 
 @dataclass
@@ -105,7 +104,7 @@ class Year:
     times: np.ndarray  # datetime64[h]
     meta: shards.ShardMeta
     step: TimeStep | None  # None: fewer than two times
-    variables: list[tuple[VariableSource, _Axes, xr.DataArray]]  # per channel; the data not read yet where it can be
+    variables: list[tuple[VariableSource, _Axes, list[xr.DataArray]]]  # per channel, its parts in time order, unread
 
 
 def open_year(
@@ -114,11 +113,12 @@ def open_year(
     files: dict[str, dict[int, list[Path]]],
     subsample: int,
     allow_gaps: bool,
-    coords: Mapping[str, str] | None = None,
-    opened: OpenSources | None = None,
+    coords: Mapping[str, str] | None,
+    opened: OpenSources,
 ) -> Year:
     """Every variable's ``year``, checked to share time axis and grid, its time step and the shard's description,
-    before any value is read (a variable of several source files for the year is read here, concatenated)."""
+    before any value is read (`open_parts`: a variable's year may span several source files); ``opened``: the
+    sources, kept open until the year is written."""
     variables, units, long_names = [], [], []
     for src in sources:
         paths = files[src.name].get(year, [])
@@ -127,13 +127,13 @@ def open_year(
                 f"variable {src.name!r} has no data for {year} (file_glob {src.file_glob!r}); "
                 f"add its files or remove {year} from the data years"
             )
-        da = open_variable(paths, src.var, None if src.level < 0 else src.level, coords, year, opened, lazy=True)
-        axes = _Axes.of(src.name, paths, da)
+        parts = open_parts(paths, src.var, None if src.level < 0 else src.level, coords, year, opened)
+        axes = _Axes.of(src.name, paths, parts)
         if variables:
             _same_axes(variables[0][1], axes, year)
-        variables.append((src, axes, da))
-        units.append(str(da.attrs.get("units", "")))
-        long_names.append(str(da.attrs.get("long_name", src.var)))
+        variables.append((src, axes, parts))
+        units.append(str(parts[0].attrs.get("units", "")))
+        long_names.append(str(parts[0].attrs.get("long_name", src.var)))
     first = variables[0][1]
     times = first.times.astype("datetime64[h]")
     step = of_times(times, str(first.files), allow_gaps, first.calendar)
@@ -191,12 +191,13 @@ def _stream(
     valid = None
     fields = shards.start_shard(f, year.times, year.meta)
     try:
-        for c, (src, axes, da) in enumerate(year.variables):
+        for c, (src, axes, parts) in enumerate(year.variables):
             how = masks.policy(missing, src.name)
-            for lo, block in _blocks(da, subsample):
+            blocks = _blocks(parts, subsample)
+            for lo, block in blocks:
                 bad = ~np.isfinite(block)
                 if bad.any():
-                    counted = _complete(block, bad, src, axes, year, how, subsample, da, lo)
+                    counted = _complete(block, bad, src, axes, year, how, subsample, lo, blocks)
                     valid = np.ones(year.meta.shape, dtype=bool) if valid is None else valid
                     valid[c] &= counted
                 writer.put(fields, (slice(lo, lo + block.shape[0]), c), block)
@@ -212,20 +213,23 @@ def _stream(
 _BLOCK_BYTES, _BLOCKS, _MIN_BLOCK_BYTES = 4 << 20, 4, 1 << 20
 
 
-def _blocks(da: xr.DataArray, subsample: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``da`` (time, lat, lon), possibly not read yet, as float32 blocks of times (the first time's index, the
-    block), each a new array: the year is never held whole, and never as read and as decoded beside its copy
-    (xarray's masking and scaling makes one)."""
-    frame = da.sizes["lat"] * da.sizes["lon"] * max(da.dtype.itemsize, 4)
-    quarter = -(-da.sizes["time"] // _BLOCKS)
-    step = max(1, min(_BLOCK_BYTES // frame, max(quarter, _MIN_BLOCK_BYTES // frame)))
-    shape = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
-    for lo in range(0, da.sizes["time"], step):
-        values = da[lo : lo + step].values
-        block = np.empty((values.shape[0], *shape), dtype=np.float32)
-        block[...] = values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
-        del values
-        yield lo, block
+def _blocks(parts: list[xr.DataArray], subsample: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The parts (time, lat, lon) of a variable's year, possibly not read yet, as float32 blocks of times (the
+    first time's index in the year, the block), each a new array: the year is never held whole, and never as read
+    and as decoded beside its copy (xarray's masking and scaling makes one)."""
+    done = 0
+    for da in parts:
+        frame = da.sizes["lat"] * da.sizes["lon"] * max(da.dtype.itemsize, 4)
+        quarter = -(-da.sizes["time"] // _BLOCKS)
+        step = max(1, min(_BLOCK_BYTES // frame, max(quarter, _MIN_BLOCK_BYTES // frame)))
+        shape = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
+        for lo in range(0, da.sizes["time"], step):
+            values = da[lo : lo + step].values
+            block = np.empty((values.shape[0], *shape), dtype=np.float32)
+            block[...] = values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
+            del values
+            yield done + lo, block
+        done += da.sizes["time"]
 
 
 def _complete(
@@ -236,20 +240,21 @@ def _complete(
     year: Year,
     how: str | float,
     subsample: int,
-    da: xr.DataArray,
     lo: int,
+    rest: Iterator[tuple[int, np.ndarray]],
 ) -> np.ndarray:
     """Missing values ``bad`` (NaN after xarray applied the file's _FillValue/missing_value, or inf) in the block of
-    one variable's year that starts at time ``lo`` (of ``da``, as written: after ``subsample``): filled in place
-    under a fill policy, returning the points that count; refused under the policy ``error``, naming the source,
-    the variable, how many there are in the year (the rest of it is read to count them) and where the first is."""
+    one variable's year that starts at time ``lo`` (as written: after ``subsample``): filled in place under a fill
+    policy, returning the points that count; refused under the policy ``error``, naming the source, the variable,
+    how many there are in the year (``rest``, the year's blocks after this one, is read to count them) and where
+    the first is."""
     where = f"{axes.files}: variable {src.var!r} ({src.name}) in {year.year}"
     if how != "error":
         return masks.fill(block, how, bad, where, axes.times[lo : lo + block.shape[0]])
     t, i, j = np.argwhere(bad)[0]
     count, frames = int(bad.sum()), int(bad.any(axis=(1, 2)).sum())
-    for _, rest in _blocks(da[lo + block.shape[0] :], subsample):  # earlier blocks had none
-        later = ~np.isfinite(rest)
+    for _, later_block in rest:  # earlier blocks had none
+        later = ~np.isfinite(later_block)
         count, frames = count + int(later.sum()), frames + int(later.any(axis=(1, 2)).sum())
     raise UserError(
         f"{axes.files}: variable {src.var!r} ({src.name}) has {count} missing (NaN or inf) values in {year.year}, "

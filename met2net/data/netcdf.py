@@ -480,6 +480,40 @@ def _check_same_grid(parts: list[xr.DataArray], paths: list[Path], var: str) -> 
                 )
 
 
+def open_parts(
+    paths: list[Path],
+    var: str,
+    level: int | None,
+    coords: Mapping[str, str] | None,
+    year: int,
+    sources: OpenSources,
+) -> list[xr.DataArray]:
+    """``var``'s ``year`` from sources kept open, as (time, lat, lon) parts in time order, none of them read yet, in
+    the files' dtype: a converter reads them a block of times at a time, so a year that spans several files (monthly
+    files of ERA5) is never held whole either. The checks are `open_variable`'s; where the files' times interleave,
+    the year is read and sorted as `open_variable` does and is the one part."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
+    parts = [_read_one(p, var, level, coords, year, sources, lazy=True) for p in paths]
+    _check_same_grid(parts, paths, var)
+    _check_calendars(parts, paths, var)
+    order = sorted(range(len(parts)), key=lambda i: parts[i]["time"].values[0] if parts[i].sizes["time"] else 0)
+    parts = [parts[i] for i in order if parts[i].sizes["time"]]
+    times = np.concatenate([part["time"].values for part in parts]) if parts else np.empty(0, "datetime64[ns]")
+    if not parts or not (np.diff(times) > np.timedelta64(0)).all():
+        return [open_variable(paths, var, level, coords, year, sources)]
+    return parts
+
+
+def _check_calendars(parts: list[xr.DataArray], paths: list[Path], var: str) -> None:
+    used = {str(p): part["time"].attrs["calendar"] for p, part in zip(paths, parts)}
+    if len(set(used.values())) > 1:
+        raise UserError(
+            f"variable {var!r}: its files use different calendars ({used}); convert them to one calendar first"
+        )
+
+
 def open_variable(
     paths: list[Path],
     var: str,
@@ -487,28 +521,20 @@ def open_variable(
     coords: Mapping[str, str] | None = None,
     year: int | None = None,
     sources: OpenSources | None = None,
-    lazy: bool = False,
 ) -> xr.DataArray:
     """Read ``var`` from sources (netCDF files or Zarr stores) into one (time, lat, lon) float32 array, time
     ascending; ``coords``: the files' names of our axes where the common ones do not fit (``data.coords``); ``year``:
     read that year's times only (the rest of a multi-year source is never read).
 
-    Loads eagerly; without ``sources`` (kept open by the caller) each source is closed before returning, so no
-    handles outlive the call (safe with forked data-loader workers). ``lazy`` (with ``sources``, one source): read
-    nothing yet, in the file's dtype, so the caller can copy it in blocks of times (met2net/data/convert.py) and
-    never hold the whole year as read and as decoded beside its copy; several sources are concatenated, in memory.
+    Loads eagerly (`open_parts` leaves a converter's sources unread); without ``sources`` (kept open by the caller)
+    each source is closed before returning, so no handles outlive the call (safe with forked data-loader workers).
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise FileNotFoundError(f"no files given for variable {var!r}; check its data.variables[].file_glob")
-    lazy = lazy and sources is not None and len(paths) == 1
-    parts = [_read_one(p, var, level, coords, year, sources, lazy) for p in paths]
+    parts = [_read_one(p, var, level, coords, year, sources) for p in paths]
     _check_same_grid(parts, paths, var)
-    used = {str(p): part["time"].attrs["calendar"] for p, part in zip(paths, parts)}
-    if len(set(used.values())) > 1:
-        raise UserError(
-            f"variable {var!r}: its files use different calendars ({used}); convert them to one calendar first"
-        )
+    _check_calendars(parts, paths, var)
     da = (
         xr.concat(parts, dim="time", coords="minimal", compat="override", join="override", combine_attrs="override")
         if len(parts) > 1

@@ -19,6 +19,7 @@ from met2net.data.convert import convert
 from met2net.data.netcdf import write_weatherbench_tree
 from met2net.data.shards import ShardError, read_index, verify_shards
 from met2net.data.synthetic import generate
+from met2net.errors import UserError
 from tests.conftest import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -599,10 +600,12 @@ def test_a_multi_year_file_is_read_one_year_at_a_time(tmp_path, monkeypatch):
     )
 
 
-def test_a_shard_is_written_a_block_at_a_time(tmp_path):
+@pytest.mark.parametrize("files", [1, 3])
+def test_a_shard_is_written_a_block_at_a_time(tmp_path, files):
     """Converting a year holds a few blocks of it, not its shard: a shard of two variables and 46 MiB is written with
-    a Python/numpy peak below half of it (the year was once read whole into the shard's array: above 46 MiB), and
-    its channels hold the sources' values."""
+    a Python/numpy peak below half of it (the year was once read whole into the shard's array: above 46 MiB), also
+    when each variable's year comes in several files (named out of time order here; they were read whole and
+    concatenated), and its channels hold the sources' values."""
     import tracemalloc
 
     times = np.arange("2004-01-01", "2005-01-05", 12, dtype="datetime64[h]").astype("datetime64[ns]")
@@ -611,12 +614,15 @@ def test_a_shard_is_written_a_block_at_a_time(tmp_path):
     source = {}
     for name in ("t2m", "u10"):
         source[name] = rng.standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
-        data = {name: (("time", "lat", "lon"), source[name])}
-        xr.Dataset(data, coords={"time": times, "lat": lat, "lon": lon}).to_netcdf(tmp_path / f"{name}.nc")
+        (tmp_path / name).mkdir()
+        for k, part in enumerate(np.array_split(np.arange(times.size), files)):
+            data = {name: (("time", "lat", "lon"), source[name][part])}
+            ds = xr.Dataset(data, coords={"time": times[part], "lat": lat, "lon": lon})
+            ds.to_netcdf(tmp_path / name / f"{'zyx'[k]}.nc")
     config = small_config(
         "model.variables=[t2m, u10]",
         "model.grid=[64,128]",
-        "data.variables=[{name: t2m, file_glob: t2m.nc, var: t2m}, {name: u10, file_glob: u10.nc, var: u10}]",
+        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}, {name: u10, file_glob: u10/*.nc, var: u10}]",
         "data.train_years=[2004]",
         "data.val_years=[2005]",
         "data.test_years=[]",
@@ -634,3 +640,37 @@ def test_a_shard_is_written_a_block_at_a_time(tmp_path):
     written = fields(tmp_path / "out", 2004)
     np.testing.assert_array_equal(written[:, 0], source["t2m"][year])
     np.testing.assert_array_equal(written[:, 1], source["u10"][year])
+
+
+def test_files_whose_times_interleave_are_sorted_and_overlapping_ones_refused(tmp_path):
+    """A year split over files that interleave in time (even and odd frames) is read whole and sorted into its shard;
+    files that share a time are refused, naming it, and nothing is written."""
+    times = np.arange("2004-01-01", "2005-01-03", 24, dtype="datetime64[h]").astype("datetime64[ns]")
+    lat, lon = np.linspace(-87.1875, 87.1875, 8), np.arange(16) * 22.5
+    values = np.random.default_rng(0).standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
+    (tmp_path / "t2m").mkdir()
+
+    def write(name: str, frames: np.ndarray) -> None:
+        ds = xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), values[frames])}, coords={"time": times[frames], "lat": lat, "lon": lon}
+        )
+        ds.to_netcdf(tmp_path / "t2m" / name)
+
+    write("a.nc", np.arange(0, times.size, 2))
+    write("b.nc", np.arange(1, times.size, 2))
+    config = small_config(
+        "model.variables=[t2m]",
+        "model.grid=[8,16]",
+        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}]",
+        "data.train_years=[2004]",
+        "data.val_years=[2005]",
+        "data.test_years=[]",
+    )
+    convert(tmp_path, config, tmp_path / "out", progress=False)
+    year = times < np.datetime64("2005-01-01")
+    np.testing.assert_array_equal(fields(tmp_path / "out", 2004)[:, 0], values[year])
+
+    write("c.nc", np.arange(5, 7))
+    with pytest.raises(UserError, match="2004-01-06.* appears more than once .* the files overlap"):
+        convert(tmp_path, config, tmp_path / "again", progress=False)
+    assert not list(tmp_path.glob("again/*"))
