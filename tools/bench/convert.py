@@ -6,7 +6,8 @@ cache dropped before every measurement, as a user's first conversion of files on
 
 - xarray: ``xr.open_dataset(path)[var].values`` of every source once (the whole file in memory, no conversion);
 - convert: `met2net.data.convert.convert` of the same sources into a new shard directory (read, checks, normalised
-  grid, HDF5 shards with checksums, index.json);
+  grid, HDF5 shards with checksums, index.json), keeping freed memory as `met2net data convert` does
+  (``--default-malloc``: glibc's defaults);
 - floor: the same xarray read, then the values written to plain files (16 MiB each) and their sha256 taken in
   memory, without fsync: the least work of a conversion that writes and checksums what it read, so
   "floor / xarray" bounds what "convert / xarray" can reach on the machine (fsync hidden entirely);
@@ -20,7 +21,7 @@ a multiple of one output shard. Datasets:
 - ``ncep``: the NCEP/NCAR monthly ``air.mon.mean.nc`` of docs/real-data.md (78 years in one file), when it is in the
   cache (``scripts/fetch_real_data.sh``).
 
-    .venv/bin/python tools/bench/convert.py [--years 10] [--repeat 2] [--cold]
+    .venv/bin/python tools/bench/convert.py [--years 10] [--repeat 2] [--cold] [--default-malloc]
 """
 
 from __future__ import annotations
