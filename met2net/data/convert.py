@@ -152,8 +152,8 @@ def write_year(
     path: Path,
     year: Year,
     subsample: int,
-    missing: Mapping[str, str] | None = None,
-    writer: shards.BlockWriter | None = None,
+    missing: Mapping[str, str],
+    writer: shards.BlockWriter,
     publisher: Publisher | None = None,
 ) -> str | Future[str]:
     """``year`` read from its sources and written as the shard ``path``, a block of times of one variable at a
@@ -171,11 +171,7 @@ def write_year(
         # the error's traceback still holds then crash the interpreter when freed; they close the file when they
         # are collected, the unfinished file already removed (atomic_write_sha256).
         f = h5py.File(tmp, "w")
-        if writer is None:
-            with shards.BlockWriter() as own:
-                valid = _stream(f, year, subsample, missing or {}, own)
-        else:
-            valid = _stream(f, year, subsample, missing or {}, writer)
+        valid = _stream(f, year, subsample, missing, writer)
         if valid is not None:
             shards.add_valid(f, valid)
         f.close()
