@@ -49,6 +49,18 @@ def fields(directory: Path, year: int) -> np.ndarray:
         return f["fields"][:]
 
 
+def traced_peak(run) -> int:
+    """The peak of Python and numpy allocations (tracemalloc) while ``run()`` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def rewrite(path: Path, change) -> None:
     with xr.open_dataset(path) as ds:
         new = change(ds.load())
@@ -556,8 +568,6 @@ def test_a_file_that_is_no_netcdf_is_named(tree, tmp_path):
 def test_a_multi_year_file_is_read_one_year_at_a_time(tmp_path, monkeypatch):
     """Peak memory of converting a 12-year file stays near one shard: the whole file was once loaded for every
     year it holds (12 × the memory and the time); its variable is put on our grid once, not once per year."""
-    import tracemalloc
-
     from met2net.data import netcdf
 
     normalised, normalise = [], netcdf.normalise_grid
@@ -584,12 +594,7 @@ def test_a_multi_year_file_is_read_one_year_at_a_time(tmp_path, monkeypatch):
         "data.test_years=[]",
     )
     shard_bytes = 366 * 32 * 64 * 4
-    tracemalloc.start()
-    try:
-        convert(tmp_path, config, tmp_path / "out", progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(lambda: convert(tmp_path, config, tmp_path / "out", progress=False))
     assert values.nbytes > 11 * shard_bytes
     assert peak < 4 * shard_bytes, f"peak {peak / 2**20:.1f} MiB for shards of {shard_bytes / 2**20:.1f} MiB"
     assert read_index(tmp_path / "out")["time_step_hours"] == 24
@@ -606,8 +611,6 @@ def test_a_shard_is_written_a_block_at_a_time(tmp_path, files):
     a Python/numpy peak below half of it (the year was once read whole into the shard's array: above 46 MiB), also
     when each variable's year comes in several files (named out of time order here; they were read whole and
     concatenated), and its channels hold the sources' values."""
-    import tracemalloc
-
     times = np.arange("2004-01-01", "2005-01-05", 12, dtype="datetime64[h]").astype("datetime64[ns]")
     lat, lon = np.linspace(-88.59375, 88.59375, 64), np.arange(128) * 2.8125
     rng = np.random.default_rng(0)
@@ -629,12 +632,7 @@ def test_a_shard_is_written_a_block_at_a_time(tmp_path, files):
     )
     year = times < np.datetime64("2005-01-01")
     shard_bytes = 2 * source["t2m"][year].nbytes
-    tracemalloc.start()
-    try:
-        convert(tmp_path, config, tmp_path / "out", progress=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(lambda: convert(tmp_path, config, tmp_path / "out", progress=False))
     assert shard_bytes > 45 * 2**20
     assert peak < shard_bytes / 2, f"peak {peak / 2**20:.1f} MiB for a shard of {shard_bytes / 2**20:.0f} MiB"
     written = fields(tmp_path / "out", 2004)
