@@ -672,3 +672,34 @@ def test_files_whose_times_interleave_are_sorted_and_overlapping_ones_refused(tm
     with pytest.raises(UserError, match="2004-01-06.* appears more than once .* the files overlap"):
         convert(tmp_path, config, tmp_path / "again", progress=False)
     assert not list(tmp_path.glob("again/*"))
+
+
+def test_monthly_files_of_several_variables_outnumbering_the_open_sources(tmp_path):
+    """A year in twelve monthly files per variable (ERA5's usual download), two variables: 24 files for one shard,
+    more than the 16 sources kept open at once, so some are closed before their year is read; the shard still holds
+    every source value."""
+    times = np.arange("2004-01-01", "2005-01-05", 12, dtype="datetime64[h]").astype("datetime64[ns]")
+    lat, lon = np.linspace(-87.1875, 87.1875, 8), np.arange(16) * 22.5
+    months = times.astype("datetime64[M]")
+    rng = np.random.default_rng(0)
+    source = {}
+    for name in ("t2m", "u10"):
+        source[name] = rng.standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
+        (tmp_path / name).mkdir()
+        for k, month in enumerate(np.unique(months)):
+            sel = months == month
+            data = {name: (("time", "lat", "lon"), source[name][sel])}
+            xr.Dataset(data, coords={"time": times[sel], "lat": lat, "lon": lon}).to_netcdf(tmp_path / name / f"{k}.nc")
+    config = small_config(
+        "model.variables=[t2m, u10]",
+        "model.grid=[8,16]",
+        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}, {name: u10, file_glob: u10/*.nc, var: u10}]",
+        "data.train_years=[2004]",
+        "data.val_years=[2005]",
+        "data.test_years=[]",
+    )
+    convert(tmp_path, config, tmp_path / "out", progress=False)
+    year = times < np.datetime64("2005-01-01")
+    written = fields(tmp_path / "out", 2004)
+    np.testing.assert_array_equal(written[:, 0], source["t2m"][year])
+    np.testing.assert_array_equal(written[:, 1], source["u10"][year])
