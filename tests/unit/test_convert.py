@@ -61,6 +61,28 @@ def traced_peak(run) -> int:
         tracemalloc.stop()
 
 
+def year_files(root: Path, name: str, values: np.ndarray, times, lat, lon, groups: list[np.ndarray]) -> None:
+    """``values`` (time, lat, lon) of variable ``name`` as files ``root/name/<k>.nc``, file k holding frames
+    ``groups[k]`` (the names sort out of time order from k = 10 on)."""
+    (root / name).mkdir()
+    for k, frames in enumerate(groups):
+        data = {name: (("time", "lat", "lon"), values[frames])}
+        xr.Dataset(data, coords={"time": times[frames], "lat": lat, "lon": lon}).to_netcdf(root / name / f"{k}.nc")
+
+
+def year_config(grid: tuple[int, int], names: list[str]):
+    """2004 trains, 2005 validates, each variable from ``<name>/*.nc``."""
+    entries = ", ".join(f"{{name: {n}, file_glob: {n}/*.nc, var: {n}}}" for n in names)
+    return small_config(
+        f"model.variables=[{', '.join(names)}]",
+        f"model.grid=[{grid[0]},{grid[1]}]",
+        f"data.variables=[{entries}]",
+        "data.train_years=[2004]",
+        "data.val_years=[2005]",
+        "data.test_years=[]",
+    )
+
+
 def rewrite(path: Path, change) -> None:
     with xr.open_dataset(path) as ds:
         new = change(ds.load())
@@ -617,19 +639,8 @@ def test_a_shard_is_written_a_block_at_a_time(tmp_path, files):
     source = {}
     for name in ("t2m", "u10"):
         source[name] = rng.standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
-        (tmp_path / name).mkdir()
-        for k, part in enumerate(np.array_split(np.arange(times.size), files)):
-            data = {name: (("time", "lat", "lon"), source[name][part])}
-            ds = xr.Dataset(data, coords={"time": times[part], "lat": lat, "lon": lon})
-            ds.to_netcdf(tmp_path / name / f"{'zyx'[k]}.nc")
-    config = small_config(
-        "model.variables=[t2m, u10]",
-        "model.grid=[64,128]",
-        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}, {name: u10, file_glob: u10/*.nc, var: u10}]",
-        "data.train_years=[2004]",
-        "data.val_years=[2005]",
-        "data.test_years=[]",
-    )
+        year_files(tmp_path, name, source[name], times, lat, lon, np.array_split(np.arange(times.size), files)[::-1])
+    config = year_config((64, 128), ["t2m", "u10"])
     year = times < np.datetime64("2005-01-01")
     shard_bytes = 2 * source["t2m"][year].nbytes
     peak = traced_peak(lambda: convert(tmp_path, config, tmp_path / "out", progress=False))
@@ -646,29 +657,16 @@ def test_files_whose_times_interleave_are_sorted_and_overlapping_ones_refused(tm
     times = np.arange("2004-01-01", "2005-01-03", 24, dtype="datetime64[h]").astype("datetime64[ns]")
     lat, lon = np.linspace(-87.1875, 87.1875, 8), np.arange(16) * 22.5
     values = np.random.default_rng(0).standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
-    (tmp_path / "t2m").mkdir()
-
-    def write(name: str, frames: np.ndarray) -> None:
-        ds = xr.Dataset(
-            {"t2m": (("time", "lat", "lon"), values[frames])}, coords={"time": times[frames], "lat": lat, "lon": lon}
-        )
-        ds.to_netcdf(tmp_path / "t2m" / name)
-
-    write("a.nc", np.arange(0, times.size, 2))
-    write("b.nc", np.arange(1, times.size, 2))
-    config = small_config(
-        "model.variables=[t2m]",
-        "model.grid=[8,16]",
-        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}]",
-        "data.train_years=[2004]",
-        "data.val_years=[2005]",
-        "data.test_years=[]",
-    )
+    evens, odds = np.arange(0, times.size, 2), np.arange(1, times.size, 2)
+    year_files(tmp_path, "t2m", values, times, lat, lon, [evens, odds])
+    config = year_config((8, 16), ["t2m"])
     convert(tmp_path, config, tmp_path / "out", progress=False)
     year = times < np.datetime64("2005-01-01")
     np.testing.assert_array_equal(fields(tmp_path / "out", 2004)[:, 0], values[year])
 
-    write("c.nc", np.arange(5, 7))
+    xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), values[5:7])}, coords={"time": times[5:7], "lat": lat, "lon": lon}
+    ).to_netcdf(tmp_path / "t2m" / "2.nc")
     with pytest.raises(UserError, match="2004-01-06.* appears more than once .* the files overlap"):
         convert(tmp_path, config, tmp_path / "again", progress=False)
     assert not list(tmp_path.glob("again/*"))
@@ -682,22 +680,12 @@ def test_monthly_files_of_several_variables_outnumbering_the_open_sources(tmp_pa
     lat, lon = np.linspace(-87.1875, 87.1875, 8), np.arange(16) * 22.5
     months = times.astype("datetime64[M]")
     rng = np.random.default_rng(0)
+    groups = [np.flatnonzero(months == month) for month in np.unique(months)]
     source = {}
     for name in ("t2m", "u10"):
         source[name] = rng.standard_normal((times.size, lat.size, lon.size), dtype=np.float32)
-        (tmp_path / name).mkdir()
-        for k, month in enumerate(np.unique(months)):
-            sel = months == month
-            data = {name: (("time", "lat", "lon"), source[name][sel])}
-            xr.Dataset(data, coords={"time": times[sel], "lat": lat, "lon": lon}).to_netcdf(tmp_path / name / f"{k}.nc")
-    config = small_config(
-        "model.variables=[t2m, u10]",
-        "model.grid=[8,16]",
-        "data.variables=[{name: t2m, file_glob: t2m/*.nc, var: t2m}, {name: u10, file_glob: u10/*.nc, var: u10}]",
-        "data.train_years=[2004]",
-        "data.val_years=[2005]",
-        "data.test_years=[]",
-    )
+        year_files(tmp_path, name, source[name], times, lat, lon, groups)
+    config = year_config((8, 16), ["t2m", "u10"])
     convert(tmp_path, config, tmp_path / "out", progress=False)
     year = times < np.datetime64("2005-01-01")
     written = fields(tmp_path / "out", 2004)
