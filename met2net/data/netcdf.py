@@ -498,12 +498,10 @@ def open_parts(
     parts = [_read_one(p, var, level, coords, year, sources, lazy=True) for p in paths]
     _check_same_grid(parts, paths, var)
     _check_calendars(parts, paths, var)
-    order = sorted(range(len(parts)), key=lambda i: parts[i]["time"].values[0] if parts[i].sizes["time"] else 0)
-    parts = [parts[i] for i in order if parts[i].sizes["time"]]
-    times = np.concatenate([part["time"].values for part in parts]) if parts else np.empty(0, "datetime64[ns]")
-    if not parts or not (np.diff(times) > np.timedelta64(0)).all():
-        return [open_variable(paths, var, level, coords, year, sources)]
-    return parts
+    parts = sorted((part for part in parts if part.sizes["time"]), key=lambda part: part["time"].values[0])
+    if parts and (np.diff(np.concatenate([part["time"].values for part in parts])) > np.timedelta64(0)).all():
+        return parts
+    return [open_variable(paths, var, level, coords, year, sources)]
 
 
 def _check_calendars(parts: list[xr.DataArray], paths: list[Path], var: str) -> None:
