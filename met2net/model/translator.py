@@ -50,11 +50,13 @@ class PhaseDilatedConv2d(nn.Conv2d):
         n, c, h, w = x.shape
         hp, wp = -(-h // d) * d, -(-w // d) * d
         x = F.pad(x, (0, wp - w, 0, hp - h))
-        phases = x.reshape(n, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)
-        phases = phases.reshape(n * d * d, c, hp // d, wp // d)
+        # Pixels as (row, row phase, column, column phase), channels last: one copy gathers the phases, one copy
+        # scatters them back, and both the convolution's input and the result are channels-last (no reorders).
+        pixels = x.permute(0, 2, 3, 1).reshape(n, hp // d, d, wp // d, d, c)
+        phases = pixels.permute(0, 2, 4, 1, 3, 5).reshape(n * d * d, hp // d, wp // d, c).permute(0, 3, 1, 2)
         y = F.conv2d(phases, self.weight, self.bias, padding=self.padding[0] // d, groups=self.groups)
-        y = y.reshape(n, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(n, c, hp, wp)
-        return y[:, :, :h, :w]
+        y = y.permute(0, 2, 3, 1).reshape(n, d, d, hp // d, wp // d, c).permute(0, 3, 1, 4, 2, 5)
+        return y.reshape(n, hp, wp, c).permute(0, 3, 1, 2)[:, :, :h, :w]
 
 
 class ConvNorm(nn.Module):

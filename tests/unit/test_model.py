@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from met2net.config import load_config
 from met2net.model.met2net import Met2Net, count_parameters
@@ -195,3 +196,18 @@ def test_fast_kernels_equal_the_reference_layers(batch, heads, channels_last, de
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1:], results[1][1:]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_the_phase_split_convolution_keeps_channels_last():
+    """The phase split gathers and scatters the phases in the channels-last order, so the convolution reads its
+    input and the next 1×1 convolution reads the result without a layout conversion; the values are the plain
+    dilated convolution's."""
+    from met2net.model.translator import PhaseDilatedConv2d
+
+    torch.manual_seed(0)
+    conv = PhaseDilatedConv2d(8, 8, 7, padding=9, groups=8, dilation=3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 10, 14).to(memory_format=torch.channels_last)
+    out = conv(x)
+    assert out.shape == x.shape
+    assert out.stride(1) == 1, "the result is not channels-last"
+    torch.testing.assert_close(out, F.conv2d(x, conv.weight, conv.bias, padding=9, dilation=3, groups=8))

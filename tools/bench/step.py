@@ -20,7 +20,7 @@ names the CPU and the kernels oneDNN chose (from its verbose log).
     .venv/bin/python tools/bench/step.py [--batches 1 2 4] [--precisions fp32 bf16] [--steps 3]
     .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32]
 
-``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after two
+``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after five
 warm-up steps) by self CPU time, and the largest copies (`aten::copy_`, layout conversions among them), convolutions
 and convolution backwards by shape.
 """
@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 SQUARE = 2048
+WARMUP_PROFILE = 5  # steps before the profiled one: the heap settles (page faults stop) after 3–5
 
 
 class Runner:
@@ -279,7 +280,7 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 
     runner = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision)
     x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
     y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid)
-    for _ in range(2):
+    for _ in range(WARMUP_PROFILE):
         runner.step(x, y)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         runner.step(x, y)
