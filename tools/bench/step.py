@@ -21,8 +21,9 @@ names the CPU and the kernels oneDNN chose (from its verbose log).
     .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32]
 
 ``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after five
-warm-up steps) by self CPU time, and the largest copies (`aten::copy_`, layout conversions among them), convolutions
-and convolution backwards by shape.
+warm-up steps) by self CPU time, and, from another step profiled with its shapes recorded (which costs page faults:
+compare its rows with each other, not with the first table), the largest copies (`aten::copy_`, layout conversions
+among them), convolutions and convolution backwards by shape.
 """
 
 from __future__ import annotations
@@ -275,6 +276,12 @@ def timed_steps(
     }
 
 
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 20) -> None:
     """Print where one optimised step's time goes (``--profile``)."""
     runner = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision)
@@ -282,10 +289,17 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 
     y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid)
     for _ in range(WARMUP_PROFILE):
         runner.step(x, y)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        runner.step(x, y)
-    print(f"\noptimised {precision} step, batch {batch}:", flush=True)
+    # Recording shapes allocates enough to move the heap, and the step then faults in fresh pages (~10^5 faults,
+    # 1.5-3x the step time, most of it charged to whichever operator first writes a new block): the operator table
+    # comes from a step profiled without shapes, the by-shape tables from one with them.
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        seconds = timed(lambda: runner.step(x, y))
+    print(f"\noptimised {precision} step, batch {batch} ({seconds:.3f} s profiled):", flush=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        seconds = timed(lambda: runner.step(x, y))
+    print(f"by shape, from another step profiled with its shapes ({seconds:.3f} s: times inflated by page faults)")
     by_shape = prof.key_averages(group_by_input_shape=True)
     for op, what in (
         ("aten::copy_", "shape"),
