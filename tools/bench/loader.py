@@ -55,9 +55,9 @@ ROOT = Path(__file__).resolve().parents[2]
 T_IN = T_OUT = 12
 BATCH = 16
 PREFETCH = 2  # DataLoader's default prefetch_factor: batches each worker has ready
-# The fastest training step docs/performance.md records for this model: Intel Xeon, optimised fp32, batch 4,
-# 6.405 s/step (issue 17 reports 1.36 s/step at batch 1 in bf16 on an idle AMD EPYC: 0.74 samples/s).
-FASTEST_DOCUMENTED_STEP = 4 / 6.405  # samples/s
+# The fastest training step docs/performance.md records for this model on a CPU: AMD EPYC family 26 (Zen 5),
+# optimised bf16, batch 2, 1.374 s/step (session 13; before: Intel Xeon, optimised fp32, batch 4, 6.405 s/step).
+FASTEST_DOCUMENTED_STEP = 2 / 1.374  # samples/s
 
 
 def write_year(directory: Path, year: int = 2010) -> None:
