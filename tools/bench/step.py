@@ -32,6 +32,7 @@ import argparse
 import copy
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -276,10 +277,12 @@ def timed_steps(
     }
 
 
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def timed(fn: Callable[[], object]) -> str:
+    """``fn``'s wall time and the minor page faults it took (a step that faults is not the step that trains)."""
+    faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     fn()
-    return time.perf_counter() - started
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return f"{time.perf_counter() - started:.3f} s, {faults:,} page faults"
 
 
 def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 20) -> None:
@@ -289,17 +292,17 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 
     y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid)
     for _ in range(WARMUP_PROFILE):
         runner.step(x, y)
-    # Recording shapes allocates enough to move the heap, and the step then faults in fresh pages (~10^5 faults,
-    # 1.5-3x the step time, most of it charged to whichever operator first writes a new block): the operator table
-    # comes from a step profiled without shapes, the by-shape tables from one with them.
+    # Recording shapes can allocate enough to move the heap, and the step then faults in fresh pages (up to ~10^5
+    # faults and 1.5-3x the step time, most of it charged to whichever operator first writes a new block): the
+    # operator table comes from a step profiled without shapes, the by-shape tables from one with them.
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities) as prof:
-        seconds = timed(lambda: runner.step(x, y))
-    print(f"\noptimised {precision} step, batch {batch} ({seconds:.3f} s profiled):", flush=True)
+        took = timed(lambda: runner.step(x, y))
+    print(f"\noptimised {precision} step, batch {batch} (profiled: {took}):", flush=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        seconds = timed(lambda: runner.step(x, y))
-    print(f"by shape, from another step profiled with its shapes ({seconds:.3f} s: times inflated by page faults)")
+        took = timed(lambda: runner.step(x, y))
+    print(f"by shape, from another step profiled with its shapes ({took})")
     by_shape = prof.key_averages(group_by_input_shape=True)
     for op, what in (
         ("aten::copy_", "shape"),
