@@ -61,11 +61,13 @@ def traced_peak(run) -> int:
         tracemalloc.stop()
 
 
-def year_files(root: Path, name: str, values: np.ndarray, times, lat, lon, groups: list[np.ndarray]) -> None:
-    """``values`` (time, lat, lon) of variable ``name`` as files ``root/name/<k>.nc``, file k holding frames
-    ``groups[k]`` (the names sort out of time order from k = 10 on)."""
-    (root / name).mkdir()
-    for k, frames in enumerate(groups):
+def year_files(
+    root: Path, name: str, values: np.ndarray, times, lat, lon, groups: list[np.ndarray], first: int = 0
+) -> None:
+    """``values`` (time, lat, lon) of variable ``name`` as files ``root/name/<k>.nc``, file ``first`` + k holding
+    frames ``groups[k]`` (the names sort out of time order from 10 on)."""
+    (root / name).mkdir(exist_ok=True)
+    for k, frames in enumerate(groups, start=first):
         data = {name: (("time", "lat", "lon"), values[frames])}
         xr.Dataset(data, coords={"time": times[frames], "lat": lat, "lon": lon}).to_netcdf(root / name / f"{k}.nc")
 
@@ -664,9 +666,7 @@ def test_files_whose_times_interleave_are_sorted_and_overlapping_ones_refused(tm
     year = times < np.datetime64("2005-01-01")
     np.testing.assert_array_equal(fields(tmp_path / "out", 2004)[:, 0], values[year])
 
-    xr.Dataset(
-        {"t2m": (("time", "lat", "lon"), values[5:7])}, coords={"time": times[5:7], "lat": lat, "lon": lon}
-    ).to_netcdf(tmp_path / "t2m" / "2.nc")
+    year_files(tmp_path, "t2m", values, times, lat, lon, [np.arange(5, 7)], first=2)
     with pytest.raises(UserError, match="2004-01-06.* appears more than once .* the files overlap"):
         convert(tmp_path, config, tmp_path / "again", progress=False)
     assert not list(tmp_path.glob("again/*"))
