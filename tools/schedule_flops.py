@@ -8,6 +8,7 @@ which corrects its count of grouped convolutions' weight gradients) around one f
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -17,11 +18,13 @@ from met2net.model.met2net import Met2Net
 from met2net.training.stages import Schedule, make_schedule
 
 
-def schedule_and_model(config: str, schedule: str | None = None) -> tuple[Config, Schedule, Met2Net]:
-    """The config with ``schedule`` (None: its own; drop_path off: the same work, no random draws), the schedule and
-    a model configured for it (also tools/count_module_runs.py)."""
+def schedule_and_model(
+    config: str, schedule: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[Config, Schedule, Met2Net]:
+    """The config with ``overrides`` and ``schedule`` (None: its own; drop_path off: the same work, no random draws),
+    the schedule and a model configured for it (also tools/count_module_runs.py)."""
     chosen = [] if schedule is None else [f"training.schedule={schedule}"]
-    cfg = load_config(config, [*chosen, "model.drop_path=0"])
+    cfg = load_config(config, [*overrides, *chosen, "model.drop_path=0"])
     torch.manual_seed(0)
     steps = make_schedule(cfg)
     model = Met2Net(cfg.model, with_copies=steps.needs_copies)
@@ -36,9 +39,9 @@ def random_batch(cfg: Config, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randn(batch, m.out_frames, len(m.variables), *m.grid)
 
 
-def step_gflop_per_sample(config: str, schedule: str) -> float:
-    """One step of ``schedule`` at the config's batch, in GFLOP per sample."""
-    cfg, steps, model = schedule_and_model(config, schedule)
+def step_gflop_per_sample(config: str, schedule: str, overrides: Sequence[str] = ()) -> float:
+    """One step of ``schedule`` at the config's batch, in GFLOP per sample (also tools/staged_study.py's report)."""
+    cfg, steps, model = schedule_and_model(config, schedule, overrides)
     b = cfg.training.batch_size
     with flop_counter() as counter:
         steps.forward(model, *random_batch(cfg, b)).loss.backward()

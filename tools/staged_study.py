@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from schedule_flops import step_gflop_per_sample  # noqa: E402  (tools/, beside this script)
+
 from met2net.config import load_config  # noqa: E402
 
 MET2NET = [sys.executable, "-m", "met2net.cli"]
@@ -175,6 +177,13 @@ def training_seconds(variant: Path) -> float:
     return total
 
 
+def training_flops(stages: list[tuple[str, int]], batch: int, gflop_per_sample: dict[str, float]) -> float:
+    """A variant's training compute in FLOPs: each stage's optimizer steps × batch × its schedule's FLOPs per sample
+    per step (``gflop_per_sample``, counted by tools/schedule_flops.py). Equal steps are not equal compute: a
+    staged step skips work an implicit one does (docs/results.md, "At equal FLOPs")."""
+    return sum(steps * batch * gflop_per_sample[schedule] * 1e9 for schedule, steps in stages)
+
+
 def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) -> None:
     """results.md (per variable: RMSE, latitude-weighted RMSE and ACC at three leads for every row and the
     baselines; the goal check), rows.csv (every score of every row) and one plot of rmse_w against lead per
@@ -194,13 +203,24 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
         "",
     ]
     lines += [
-        "| variant | stages (schedule × optimizer steps) | training wall time |",
-        "|---|---|---:|",
+        "| variant | stages (schedule × optimizer steps) | training compute | training wall time |",
+        "|---|---|---:|---:|",
     ]
-    for name, stages in variants(args.steps, args.rounds, args.end_to_end, args.stage_split):
-        spent = training_seconds(args.out / name)
-        lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {spent:.0f} s |")
-    lines += ["", "Commands: `<variant>/commands.txt`.", ""]
+    plans = variants(args.steps, args.rounds, args.end_to_end, args.stage_split)
+    schedules = sorted({schedule for _, stages in plans for schedule, _ in stages})
+    per_sample = {s: step_gflop_per_sample(str(args.config), s, args.overrides) for s in schedules}
+    implicit = training_flops(plans[0][1], batch, per_sample)
+    for name, stages in plans:
+        spent, flops = training_seconds(args.out / name), training_flops(stages, batch, per_sample)
+        compute = f"{flops / 1e12:.2f} TFLOP ({flops / implicit:.2f}× implicit's)"
+        lines.append(f"| {name} | {' → '.join(f'{s} × {n}' for s, n in stages)} | {compute} | {spent:.0f} s |")
+    counted = ", ".join(f"{s} {g:.3f}" for s, g in per_sample.items())
+    lines += [
+        "",
+        f"Compute: optimizer steps × batch × each schedule's GFLOP per sample per step ({counted}; "
+        "tools/schedule_flops.py). Commands: `<variant>/commands.txt`.",
+        "",
+    ]
     for var in variables:
         header = " | ".join(f"{m} {n} {unit}" for m in METRICS for n in shown)
         lines += [f"## {var}", "", f"| model | {header} |", "|---|" + "---:|" * (len(METRICS) * len(shown))]

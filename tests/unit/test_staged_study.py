@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import compare_rows  # noqa: E402
+import schedule_flops  # noqa: E402
 import staged_study  # noqa: E402
 
 
@@ -52,3 +53,16 @@ def test_compare_rows_gives_the_ratio_over_leads_and_at_each_lead(tmp_path):
     assert compare_rows.compare(a, b) == ["u10: 1.000 over leads; 0.500–1.500 by lead (6 0.500, 12 1.500)"]
     with pytest.raises(SystemExit, match="no rmse_w of the model in row 'c'"):
         compare_rows.scores(rows, "c", "rmse_w")
+
+
+def test_a_variants_compute_is_its_steps_times_batch_times_its_schedules_flops():
+    """The report's compute column: equal optimizer steps are not equal FLOPs, since a staged step skips work that an
+    implicit one does (counted on the quick start's model, not assumed)."""
+    per_sample = {"implicit": 6.0, "stage1": 3.5, "stage2": 3.6}
+    plans = dict(staged_study.variants(360, [2], end_to_end=False, split=(1, 2)))
+    assert staged_study.training_flops(plans["implicit"], 8, per_sample) == pytest.approx(360 * 8 * 6.0e9)
+    staged = 8e9 * (120 * 3.5 + 240 * 3.6)  # two rounds of 60 stage-one and 120 stage-two steps
+    assert staged_study.training_flops(plans["staged_2r"], 8, per_sample) == pytest.approx(staged)
+    config = str(staged_study.ROOT / "configs/quickstart.yaml")
+    counted = {s: schedule_flops.step_gflop_per_sample(config, s) for s in ("implicit", "stage1")}
+    assert 0 < counted["stage1"] < counted["implicit"]
