@@ -178,7 +178,7 @@ def training_seconds(variant: Path) -> float:
 
 
 def training_flops(stages: list[tuple[str, int]], batch: int, gflop_per_sample: dict[str, float]) -> float:
-    """A variant's training compute in FLOPs: each stage's optimizer steps × batch × its schedule's FLOPs per sample
+    """A variant's training compute in FLOPs: each stage's optimizer steps × batch × its schedule's GFLOP per sample
     per step (``gflop_per_sample``, counted by tools/schedule_flops.py). Equal steps are not equal compute: a
     staged step skips work an implicit one does (docs/results.md, "At equal FLOPs")."""
     return sum(steps * batch * gflop_per_sample[schedule] * 1e9 for schedule, steps in stages)
