@@ -1,6 +1,6 @@
-"""The schedules compared at equal compute, judged by the project's own evaluation: implicit, staged with 1, 2 and 3
-rounds (scored after every stage), end-to-end, persistence and climatology → ``OUT/results.md``, ``OUT/rows.csv``,
-``OUT/rmse_w_<variable>.png``.
+"""The schedules compared at equal optimizer steps × batch (their FLOPs reported beside), judged by the project's own
+evaluation: implicit, staged with 1, 2 and 3 rounds (scored after every stage), end-to-end, persistence and
+climatology → ``OUT/results.md``, ``OUT/rows.csv``, ``OUT/rmse_w_<variable>.png``.
 
     .venv/bin/python tools/staged_study.py [-o runs/staged_study] [--steps 360] [--rounds 1 2 3] [--split 1:2]
         [--config configs/quickstart.yaml] [key=value ...]
@@ -195,7 +195,7 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
     shown = sorted({leads[0], leads[(len(leads) - 1) // 2], leads[-1]})
     table = [(label, "met2net", s) for _, label, _, s in rows] + [(b, b, scores) for b in BASELINES]
     lines = [
-        "# Schedules at equal compute (tools/staged_study.py)",
+        "# Schedules at equal optimizer steps × batch (tools/staged_study.py)",
         "",
         f"`{shlex.join(['.venv/bin/python', 'tools/staged_study.py', *sys.argv[1:]])}`",
         "",
