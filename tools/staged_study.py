@@ -3,17 +3,18 @@ evaluation: implicit, staged with 1, 2 and 3 rounds (scored after every stage), 
 climatology → ``OUT/results.md``, ``OUT/rows.csv``, ``OUT/rmse_w_<variable>.png``.
 
     .venv/bin/python tools/staged_study.py [-o runs/staged_study] [--steps 360] [--rounds 1 2 3] [--split 1:2]
-        [--config configs/quickstart.yaml] [key=value ...]
+        [--equal steps|flops] [--config configs/quickstart.yaml] [key=value ...]
 
-Every variant trains ``--steps`` optimizer steps of ``training.batch_size`` in total: implicit and end-to-end in one
-run; staged with R rounds as R × (stage one, stage two), each round's ``steps / R`` split between its two stages as
-``--split`` says (default: the config's ``training.stage_steps`` ratio, else 1:1), round r+1's stage one starting
-from round r's stage two (as ``slurm/pipeline.sh`` with ``ROUNDS=R`` does). Each variant runs the ``met2net``
-commands a user would, printed and kept in ``OUT/<variant>/commands.txt``; a finished variant (its evaluations
-written) is skipped when the study is run again. The built-in dataset is generated, converted and its statistics
-computed first when ``data.path`` holds no shards (``configs/quickstart.yaml``'s years: 2010 trains, 2011 validates,
-2012 tests). Scores are the test split's, from ``met2net evaluate``; the report's leads are the first, middle and
-last of the model's forecast.
+Every variant trains ``--steps`` optimizer steps of ``training.batch_size`` in total (with ``--equal flops``
+implicit does, and every other variant as many as give it implicit's FLOPs, its stages keeping their ratio):
+implicit and end-to-end in one run; staged with R rounds as R × (stage one, stage two), each round's ``steps / R``
+split between its two stages as ``--split`` says (default: the config's ``training.stage_steps`` ratio, else 1:1),
+round r+1's stage one starting from round r's stage two (as ``slurm/pipeline.sh`` with ``ROUNDS=R`` does). Each
+variant runs the ``met2net`` commands a user would, printed and kept in ``OUT/<variant>/commands.txt``; a finished
+variant (its evaluations written) is skipped when the study is run again. The built-in dataset is generated,
+converted and its statistics computed first when ``data.path`` holds no shards (``configs/quickstart.yaml``'s years:
+2010 trains, 2011 validates, 2012 tests). Scores are the test split's, from ``met2net evaluate``; the report's leads
+are the first, middle and last of the model's forecast.
 """
 
 from __future__ import annotations
@@ -184,6 +185,22 @@ def training_flops(stages: list[tuple[str, int]], batch: int, gflop_per_sample: 
     return sum(steps * batch * gflop_per_sample[schedule] * 1e9 for schedule, steps in stages)
 
 
+def at_equal_flops(
+    plans: list[tuple[str, list[tuple[str, int]]]], gflop_per_sample: dict[str, float]
+) -> list[tuple[str, list[tuple[str, int]]]]:
+    """``plans`` (implicit first) with every other variant's steps scaled so that its FLOPs are implicit's, as near
+    as its stages' ratio allows: each stage keeps its share (the stages' steps stay multiples of their greatest
+    common divisor), so a staged variant keeps its rounds and its split."""
+    target = training_flops(plans[0][1], 1, gflop_per_sample)
+    out = [plans[0]]
+    for name, stages in plans[1:]:
+        unit = math.gcd(*(n for _, n in stages))
+        base = [(schedule, n // unit) for schedule, n in stages]
+        times = max(1, round(target / training_flops(base, 1, gflop_per_sample)))
+        out.append((name, [(schedule, n * times) for schedule, n in base]))
+    return out
+
+
 def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) -> None:
     """results.md (per variable: RMSE, latitude-weighted RMSE and ACC at three leads for every row and the
     baselines; the goal check), rows.csv (every score of every row) and one plot of rmse_w against lead per
@@ -199,16 +216,17 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
         "",
         f"`{shlex.join(['.venv/bin/python', 'tools/staged_study.py', *sys.argv[1:]])}`",
         "",
-        f"Every variant: {args.steps} optimizer steps × batch {batch} in total. Test split; leads in {lead[5:]}.",
+        f"Every variant: {args.steps} optimizer steps × batch {batch} in total. Test split; leads in {lead[5:]}."
+        if args.equal == "steps"
+        else f"implicit: {args.steps} optimizer steps × batch {batch}; every other variant as many steps as give it "
+        f"implicit's FLOPs (its stages keep their ratio). Test split; leads in {lead[5:]}.",
         "",
     ]
     lines += [
         "| variant | stages (schedule × optimizer steps) | training compute | training wall time |",
         "|---|---|---:|---:|",
     ]
-    plans = variants(args.steps, args.rounds, args.end_to_end, args.stage_split)
-    schedules = sorted({schedule for _, stages in plans for schedule, _ in stages})
-    per_sample = {s: step_gflop_per_sample(str(args.config), s, args.overrides) for s in schedules}
+    plans, per_sample = args.plans, args.gflop_per_sample
     implicit = training_flops(plans[0][1], batch, per_sample)
     for name, stages in plans:
         spent, flops = training_seconds(args.out / name), training_flops(stages, batch, per_sample)
@@ -297,15 +315,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True, help="the ablation too")
     parser.add_argument("--split", type=parse_split, help="stage one : stage two steps in each round, e.g. 1:2")
+    parser.add_argument(
+        "--equal",
+        choices=("steps", "flops"),
+        default="steps",
+        help="what every variant gets as much of as implicit: optimizer steps × batch (default) or FLOPs",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_overrides = [o for o in args.overrides if o.startswith("data.")]
     ensure_data(args.config, args.overrides, args.out)
     cfg = load_config(args.config, args.overrides)
-    args.stage_split = args.split or config_split(cfg.training.stage_steps)
+    plans = variants(args.steps, args.rounds, args.end_to_end, args.split or config_split(cfg.training.stage_steps))
+    schedules = sorted({schedule for _, stages in plans for schedule, _ in stages})
+    args.gflop_per_sample = {s: step_gflop_per_sample(str(args.config), s, args.overrides) for s in schedules}
+    args.plans = plans if args.equal == "steps" else at_equal_flops(plans, args.gflop_per_sample)
     rows, lead = [], "lead_hours"
-    for name, stages in variants(args.steps, args.rounds, args.end_to_end, args.stage_split):
+    for name, stages in args.plans:
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
             lead = lead_column(e / "metrics.csv")

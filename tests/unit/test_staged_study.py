@@ -66,3 +66,18 @@ def test_a_variants_compute_is_its_steps_times_batch_times_its_schedules_flops()
     config = str(staged_study.ROOT / "configs/quickstart.yaml")
     counted = {s: schedule_flops.step_gflop_per_sample(config, s) for s in ("implicit", "stage1")}
     assert 0 < counted["stage1"] < counted["implicit"]
+
+
+def test_at_equal_flops_every_variant_gets_implicits_flops_in_its_own_stage_ratio():
+    """--equal flops: the quick start's numbers (a 1:2 staged step costs 0.607 of an implicit one) give 594 staged steps
+    for implicit's 360 in every round count, stages still 1:2, and end-to-end 496."""
+    per_sample = {"implicit": 5.902, "stage1": 3.514, "stage2": 3.613, "end_to_end": 4.283}
+    plans = dict(staged_study.at_equal_flops(staged_study.variants(360, [1, 2, 3], split=(1, 2)), per_sample))
+    assert plans["implicit"] == [("implicit", 360)]
+    assert plans["staged_1r"] == [("stage1", 198), ("stage2", 396)]
+    assert plans["staged_2r"] == [("stage1", 99), ("stage2", 198)] * 2
+    assert plans["staged_3r"] == [("stage1", 66), ("stage2", 132)] * 3
+    assert plans["end_to_end"] == [("end_to_end", 496)]
+    implicit = staged_study.training_flops(plans["implicit"], 8, per_sample)
+    for stages in plans.values():
+        assert staged_study.training_flops(stages, 8, per_sample) == pytest.approx(implicit, rel=0.01)
