@@ -211,8 +211,9 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
     leads = sorted({k[3] for k in scores})
     shown = sorted({leads[0], leads[(len(leads) - 1) // 2], leads[-1]})
     table = [(label, "met2net", s) for _, label, _, s in rows] + [(b, b, scores) for b in BASELINES]
+    shared = "optimizer steps × batch" if args.equal == "steps" else "FLOPs"
     lines = [
-        "# Schedules at equal optimizer steps × batch (tools/staged_study.py)",
+        f"# Schedules at equal {shared} (tools/staged_study.py)",
         "",
         f"`{shlex.join(['.venv/bin/python', 'tools/staged_study.py', *sys.argv[1:]])}`",
         "",
