@@ -201,10 +201,13 @@ def at_equal_flops(
     return out
 
 
-def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) -> None:
+def write_report(
+    args: argparse.Namespace, batch: int, rows: list, lead: str, plans: list, per_sample: dict[str, float]
+) -> None:
     """results.md (per variable: RMSE, latitude-weighted RMSE and ACC at three leads for every row and the
     baselines; the goal check), rows.csv (every score of every row) and one plot of rmse_w against lead per
-    variable (the final model of every variant and the baselines)."""
+    variable (the final model of every variant and the baselines). ``plans``: the variants' stages as trained;
+    ``per_sample``: each schedule's GFLOP per sample per step (the compute column)."""
     scores = rows[0][3]
     unit = LEAD_COLUMNS[lead]
     variables = sorted({k[2] for k in scores}, key=[k[2] for k in scores].index)
@@ -227,7 +230,6 @@ def write_report(args: argparse.Namespace, batch: int, rows: list, lead: str) ->
         "| variant | stages (schedule × optimizer steps) | training compute | training wall time |",
         "|---|---|---:|---:|",
     ]
-    plans, per_sample = args.plans, args.gflop_per_sample
     implicit = training_flops(plans[0][1], batch, per_sample)
     for name, stages in plans:
         spent, flops = training_seconds(args.out / name), training_flops(stages, batch, per_sample)
@@ -330,15 +332,15 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     plans = variants(args.steps, args.rounds, args.end_to_end, args.split or config_split(cfg.training.stage_steps))
     schedules = sorted({schedule for _, stages in plans for schedule, _ in stages})
-    args.gflop_per_sample = {s: step_gflop_per_sample(str(args.config), s, args.overrides) for s in schedules}
-    args.plans = plans if args.equal == "steps" else at_equal_flops(plans, args.gflop_per_sample)
+    per_sample = {s: step_gflop_per_sample(str(args.config), s, args.overrides) for s in schedules}
+    plans = plans if args.equal == "steps" else at_equal_flops(plans, per_sample)
     rows, lead = [], "lead_hours"
-    for name, stages in args.plans:
+    for name, stages in plans:
         for i, e in enumerate(train_and_evaluate(name, stages, args)):
             label = name if len(stages) == 1 else f"{name}, after stage {i + 1} ({stages[i][0]})"
             lead = lead_column(e / "metrics.csv")
             rows.append((name, label, i == len(stages) - 1, read_scores(e / "metrics.csv")))
-    write_report(args, cfg.training.batch_size, rows, lead)
+    write_report(args, cfg.training.batch_size, rows, lead, plans, per_sample)
 
 
 if __name__ == "__main__":
