@@ -82,9 +82,9 @@ class TrainingConfig:
     warmup_steps: int = 0
     epochs: int = 50
     max_steps: int = 0
-    # optimizer steps of each stage of the staged pipeline when max_steps is 0, e.g. {stage1: 60, stage2: 120}
+    # optimizer steps of each stage of the staged pipeline when max_steps is 0, e.g. {stage1: 99, stage2: 198}
     # (max_steps, when set, is every schedule's: one override shortens any run); a stage left out trains by epochs.
-    # The quick start gives stage two twice stage one's steps: docs/results.md, "The defaults".
+    # The quick start gives stage two twice stage one's steps, and its two rounds implicit's FLOPs: docs/results.md.
     stage_steps: dict[str, int] = field(default_factory=dict)
     batch_size: int = 16
     val_every: int = 0
