@@ -41,7 +41,7 @@ def test_scores_are_read_in_the_evaluations_lead_unit(tmp_path, column, unit):
 
 
 def test_rounds_share_their_steps_between_the_stages_as_the_split_says():
-    """Equal compute: every variant sums to --steps; the quick start's stage_steps (60, 120) give the 1:2 split."""
+    """Equal compute: every variant sums to --steps; stage_steps of (60, 120) give the 1:2 split."""
     split = staged_study.config_split({"stage1": 60, "stage2": 120})
     assert split == (1, 2)
     plans = dict(staged_study.variants(360, [1, 2, 3], split=split))
