@@ -2,12 +2,15 @@
 their steps differ (docs/results.md, "At equal FLOPs"). torch's FlopCounterMode (met2net.model.flops.flop_counter,
 which corrects its count of grouped convolutions' weight gradients) around one forward and backward on random input.
 
-    .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml]
+    .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml] [--implicit-steps N [--rounds 2] [--split 1:2]]
+
+With ``--implicit-steps N`` it also prints the ``training.stage_steps`` that give the staged pipeline (``--rounds``
+rounds, stages ``--split``; default: the config's ``stage_steps`` ratio, else 1:2) the FLOPs of N implicit steps.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections.abc import Sequence
 
 import torch
@@ -48,7 +51,27 @@ def step_gflop_per_sample(config: str, schedule: str, overrides: Sequence[str] =
     return counter.get_total_flops() / b / 1e9
 
 
+def main() -> None:
+    import staged_study  # tools/, beside this script; it imports this module
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
+    parser.add_argument("--implicit-steps", type=int, help="print the stage_steps worth this many implicit steps")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--split", type=staged_study.parse_split, help="stage one : stage two steps, e.g. 1:2")
+    args = parser.parse_args()
+    gflop = {name: step_gflop_per_sample(args.config, name) for name in ("implicit", "stage1", "stage2", "end_to_end")}
+    for name, value in gflop.items():
+        print(f"{name}: {value:.3f} GFLOP per sample per step")
+    if args.implicit_steps:
+        stage_steps = load_config(args.config).training.stage_steps
+        split = args.split or (staged_study.config_split(stage_steps) if stage_steps else (1, 2))
+        steps = staged_study.stage_steps_at_equal_flops(args.implicit_steps, args.rounds, split, gflop)
+        print(
+            f"stage_steps: {{stage1: {steps['stage1']}, stage2: {steps['stage2']}}} ({args.rounds} rounds, "
+            f"{split[0]}:{split[1]}: the FLOPs of {args.implicit_steps} implicit steps)"
+        )
+
+
 if __name__ == "__main__":
-    path = sys.argv[1] if len(sys.argv) > 1 else "configs/quickstart.yaml"
-    for name in ("implicit", "stage1", "stage2", "end_to_end"):
-        print(f"{name}: {step_gflop_per_sample(path, name):.3f} GFLOP per sample per step")
+    main()

@@ -108,3 +108,15 @@ def test_at_equal_flops_every_variant_gets_implicits_flops_in_its_own_stage_rati
     implicit = staged_study.training_flops(plans["implicit"], 8, per_sample)
     for stages in plans.values():
         assert staged_study.training_flops(stages, 8, per_sample) == pytest.approx(implicit, rel=0.01)
+
+
+def test_the_stage_steps_worth_a_number_of_implicit_steps():
+    """tools/schedule_flops.py --implicit-steps: the quick start's 362 implicit steps are worth two rounds of 99 + 198
+    staged steps (its configs/quickstart.yaml), 1,440 are worth 396 + 792 (docs/results.md's four-times budget)."""
+    per_sample = {"implicit": 5.902, "stage1": 3.514, "stage2": 3.613}
+    assert staged_study.stage_steps_at_equal_flops(362, 2, (1, 2), per_sample) == {"stage1": 99, "stage2": 198}
+    assert staged_study.stage_steps_at_equal_flops(1440, 2, (1, 2), per_sample) == {"stage1": 396, "stage2": 792}
+    one_round = staged_study.stage_steps_at_equal_flops(362, 1, (1, 1), per_sample)
+    assert one_round["stage1"] == one_round["stage2"]
+    flops = staged_study.training_flops(list(one_round.items()), 1, per_sample)
+    assert flops == pytest.approx(362 * 5.902e9, rel=0.01)
