@@ -3,6 +3,7 @@ their steps differ (docs/results.md, "At equal FLOPs"). torch's FlopCounterMode 
 which corrects its count of grouped convolutions' weight gradients) around one forward and backward on random input.
 
     .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml] [--implicit-steps N [--rounds 2] [--split 1:2]]
+        [key=value ...]
 
 With ``--implicit-steps N`` it also prints the ``training.stage_steps`` that give the staged pipeline (``--rounds``
 rounds, stages ``--split``; default: the config's ``stage_steps`` ratio, else 1:2) the FLOPs of N implicit steps.
@@ -59,12 +60,14 @@ def main() -> None:
     parser.add_argument("--implicit-steps", type=int, help="print the stage_steps worth this many implicit steps")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--split", type=staged_study.parse_split, help="stage one : stage two steps, e.g. 1:2")
-    args = parser.parse_args()
-    gflop = {name: step_gflop_per_sample(args.config, name) for name in ("implicit", "stage1", "stage2", "end_to_end")}
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args()
+    names = ("implicit", "stage1", "stage2", "end_to_end")
+    gflop = {name: step_gflop_per_sample(args.config, name, args.overrides) for name in names}
     for name, value in gflop.items():
         print(f"{name}: {value:.3f} GFLOP per sample per step")
     if args.implicit_steps:
-        stage_steps = load_config(args.config).training.stage_steps
+        stage_steps = load_config(args.config, args.overrides).training.stage_steps
         split = args.split or (staged_study.config_split(stage_steps) if stage_steps else (1, 2))
         steps = staged_study.stage_steps_at_equal_flops(args.implicit_steps, args.rounds, split, gflop)
         print(
