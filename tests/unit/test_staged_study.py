@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from met2net.config import load_config
+from met2net.data.timestep import TimeStep
+from met2net.data.windows import window_starts
 from met2net.launch.plan import STAGED_ROUNDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
@@ -84,10 +86,12 @@ def test_the_quick_starts_pipeline_trains_with_implicits_flops(quick_start_gflop
     slurm/pipeline.sh and met2net submit run it) costs what its implicit schedule's ``epochs`` cost, within 1 %: the
     budget issue 12's goal compares the two at (docs/results.md, "The default pipeline's budget")."""
     cfg = load_config(QUICK_START)
-    t, m = cfg.training, cfg.model
-    (year,) = cfg.data.train_years  # one contiguous year of fields every step_hours: its windows are the loader's
-    times = (date(year + 1, 1, 1) - date(year, 1, 1)).days * 24 // cfg.data.step_hours
-    implicit_steps = t.epochs * ((times - m.in_frames - m.out_frames + 1) // t.batch_size)
+    t, m, d = cfg.training, cfg.model, cfg.data
+    (year,) = d.train_years  # one unbroken year of fields every step_hours, windowed as the loader does
+    hours = np.timedelta64(d.step_hours, "h")
+    times = np.arange(np.datetime64(f"{year}-01-01T00"), np.datetime64(f"{year + 1}-01-01T00"), hours)
+    windows = len(window_starts(times, m.in_frames + m.out_frames, d.stride, TimeStep(d.step_hours)))
+    implicit_steps = t.epochs * (windows // t.batch_size)
     pipeline = [("stage1", t.stage_steps["stage1"]), ("stage2", t.stage_steps["stage2"])] * STAGED_ROUNDS
     implicit = staged_study.training_flops([("implicit", implicit_steps)], t.batch_size, quick_start_gflop)
     staged = staged_study.training_flops(pipeline, t.batch_size, quick_start_gflop)
