@@ -388,7 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(submit)
     submit.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
     submit.add_argument(
-        "--rounds", type=int, help="repeat the stages; round r starts from round r-1 (default: 2 when staged, else 1)"
+        "--rounds",
+        type=int,
+        help="repeat the stages; round r starts from round r-1 "
+        "(default: the config's training.rounds when staged, else 1)",
     )
     submit.add_argument(
         "--executor",

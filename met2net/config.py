@@ -82,10 +82,14 @@ class TrainingConfig:
     warmup_steps: int = 0
     epochs: int = 50
     max_steps: int = 0
-    # optimizer steps of each stage of the staged pipeline when max_steps is 0, e.g. {stage1: 99, stage2: 198}
+    # optimizer steps of each stage of the staged pipeline when max_steps is 0, e.g. {stage1: 66, stage2: 132}
     # (max_steps, when set, is every schedule's: one override shortens any run); a stage left out trains by epochs.
-    # The quick start gives stage two twice stage one's steps, and its two rounds implicit's FLOPs: docs/results.md.
+    # The quick start gives stage two twice stage one's steps, and its rounds implicit's FLOPs: docs/results.md.
     stage_steps: dict[str, int] = field(default_factory=dict)
+    # rounds of stage one → stage two that a pipeline runs (met2net submit, slurm/pipeline.sh, scripts/quickstart.sh;
+    # --rounds / ROUNDS override it); round r + 1's stage one starts from round r's stage two. One `met2net train`
+    # runs one stage and does not read it. The quick start's 3: docs/results.md, "Three rounds".
+    rounds: int = 2
     batch_size: int = 16
     val_every: int = 0
     val_batches: int = 0
@@ -253,7 +257,7 @@ def config_from_dict(raw: dict[str, Any], source: str, overrides: list[str] = ()
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+        node[leaf] = _override_value(value)
         _apply(cfg, nested, "command line", prefix="")
     try:
         resolve_periods(cfg.data)
@@ -261,6 +265,18 @@ def config_from_dict(raw: dict[str, Any], source: str, overrides: list[str] = ()
     except ConfigError as e:
         raise ConfigError(f"{source}{' + command line' if overrides else ''}: {e}") from None
     return cfg
+
+
+def _override_value(text: str) -> Any:
+    """An override's value as YAML reads it (``1e-3``, ``[a, b]``, ``{stage1: 66}``), or the text itself where YAML
+    reads none (``*``, a leading backquote or ``@``): a path or name may hold any character, and a key whose type is
+    not a string then says what it got, naming the key."""
+    if not text.strip():
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _apply(obj: Any, raw: dict[str, Any], source: str, prefix: str) -> None:
@@ -398,6 +414,7 @@ def validate(cfg: Config) -> None:
     )
     bad = {k: v for k, v in t.stage_steps.items() if v < 1}
     _need(not bad, "training.stage_steps", f"must be ≥ 1 step per stage, got {bad}")
+    _need(t.rounds >= 1, "training.rounds", f"must be ≥ 1 round of stage one → stage two, got {t.rounds}")
     _need(t.batch_size >= 1, "training.batch_size", f"must be ≥ 1, got {t.batch_size}")
     _need(t.log_every >= 1, "training.log_every", f"must be ≥ 1, got {t.log_every}")
     _need(t.time_limit >= 0, "training.time_limit", f"must be ≥ 0 seconds, got {t.time_limit}")

@@ -2,11 +2,12 @@
 their steps differ (docs/results.md, "At equal FLOPs"). torch's FlopCounterMode (met2net.model.flops.flop_counter,
 which corrects its count of grouped convolutions' weight gradients) around one forward and backward on random input.
 
-    .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml] [--implicit-steps N [--rounds 2] [--split 1:2]]
+    .venv/bin/python tools/schedule_flops.py [configs/quickstart.yaml] [--implicit-steps N [--rounds R] [--split 1:2]]
         [key=value ...]
 
 With ``--implicit-steps N`` it also prints the ``training.stage_steps`` that give the staged pipeline (``--rounds``
-rounds, stages ``--split``; default: the config's ``stage_steps`` ratio, else 1:2) the FLOPs of N implicit steps.
+rounds, default the config's ``training.rounds``; stages ``--split``, default the config's ``stage_steps`` ratio, else
+1:2) the FLOPs of N implicit steps.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     parser.add_argument("--implicit-steps", type=int, help="print the stage_steps worth this many implicit steps")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, help="rounds of the pipeline (default: the config's training.rounds)")
     parser.add_argument("--split", type=staged_study.parse_split, help="stage one : stage two steps, e.g. 1:2")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args()
@@ -67,11 +68,12 @@ def main() -> None:
     for name, value in gflop.items():
         print(f"{name}: {value:.3f} GFLOP per sample per step")
     if args.implicit_steps:
-        stage_steps = load_config(args.config, args.overrides).training.stage_steps
+        training = load_config(args.config, args.overrides).training
+        stage_steps, rounds = training.stage_steps, args.rounds or training.rounds
         split = args.split or (staged_study.config_split(stage_steps) if stage_steps else (1, 2))
-        steps = staged_study.stage_steps_at_equal_flops(args.implicit_steps, args.rounds, split, gflop)
+        steps = staged_study.stage_steps_at_equal_flops(args.implicit_steps, rounds, split, gflop)
         print(
-            f"stage_steps: {{stage1: {steps['stage1']}, stage2: {steps['stage2']}}} ({args.rounds} rounds, "
+            f"stage_steps: {{stage1: {steps['stage1']}, stage2: {steps['stage2']}}} ({rounds} rounds, "
             f"{split[0]}:{split[1]}: the FLOPs of {args.implicit_steps} implicit steps)"
         )
 

@@ -171,7 +171,7 @@ def plan_pipeline(
     if folder is not None:
         plan.check_path("folder", folder)
     stage_list = plan.parse_stages(stages if isinstance(stages, str) else ",".join(stages))
-    jobs = plan.make_plan(run_dir, stage_list, rounds, overrides)
+    jobs = plan.make_plan(run_dir, stage_list, rounds, overrides, cfg.training.rounds)
     return Pipeline(
         config=str(Path(config).resolve()) if config else None,
         run_dir=run_dir,
@@ -203,9 +203,9 @@ def submit_pipeline(
     dry_run: bool = False,
     echo: Callable[[str], object] | None = print,
 ) -> list[SubmittedJob]:
-    """Submit ``stages`` (``rounds`` times; default 2 for stage one → stage two) as jobs that each run ``met2net
-    train config *overrides`` on every task, each job after the previous one succeeded; return one ``SubmittedJob``
-    per job, in order.
+    """Submit ``stages`` (``rounds`` times; default: the config's ``training.rounds`` for stage one → stage two) as
+    jobs that each run ``met2net train config *overrides`` on every task, each job after the previous one
+    succeeded; return one ``SubmittedJob`` per job, in order.
 
     ``config``/``overrides``: as for ``met2net train`` (``run.dir=...`` picks the run directory; round r of several
     trains in ``<run.dir>/round_<r>`` from round r-1's weights). ``executor="slurm"`` queues every job at once,

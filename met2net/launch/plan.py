@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from met2net.config import SCHEDULES  # the one list of schedules (met2net.config imports no torch)
+from met2net.config import SCHEDULES, STAGED, TrainingConfig, load_config  # (met2net.config imports no torch)
 from met2net.errors import UserError
 
 SLURM_NAME = re.compile(r"[A-Za-z0-9_.,:+@-]*")
@@ -128,14 +128,11 @@ def parse_stages(text: str) -> tuple[str, ...]:
     return stages
 
 
-STAGED_ROUNDS = 2  # the default of a stage-one → stage-two pipeline: docs/results.md, "The defaults"
-
-
-def default_rounds(stages: tuple[str, ...]) -> int:
-    """Two rounds of stage one → stage two (round two's decoders learn to read the Translator that round one's
-    stage two trained: better forecasts at equal compute than one round, docs/results.md); one for anything else
-    (a lone stage, or a schedule that trains everything at once)."""
-    return STAGED_ROUNDS if stages == ("stage1", "stage2") else 1
+def default_rounds(stages: tuple[str, ...], configured: int = TrainingConfig.rounds) -> int:
+    """The config's ``training.rounds`` of stage one → stage two (round r + 1's decoders learn to read the
+    Translator that round r's stage two trained: better forecasts at equal compute than one round, docs/results.md);
+    one for anything else (a lone stage, or a schedule that trains everything at once)."""
+    return configured if stages == STAGED else 1
 
 
 def round_dir(run_dir: str | Path, round_: int, rounds: int) -> str:
@@ -143,10 +140,15 @@ def round_dir(run_dir: str | Path, round_: int, rounds: int) -> str:
 
 
 def make_plan(
-    run_dir: str | Path, stages: tuple[str, ...], rounds: int | None = None, overrides: tuple[str, ...] = ()
+    run_dir: str | Path,
+    stages: tuple[str, ...],
+    rounds: int | None = None,
+    overrides: tuple[str, ...] = (),
+    configured_rounds: int = TrainingConfig.rounds,
 ) -> list[Job]:
-    """One job per (round, stage), each after the previous one; ``rounds`` None: ``default_rounds(stages)``."""
-    rounds = default_rounds(stages) if rounds is None else rounds
+    """One job per (round, stage), each after the previous one; ``rounds`` None: ``default_rounds(stages,
+    configured_rounds)``, the config's ``training.rounds``."""
+    rounds = default_rounds(stages, configured_rounds) if rounds is None else rounds
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     check_path("run.dir", run_dir)
@@ -261,17 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         + " (after: 0-based index of the job to wait for, - for none; overrides: the job's OVERRIDES).",
     )
     parser.add_argument("--run-dir", required=True, help="the run directory (RUN_DIR)")
+    parser.add_argument("--config", help="the config (CONFIG), with --overrides: its training.rounds is the default")
     parser.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
     parser.add_argument(
         "--rounds",
         type=int,
-        help=f"repeat the stages; round r starts from round r-1 (default {STAGED_ROUNDS} for staged)",
+        help="repeat the stages; round r starts from round r-1 (default: the config's training.rounds for staged)",
     )
     parser.add_argument("--overrides", default="", help="the user's key=value words, separated by blanks (OVERRIDES)")
     args = parser.parse_args(argv)
     overrides = tuple(args.overrides.split())
     try:
-        lines = shell_lines(make_plan(args.run_dir, parse_stages(args.stages), args.rounds, overrides), overrides)
+        configured = load_config(args.config, list(overrides)).training.rounds if args.config else TrainingConfig.rounds
+        jobs = make_plan(args.run_dir, parse_stages(args.stages), args.rounds, overrides, configured)
+        lines = shell_lines(jobs, overrides)
     except ValueError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

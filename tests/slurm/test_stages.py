@@ -139,8 +139,12 @@ def test_pipeline_runs_stage_two_after_stage_one_from_its_weights(tmp_path, job_
 
 
 def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
+    """A stage that fails in its job (here: a checkpoint to start from that does not exist; a bad config key is
+    refused before anything is queued, test_launch) cancels the stages after it."""
     run = tmp_path / "run"
-    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": "training.max_stpes=3", "ROUNDS": "1"}
+    missing = tmp_path / "no_such_checkpoint"
+    overrides = f"training.init_from={missing}"
+    env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": overrides, "ROUNDS": "1"}
     out = subprocess.run(
         ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
         cwd=REPO,
@@ -155,7 +159,7 @@ def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
     assert wait_for_job(ids[1], 60) == "CANCELLED"
     assert not (run / "checkpoints").exists()
     log = (run / "logs" / f"met2net-stage1-{ids[0]}.out").read_text()
-    assert "training.max_stpes" in log and "max_steps" in log  # the bad key and the closest valid one
+    assert f"{missing}: no such checkpoint" in log
     status = subprocess.run(
         [sys.executable, "-m", "met2net.cli", "status", str(run)], capture_output=True, text=True, timeout=60, cwd=REPO
     ).stdout

@@ -52,6 +52,11 @@ def test_override_types_are_checked():
         load_config(None, ["training.lr"])
     with pytest.raises(ConfigError, match="'model' is a section"):
         load_config(None, ["model=3"])
+    # a value YAML cannot read (a glob, a leading backquote) is the text itself: a path may hold any character
+    assert load_config(None, ["training.init_from=`x`;y", "data.path=*"]).data.path == "*"
+    assert load_config(None, ["training.init_from=`x`;y"]).training.init_from == "`x`;y"
+    with pytest.raises(ConfigError, match="'training.lr' must be float, got '\\*'"):
+        load_config(None, ["training.lr=*"])
 
 
 @pytest.mark.parametrize(
@@ -70,6 +75,7 @@ def test_override_types_are_checked():
         (["training.compile=true", "deepspeed.zero_stage=3"], "training.compile", "use ZeRO 0-2"),
         (["training.stage_steps={implicit: 5}"], "training.stage_steps", "only the staged schedules"),
         (["training.stage_steps={stage2: 0}"], "training.stage_steps", "≥ 1 step per stage"),
+        (["training.rounds=0"], "training.rounds", "≥ 1 round"),
     ],
 )
 def test_impossible_values_name_key_and_fix(overrides, key, fix):

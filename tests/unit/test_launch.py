@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from met2net import cli
-from met2net.config import SCHEDULES
+from met2net.config import SCHEDULES, load_config
 from met2net.launch import JobFailed, plan, plan_pipeline, submit_pipeline
 from met2net.launch import submit as submit_module
 from met2net.launch.jobs import JobRecord, append_records, read_records
@@ -175,6 +175,9 @@ def test_pipeline_refuses_bad_input():
         ({"ROUNDS": "0"}, "ROUNDS=0 must be a positive integer"),
         ({"CONFIG": "nope.yaml"}, "CONFIG=nope.yaml does not exist"),
         ({"GPU_LAYOUT": "socket"}, "GPU_LAYOUT=socket: expected node or task"),
+        # the config and OVERRIDES are checked before anything is queued, as `met2net submit` does
+        ({"OVERRIDES": "training.max_stpes=3"}, "unknown key 'training.max_stpes'; did you mean 'training.max_steps'"),
+        ({"OVERRIDES": "training.rounds=0"}, "'training.rounds' must be ≥ 1 round"),
     ):
         out = subprocess.run(
             ["bash", "slurm/pipeline.sh"],
@@ -339,7 +342,12 @@ def test_plan_command_gives_pipeline_sh_its_plan():
 
 def test_pipeline_passes_overrides_through_intact(tmp_path):
     """Metacharacters in OVERRIDES reach sbatch's environment as they were written, expanded by nobody."""
-    overrides = "a=$(touch pwned) b=`touch pwned`;c d=\"e\" g=[1,2] h=* i='j'"
+    # words without blanks (slurm/job.sh splits OVERRIDES on them) for string keys (the plan validates the config
+    # with them); a later value of a key replaces an earlier one
+    overrides = (
+        'run.dir=$(touch${IFS}pwned) data.path=`touch${IFS}pwned`;c run.dir="e" data.path=g[1,2] run.dir=* '
+        "data.path='j'"
+    )
     env = {
         **PIPELINE_ENV,
         "DRY_RUN": "1",
@@ -362,29 +370,37 @@ def test_pipeline_passes_overrides_through_intact(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was written
 
 
-def test_a_staged_pipeline_has_two_rounds_unless_told_otherwise():
-    """The default pipeline is two rounds of stage one → stage two (docs/results.md); a schedule that trains
-    everything at once has one."""
-    staged = plan.make_plan("/r", ("stage1", "stage2"))
+def test_a_staged_pipeline_has_the_configs_rounds_unless_told_otherwise():
+    """A pipeline of stage one → stage two has the config's training.rounds (2 unless it says otherwise; the quick
+    start's 3, docs/results.md), in the plan of `met2net submit` and of slurm/pipeline.sh alike; --rounds / ROUNDS
+    override it; a schedule that trains everything at once has one round."""
+    staged = plan.make_plan("/r", ("stage1", "stage2"))  # no config: TrainingConfig's 2
     assert [(j.schedule, j.round) for j in staged] == [("stage1", 1), ("stage2", 1), ("stage1", 2), ("stage2", 2)]
     assert "training.init_from=/r/round_1/checkpoints/stage2" in staged[2].overrides
-    assert [j.round for j in plan.make_plan("/r", ("end_to_end",))] == [1]
-    assert [j.round for j in plan.make_plan("/r", ("stage2",))] == [1]
-    assert len(plan.make_plan("/r", ("stage1", "stage2"), rounds=1)) == 2
-    dry = subprocess.run(
-        ["bash", "slurm/pipeline.sh"],
-        cwd=ROOT,
-        env={**PIPELINE_ENV, "DRY_RUN": "1", "CONFIG": str(ROOT / "configs/quickstart.yaml"), "RUN_DIR": "/r"},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert [line.split("--job-name=")[1].split()[0] for line in dry.splitlines()] == [
-        "met2net-stage1-r1",
-        "met2net-stage2-r1",
-        "met2net-stage1-r2",
-        "met2net-stage2-r2",
-    ]
+    assert [j.round for j in plan.make_plan("/r", ("stage1", "stage2"), configured_rounds=3)] == [1, 1, 2, 2, 3, 3]
+    assert [j.round for j in plan.make_plan("/r", ("end_to_end",), configured_rounds=3)] == [1]
+    assert [j.round for j in plan.make_plan("/r", ("stage2",), configured_rounds=3)] == [1]
+    assert len(plan.make_plan("/r", ("stage1", "stage2"), rounds=1, configured_rounds=3)) == 2
+
+    quick = str(ROOT / "configs/quickstart.yaml")
+    configured = load_config(quick).training.rounds
+
+    def dry_run(**env: str) -> list[str]:
+        out = subprocess.run(
+            ["bash", "slurm/pipeline.sh"],
+            cwd=ROOT,
+            env={**PIPELINE_ENV, "DRY_RUN": "1", "CONFIG": quick, "RUN_DIR": "/r", **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [line.split("--job-name=")[1].split()[0] for line in out.splitlines()]
+
+    names = [f"met2net-{stage}-r{r}" for r in range(1, configured + 1) for stage in ("stage1", "stage2")]
+    assert dry_run() == names
+    assert [j.name for j in plan_pipeline(quick, ["run.dir=/r"], executor="local").jobs] == names
+    assert dry_run(OVERRIDES="training.rounds=1") == ["met2net-stage1", "met2net-stage2"]
+    assert dry_run(ROUNDS="2", OVERRIDES="training.rounds=1") == names[:2] + ["met2net-stage1-r2", "met2net-stage2-r2"]
 
 
 API_ARGS = dict(

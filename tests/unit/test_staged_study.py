@@ -12,7 +12,6 @@ import pytest
 from met2net.config import load_config
 from met2net.data.timestep import TimeStep
 from met2net.data.windows import window_starts
-from met2net.launch.plan import STAGED_ROUNDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import compare_rows  # noqa: E402
@@ -82,8 +81,8 @@ def test_a_variants_compute_is_its_steps_times_batch_times_its_schedules_flops(q
 
 
 def test_the_quick_starts_pipeline_trains_with_implicits_flops(quick_start_gflop):
-    """configs/quickstart.yaml's default pipeline (two rounds of its ``stage_steps``, as scripts/quickstart.sh,
-    slurm/pipeline.sh and met2net submit run it) costs what its implicit schedule's ``epochs`` cost, within 1 %: the
+    """configs/quickstart.yaml's default pipeline (``training.rounds`` rounds of its ``stage_steps``, as
+    scripts/quickstart.sh, slurm/pipeline.sh and met2net submit run it) costs what its implicit schedule's ``epochs`` cost, within 1 %: the
     budget issue 12's goal compares the two at (docs/results.md, "The default pipeline's budget")."""
     cfg = load_config(QUICK_START)
     t, m, d = cfg.training, cfg.model, cfg.data
@@ -92,7 +91,7 @@ def test_the_quick_starts_pipeline_trains_with_implicits_flops(quick_start_gflop
     times = np.arange(np.datetime64(f"{year}-01-01T00"), np.datetime64(f"{year + 1}-01-01T00"), hours)
     windows = len(window_starts(times, m.in_frames + m.out_frames, d.stride, TimeStep(d.step_hours)))
     implicit_steps = t.epochs * (windows // t.batch_size)
-    pipeline = [("stage1", t.stage_steps["stage1"]), ("stage2", t.stage_steps["stage2"])] * STAGED_ROUNDS
+    pipeline = [("stage1", t.stage_steps["stage1"]), ("stage2", t.stage_steps["stage2"])] * t.rounds
     implicit = staged_study.training_flops([("implicit", implicit_steps)], t.batch_size, quick_start_gflop)
     staged = staged_study.training_flops(pipeline, t.batch_size, quick_start_gflop)
     assert staged == pytest.approx(implicit, rel=0.01)
@@ -115,9 +114,12 @@ def test_at_equal_flops_every_variant_gets_implicits_flops_in_its_own_stage_rati
 
 
 def test_the_stage_steps_worth_a_number_of_implicit_steps():
-    """tools/schedule_flops.py --implicit-steps: the quick start's 362 implicit steps are worth two rounds of 99 + 198
-    staged steps (its configs/quickstart.yaml), 1,440 are worth 396 + 792 (docs/results.md's four-times budget)."""
+    """tools/schedule_flops.py --implicit-steps: the quick start's 362 implicit steps are worth three rounds of 66 +
+    132 staged steps (its configs/quickstart.yaml) or two of 99 + 198, 1,440 are worth two rounds of 396 + 792 or
+    three of 264 + 528 (docs/results.md's four-times budget)."""
     per_sample = {"implicit": 5.902, "stage1": 3.514, "stage2": 3.613}
+    assert staged_study.stage_steps_at_equal_flops(362, 3, (1, 2), per_sample) == {"stage1": 66, "stage2": 132}
+    assert staged_study.stage_steps_at_equal_flops(1440, 3, (1, 2), per_sample) == {"stage1": 264, "stage2": 528}
     assert staged_study.stage_steps_at_equal_flops(362, 2, (1, 2), per_sample) == {"stage1": 99, "stage2": 198}
     assert staged_study.stage_steps_at_equal_flops(1440, 2, (1, 2), per_sample) == {"stage1": 396, "stage2": 792}
     one_round = staged_study.stage_steps_at_equal_flops(362, 1, (1, 1), per_sample)
