@@ -23,8 +23,8 @@ PYTHON=${MET2NET_PYTHON:-python3}
 [ -f "$CONFIG" ] || { echo "pipeline.sh: CONFIG=$CONFIG does not exist (run from the repository root?)" >&2; exit 2; }
 # the plan module of this checkout (next to this script), whatever met2net the Python has installed
 status=0
-plan=$(PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m met2net.launch.plan --run-dir="$RUN_DIR" --config="$CONFIG" \
-       ${ROUNDS:+--rounds="$ROUNDS"} --stages=stage1,stage2 --overrides="$OVERRIDES") || status=$?
+plan=$(PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m met2net.launch.plan --run-dir="$RUN_DIR" \
+       --config="$CONFIG" ${ROUNDS:+--rounds="$ROUNDS"} --stages=stage1,stage2 --overrides="$OVERRIDES") || status=$?
 [ "$status" = 2 ] && exit 2  # a value the plan refuses; the reason is printed above
 [ "$status" = 0 ] || { echo "pipeline.sh: '$PYTHON -m met2net.launch.plan' failed (above): activate the environment" \
                          "the jobs use (source .venv/bin/activate), or set MET2NET_PYTHON to its python" >&2; exit 2; }
