@@ -82,8 +82,9 @@ def test_a_variants_compute_is_its_steps_times_batch_times_its_schedules_flops(q
 
 def test_the_quick_starts_pipeline_trains_with_implicits_flops(quick_start_gflop):
     """configs/quickstart.yaml's default pipeline (``training.rounds`` rounds of its ``stage_steps``, as
-    scripts/quickstart.sh, slurm/pipeline.sh and met2net submit run it) costs what its implicit schedule's ``epochs`` cost, within 1 %: the
-    budget issue 12's goal compares the two at (docs/results.md, "The default pipeline's budget")."""
+    scripts/quickstart.sh, slurm/pipeline.sh and met2net submit run it) costs what its implicit schedule's ``epochs``
+    cost, within 1 %: the budget issue 12's goal compares the two at (docs/results.md, "The default pipeline's
+    budget")."""
     cfg = load_config(QUICK_START)
     t, m, d = cfg.training, cfg.model, cfg.data
     (year,) = d.train_years  # one unbroken year of fields every step_hours, windowed as the loader does
