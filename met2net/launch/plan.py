@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         + " (after: 0-based index of the job to wait for, - for none; overrides: the job's OVERRIDES).",
     )
     parser.add_argument("--run-dir", required=True, help="the run directory (RUN_DIR)")
-    parser.add_argument("--config", help="the config (CONFIG), with --overrides: its training.rounds is the default")
+    parser.add_argument(
+        "--config", help="the config (CONFIG), checked with --overrides: its training.rounds is the default"
+    )
     parser.add_argument("--stages", default="stage1,stage2", help="schedules in order (default stage1,stage2)")
     parser.add_argument(
         "--rounds",
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = tuple(args.overrides.split())
     try:
-        configured = load_config(args.config, list(overrides)).training.rounds if args.config else TrainingConfig.rounds
+        configured = load_config(args.config, list(overrides)).training.rounds  # no --config: the defaults'
         jobs = make_plan(args.run_dir, parse_stages(args.stages), args.rounds, overrides, configured)
         lines = shell_lines(jobs, overrides)
     except ValueError as error:

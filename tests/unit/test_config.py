@@ -53,7 +53,7 @@ def test_override_types_are_checked():
     with pytest.raises(ConfigError, match="'model' is a section"):
         load_config(None, ["model=3"])
     # a value YAML cannot read (a glob, a leading backquote) is the text itself: a path may hold any character
-    assert load_config(None, ["training.init_from=`x`;y", "data.path=*"]).data.path == "*"
+    assert load_config(None, ["data.path=*"]).data.path == "*"
     assert load_config(None, ["training.init_from=`x`;y"]).training.init_from == "`x`;y"
     with pytest.raises(ConfigError, match="'training.lr' must be float, got '\\*'"):
         load_config(None, ["training.lr=*"])
