@@ -143,7 +143,7 @@ def test_failed_stage_one_cancels_stage_two(tmp_path, job_env):
     refused before anything is queued, test_launch) cancels the stages after it."""
     run = tmp_path / "run"
     missing = tmp_path / "no_such_checkpoint"
-    overrides = f"training.init_from={missing}"
+    overrides = f"{SMALL} training.init_from={missing}"
     env = {**job_env, "CONFIG": CONFIG, "RUN_DIR": str(run), "OVERRIDES": overrides, "ROUNDS": "1"}
     out = subprocess.run(
         ["bash", "slurm/pipeline.sh", *TWO_TASKS, "--time=5", "--signal=B:USR1@30"],
