@@ -1,6 +1,11 @@
 """Keeping freed host memory (``training.keep_host_memory``): on glibc a training step then faults no pages in
 afresh. Page faults are counted (getrusage), not timed, so a loaded machine cannot fail the test. Each case runs in
-its own process: the setting is process-wide and lasts."""
+its own process: the setting is process-wide and lasts.
+
+The case to compare with gives memory back at glibc's starting thresholds (128 KiB), pinned: glibc's defaults raise
+the mmap threshold to the largest block freed (up to 32 MiB), so on this test's small model whether plain defaults
+fault every step depended on the machine (CI saw medians of 1,504; this machine 0 and 6,849 in two runs). At mv5's
+size blocks outgrow that ceiling, and the defaults fault every step (docs/performance.md, session 11)."""
 
 from __future__ import annotations
 
@@ -15,13 +20,18 @@ import pytest
 from tests.e2e.test_train_cli import ROOT
 
 STEPS = """
-import json, resource, sys, torch
+import ctypes, json, resource, sys, torch
 from met2net.model.met2net import Met2Net
-from met2net.training.host_memory import keep_freed_memory
+from met2net.training.host_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
 from met2net.training.stages import make_schedule
 from tests.conftest import small_config
 
-kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+def give_back():
+    libc = ctypes.CDLL("libc.so.6")
+    return all(libc.mallopt(param, 128 << 10) == 1 for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
+
+
+kept = keep_freed_memory() if sys.argv[1] == "keep" else give_back()
 torch.manual_seed(0)
 cfg = small_config("model.grid=[32,64]", "model.hid_t=64")
 schedule = make_schedule(cfg)
@@ -47,9 +57,9 @@ def step_faults(mode: str) -> dict:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
 def test_steps_after_the_first_fault_no_pages_in_when_freed_memory_is_kept():
-    kept, default = step_faults("keep"), step_faults("default")
-    assert kept["kept"] is True
+    kept, given_back = step_faults("keep"), step_faults("give-back")
+    assert kept["kept"] is True and given_back["kept"] is True
     # the median step after two warm-up steps (a step may still grow the heap once: 3,072 faults were seen)
-    later_kept, later_default = statistics.median(kept["faults"][2:]), statistics.median(default["faults"][2:])
-    assert later_default > 2_000, default  # glibc's defaults give pages back and fault them in again every step
-    assert later_kept < later_default / 10, (kept, default)
+    later_kept, later_given_back = statistics.median(kept["faults"][2:]), statistics.median(given_back["faults"][2:])
+    assert later_given_back > 2_000, given_back  # memory given back is faulted in again every step
+    assert later_kept < later_given_back / 10, (kept, given_back)
