@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from met2net.data.windows import window_starts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import compare_rows  # noqa: E402
+import goal_check  # noqa: E402
 import schedule_flops  # noqa: E402
 import staged_study  # noqa: E402
 
@@ -66,6 +68,45 @@ def test_compare_rows_gives_the_ratio_over_leads_and_at_each_lead(tmp_path):
     assert compare_rows.compare(a, b) == ["u10: 1.000 over leads; 0.500–1.500 by lead (6 0.500, 12 1.500)"]
     with pytest.raises(SystemExit, match="no rmse_w of the model in row 'c'"):
         compare_rows.scores(rows, "c", "rmse_w")
+
+
+def study_rows(path, staged_u10_12h: float) -> None:
+    """A two-lead study's rows.csv: implicit, a two-round pipeline's four stages, both baselines (every score of
+    a row at both metrics); the pipeline's last stage has ``staged_u10_12h`` at u10 12 h."""
+    met2net = {
+        "implicit": {6: 1.0, 12: 2.0},
+        "staged_2r, after stage 2 (stage2)": {6: 9.0, 12: 9.0},  # an earlier stage, worse than the baselines
+        "staged_2r, after stage 4 (stage2)": {6: 1.04, 12: staged_u10_12h},
+    }
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "model", "metric", "variable", "lead_hours", "value"])
+        for row, by_lead in met2net.items():
+            for metric in ("rmse_w", "rmse"):
+                w.writerows([row, "met2net", metric, "u10", t, v] for t, v in by_lead.items())
+                w.writerows([row, "persistence", metric, "u10", t, 2.0 * t / 6] for t in by_lead)
+                w.writerows([row, "climatology", metric, "u10", t, 3.0] for t in by_lead)
+
+
+def test_goal_check_judges_each_pipelines_last_stage_against_implicit_at_every_lead(tmp_path):
+    rows = tmp_path / "rows.csv"
+    study_rows(rows, staged_u10_12h=2.0)
+    assert goal_check.finals(["implicit", "s, after stage 1 (stage1)", "s, after stage 2 (stage2)", "t"]) == [
+        "s, after stage 2 (stage2)"
+    ]
+    lines = goal_check.table([rows], tolerance=0.05)
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["implicit", "staged_2r, after stage 4 (stage2)"]
+    implicit, staged = (line.split(" | ") for line in lines[2:])
+    # implicit: 1.0 against persistence's 2.0 at 6 h, 2.0 against 4.0 at 12 h; climatology 3.0
+    assert implicit[2:6] == ["0.500", "0.500", "0.667", "0.667"] and implicit[-1] == "yes |"
+    assert staged[2] == "0.520" and staged[7:9] == ["1.040 (u10 6 h)", "1.013"] and staged[-1] == "yes |"
+    study_rows(rows, staged_u10_12h=3.0)  # 1.5× implicit at 12 h, and level with climatology there
+    staged = goal_check.table([rows], tolerance=0.05)[3].split(" | ")
+    assert staged[6] == "u10 12 h climatology (rmse_w, rmse)"
+    assert staged[7] == "1.500 (u10 12 h)" and staged[-1] == "no |"
+    study_rows(rows, staged_u10_12h=2.1)  # 1.05× implicit at 12 h: within a tolerance of 5 %, not of 4 %
+    assert goal_check.table([rows], tolerance=0.05)[3].endswith("| yes |")
+    assert goal_check.table([rows], tolerance=0.04)[3].endswith("| no |")
 
 
 def test_a_variants_compute_is_its_steps_times_batch_times_its_schedules_flops(quick_start_gflop):
