@@ -88,7 +88,7 @@ class TrainingConfig:
     stage_steps: dict[str, int] = field(default_factory=dict)
     # rounds of stage one → stage two that a pipeline runs (met2net submit, slurm/pipeline.sh, scripts/quickstart.sh;
     # --rounds / ROUNDS override it); round r + 1's stage one starts from round r's stage two. One `met2net train`
-    # runs one stage and does not read it. The quick start's 3: docs/results.md, "Three rounds".
+    # runs one stage and does not read it. The quick start's 4: docs/results.md, "Goal 2, clause by clause".
     rounds: int = 2
     batch_size: int = 16
     val_every: int = 0

@@ -2,7 +2,7 @@
 # Stage one, then stage two once stage one succeeded (--dependency=afterok), ROUNDS times (2N jobs;
 # round r > 1 starts from round r-1's stage two, each round in RUN_DIR/round_<r>).
 #   CONFIG=configs/mv5_5.625.yaml RUN_DIR=runs/mv5 ROUNDS=2 bash slurm/pipeline.sh [sbatch flags...]
-#   (ROUNDS unset: the config's training.rounds, 2 unless it says otherwise; the quick start's 3)
+#   (ROUNDS unset: the config's training.rounds, 2 unless it says otherwise; the quick start's 4)
 #   DRY_RUN=1 ... prints the sbatch commands instead of running them.
 #   GPU_LAYOUT=task ... has srun bind one GPU to each task (slurm/job.sh; default node: each task sees its node's).
 # Extra arguments go to every sbatch (e.g. --partition=gpu --nodes=4); OVERRIDES to every `met2net train`.

@@ -205,8 +205,8 @@ def stage_steps_at_equal_flops(
     implicit_steps: int, rounds: int, split: tuple[int, int], gflop_per_sample: dict[str, float]
 ) -> dict[str, int]:
     """The ``training.stage_steps`` that give a pipeline of ``rounds`` rounds, its stages ``split``, the FLOPs of
-    ``implicit_steps`` implicit steps, as near as the split allows (configs/quickstart.yaml's three rounds of 66 and
-    132 for its 362: docs/results.md, "The default pipeline's budget" and "Three rounds at implicit's FLOPs")."""
+    ``implicit_steps`` implicit steps, as near as the split allows (four rounds of 198 and 396 for 1,440, which
+    configs/quickstart.yaml trains: docs/results.md, "The default pipeline's budget" and "Goal 2, clause by clause")."""
     pipeline = [("stage1", split[0]), ("stage2", split[1])] * rounds
     plans = at_equal_flops([("implicit", [("implicit", implicit_steps)]), ("pipeline", pipeline)], gflop_per_sample)
     return dict(plans[1][1][:2])

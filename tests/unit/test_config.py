@@ -142,17 +142,17 @@ def test_stage_two_refuses_the_implicit_prediction_weight():
 
 
 def test_stage_steps_give_each_stage_its_budget_and_max_steps_overrides_them():
-    """The quick start's pipeline trains three rounds of stage one 66 and stage two 132 steps; one max_steps override
+    """The quick start's pipeline trains four rounds of stage one 198 and stage two 396 steps; one max_steps override
     shortens any run (the tests and a user's smoke run rely on it); a schedule without an entry trains by epochs."""
     quick = ROOT / "configs/quickstart.yaml"
     steps = {
         s: load_config(quick, [f"training.schedule={s}"]).training.schedule_max_steps for s in ("stage1", "stage2")
     }
-    assert steps == {"stage1": 66, "stage2": 132}
-    assert load_config(quick).training.rounds == 3 and load_config(None).training.rounds == 2
+    assert steps == {"stage1": 198, "stage2": 396}
+    assert load_config(quick).training.rounds == 4 and load_config(None).training.rounds == 2
     assert load_config(quick, ["training.schedule=stage2", "training.max_steps=4"]).training.schedule_max_steps == 4
     implicit = load_config(quick, ["training.schedule=implicit"]).training
-    assert (implicit.schedule_max_steps, implicit.epochs) == (0, 2)
+    assert (implicit.schedule_max_steps, implicit.epochs) == (0, 8)
     with pytest.raises(ConfigError, match="set one of them"):
         load_config(None, ["training.epochs=0", "training.schedule=stage1", "training.stage_steps={stage2: 3}"])
     assert load_config(None, ["training.epochs=0", "training.schedule=stage2", "training.stage_steps={stage2: 3}"])

@@ -372,7 +372,7 @@ def test_pipeline_passes_overrides_through_intact(tmp_path):
 
 def test_a_staged_pipeline_has_the_configs_rounds_unless_told_otherwise():
     """A pipeline of stage one → stage two has the config's training.rounds (2 unless it says otherwise; the quick
-    start's 3, docs/results.md), in the plan of `met2net submit` and of slurm/pipeline.sh alike; --rounds / ROUNDS
+    start's 4, docs/results.md), in the plan of `met2net submit` and of slurm/pipeline.sh alike; --rounds / ROUNDS
     override it; a schedule that trains everything at once has one round."""
     staged = plan.make_plan("/r", ("stage1", "stage2"))  # no config: TrainingConfig's 2
     assert [(j.schedule, j.round) for j in staged] == [("stage1", 1), ("stage2", 1), ("stage1", 2), ("stage2", 2)]

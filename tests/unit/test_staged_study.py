@@ -156,14 +156,15 @@ def test_at_equal_flops_every_variant_gets_implicits_flops_in_its_own_stage_rati
 
 
 def test_the_stage_steps_worth_a_number_of_implicit_steps():
-    """tools/schedule_flops.py --implicit-steps: the quick start's 362 implicit steps are worth three rounds of 66 +
-    132 staged steps (its configs/quickstart.yaml) or two of 99 + 198, 1,440 are worth two rounds of 396 + 792 or
-    three of 264 + 528 (docs/results.md's four-times budget)."""
+    """tools/schedule_flops.py --implicit-steps: 362 implicit steps (the quick start's until session 18) are worth
+    three rounds of 66 + 132 staged steps or two of 99 + 198; 1,440 are worth two rounds of 396 + 792, three of 264 +
+    528 or four of 198 + 396 (docs/results.md's four-times budget; configs/quickstart.yaml's four rounds)."""
     per_sample = {"implicit": 5.902, "stage1": 3.514, "stage2": 3.613}
     assert staged_study.stage_steps_at_equal_flops(362, 3, (1, 2), per_sample) == {"stage1": 66, "stage2": 132}
     assert staged_study.stage_steps_at_equal_flops(1440, 3, (1, 2), per_sample) == {"stage1": 264, "stage2": 528}
     assert staged_study.stage_steps_at_equal_flops(362, 2, (1, 2), per_sample) == {"stage1": 99, "stage2": 198}
     assert staged_study.stage_steps_at_equal_flops(1440, 2, (1, 2), per_sample) == {"stage1": 396, "stage2": 792}
+    assert staged_study.stage_steps_at_equal_flops(1440, 4, (1, 2), per_sample) == {"stage1": 198, "stage2": 396}
     one_round = staged_study.stage_steps_at_equal_flops(362, 1, (1, 1), per_sample)
     assert one_round["stage1"] == one_round["stage2"]
     flops = staged_study.training_flops(list(one_round.items()), 1, per_sample)
