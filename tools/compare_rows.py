@@ -9,21 +9,18 @@ ROW is a study's ``row`` column, e.g. ``implicit`` or ``staged_2r, after stage 4
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-from staged_study import lead_column, ratio_over_leads  # tools/, beside this script
+from staged_study import ratio_over_leads, read_rows  # tools/, beside this script
 
 
 def scores(path: Path, row: str, metric: str) -> dict[str, dict[int, float]]:
     """The model's ``metric`` of ``row`` in a study's rows.csv: variable → lead (hours, or months for monthly data)
     → value."""
     out: dict[str, dict[int, float]] = {}
-    lead = lead_column(path)
-    with path.open() as f:
-        for r in csv.DictReader(f):
-            if r["row"] == row and r["model"] == "met2net" and r["metric"] == metric:
-                out.setdefault(r["variable"], {})[int(r[lead])] = float(r["value"])
+    for (model, m, var, lead), value in read_rows(path)[0].get(row, {}).items():
+        if model == "met2net" and m == metric:
+            out.setdefault(var, {})[lead] = value
     if not out:
         raise SystemExit(f"{path}: no {metric} of the model in row {row!r}")
     return out

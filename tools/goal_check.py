@@ -16,23 +16,13 @@ the same file's implicit row and baselines, and implicit itself against the base
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from pathlib import Path
 
-from staged_study import BASELINES, LEAD_COLUMNS, lead_column, ratio_over_leads  # tools/, beside this script
+from staged_study import BASELINES, ratio_over_leads, read_rows  # tools/, beside this script
 
 METRICS = ("rmse_w", "rmse")
 FINAL = re.compile(r"^(?P<variant>.+), after stage (?P<stage>\d+) \(stage[12]\)$")
-
-
-def rows_of(path: Path) -> tuple[dict[str, dict[tuple[str, str, str, int], float]], str]:
-    """A study's rows.csv: row → (model, metric, variable, lead) → value; and the leads' unit."""
-    lead, out = lead_column(path), {}
-    with path.open() as f:
-        for r in csv.DictReader(f):
-            out.setdefault(r["row"], {})[(r["model"], r["metric"], r["variable"], int(r[lead]))] = float(r["value"])
-    return out, LEAD_COLUMNS[lead]
 
 
 def finals(names: list[str]) -> list[str]:
@@ -49,18 +39,22 @@ def clauses(s: dict, implicit: dict | None, tolerance: float) -> dict:
     """Goal 2's clauses for the scores ``s`` of one row (``implicit``: the implicit row's, None for implicit)."""
     variables = sorted({k[2] for k in s if k[0] == "met2net"})
     leads = sorted({k[3] for k in s if k[0] == "met2net"})
-
-    def worst(baseline: str, metric: str) -> float:
-        return max(s[("met2net", metric, v, t)] / s[(baseline, metric, v, t)] for v in variables for t in leads)
-
-    out = {f"{b} {m}": worst(b, m) for b in BASELINES for m in METRICS}
+    ratios = {
+        (v, t, b, m): s[("met2net", m, v, t)] / s[(b, m, v, t)]
+        for v in variables
+        for t in leads
+        for b in BASELINES
+        for m in METRICS
+    }
+    out = {
+        f"{b} {m}": max(r for (_, _, b_, m_), r in ratios.items() if (b_, m_) == (b, m))
+        for b in BASELINES
+        for m in METRICS
+    }
     lost: dict[tuple[str, int, str], list[str]] = {}
-    for v in variables:
-        for t in leads:
-            for b in BASELINES:
-                for m in METRICS:
-                    if s[("met2net", m, v, t)] >= s[(b, m, v, t)]:
-                        lost.setdefault((v, t, b), []).append(m)
+    for (v, t, b, m), ratio in ratios.items():
+        if ratio >= 1:
+            lost.setdefault((v, t, b), []).append(m)
     out["lost"] = lost
     holds = not lost
     if implicit is not None:
@@ -90,7 +84,7 @@ def table(paths: list[Path], tolerance: float) -> list[str]:
         "|---|---|" + "---:|" * len(BASELINES) * len(METRICS) + "---|---:|---:|---|",
     ]
     for path in paths:
-        rows, unit = rows_of(path)
+        rows, unit = read_rows(path)
         if "implicit" not in rows:
             raise SystemExit(f"{path}: no implicit row; goal 2 is judged against it")
         for name in ["implicit", *finals(list(rows))]:

@@ -160,6 +160,15 @@ def read_scores(path: Path) -> dict[tuple[str, str, str, int], float]:
         }
 
 
+def read_rows(path: Path) -> tuple[dict[str, dict[tuple[str, str, str, int], float]], str]:
+    """A study's rows.csv (`write_report`): row → (model, metric, variable, lead) → value; and the leads' unit."""
+    lead, rows = lead_column(path), {}
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            rows.setdefault(r["row"], {})[(r["model"], r["metric"], r["variable"], int(r[lead]))] = float(r["value"])
+    return rows, LEAD_COLUMNS[lead]
+
+
 def ratio_over_leads(a: dict[int, float], b: dict[int, float]) -> float:
     """``a``'s scores averaged over its leads, divided by ``b``'s at the same leads (below 1: ``a`` is better)."""
     return sum(a.values()) / sum(b[lead] for lead in a)
