@@ -207,7 +207,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     comm = world_comm()
-    keep_freed_memory()  # each block reuses the last one's pages instead of faulting in fresh ones
+    keep_freed_memory(one_arena=True)  # each block reuses the last one's pages instead of faulting in fresh ones
     index = convert(args.src, cfg, args.out, comm=comm, force=args.force, hashes=args.hash)
     if comm is None or comm.Get_rank() == 0:
         print(f"shards and {index.name} in {args.out}")

@@ -13,9 +13,10 @@ matches the index, one with others is refused unless ``--force`` (met2net/data/r
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from met2net.config import Config, VariableSource
 from met2net.data import masks, reconvert, shards
+from met2net.data.ahead import Ahead
 from met2net.data.atomic import Publisher, atomic_write_sha256, fsync
 from met2net.data.netcdf import (
     OpenSources,
@@ -151,19 +153,19 @@ def open_year(
 def write_year(
     path: Path,
     year: Year,
+    blocks: Iterator[tuple[int, np.ndarray] | object],
     subsample: int,
     missing: Mapping[str, str],
-    writer: shards.BlockWriter,
     publisher: Publisher | None = None,
 ) -> str | Future[str]:
-    """``year`` read from its sources and written as the shard ``path``, a block of times of one variable at a
-    time; returns its sha256 (or, with a ``publisher``, its future: `shards.write_shard`). ``missing``: the policy
-    for missing values per variable (``data.missing``; met2net/data/masks.py).
+    """``year`` written as the shard ``path``, a block of times of one variable at a time as ``blocks`` delivers
+    them (`reading`: each channel's blocks in turn, each channel's last followed by ``END``); returns its sha256 (or,
+    with a ``publisher``, its future: `shards.write_shard`). ``missing``: the policy for missing values per variable
+    (``data.missing``; met2net/data/masks.py).
 
-    Each block goes to the file on a writer thread while the next is read (`shards.BlockWriter`), so memory stays
-    at a few blocks, whatever the size of the shard or of the source files, and reading overlaps writing. Missing
-    values are refused (or filled) block by block, before the block is written; a refusal removes the unfinished
-    file, so nothing of the year is published.
+    Memory stays at a few blocks, whatever the size of the shard or of the source files: the year is never
+    assembled. Missing values are refused (or filled) block by block, before the block is written; a refusal
+    removes the unfinished file, so nothing of the year is published.
     """
 
     def write(tmp: Path) -> None:
@@ -171,7 +173,7 @@ def write_year(
         # the error's traceback still holds then crash the interpreter when freed; they close the file when they
         # are collected, the unfinished file already removed (atomic_write_sha256).
         f = h5py.File(tmp, "w")
-        valid = _stream(f, year, subsample, missing, writer)
+        valid = _stream(f, year, blocks, subsample, missing)
         if valid is not None:
             shards.add_valid(f, valid)
         f.close()
@@ -180,28 +182,44 @@ def write_year(
 
 
 def _stream(
-    f: h5py.File, year: Year, subsample: int, missing: Mapping[str, str], writer: shards.BlockWriter
+    f: h5py.File,
+    year: Year,
+    blocks: Iterator[tuple[int, np.ndarray] | object],
+    subsample: int,
+    missing: Mapping[str, str],
 ) -> np.ndarray | None:
-    """`write_year`'s shard into the open file ``f``, every block written when it returns; the points that count
-    where values were filled (None: nothing was missing)."""
+    """`write_year`'s shard into the open file ``f``; the points that count where values were filled (None: nothing
+    was missing)."""
     valid = None
     fields = shards.start_shard(f, year.times, year.meta)
-    try:
-        for c, (src, axes, parts) in enumerate(year.variables):
-            how = masks.policy(missing, src.name)
-            blocks = _blocks(parts, subsample)
-            for lo, block in blocks:
-                bad = ~np.isfinite(block)
-                if bad.any():
-                    counted = _complete(block, bad, src, axes, year, how, subsample, lo, blocks)
-                    valid = np.ones(year.meta.shape, dtype=bool) if valid is None else valid
-                    valid[c] &= counted
-                writer.put(fields, (slice(lo, lo + block.shape[0]), c), block)
-    except BaseException:
-        writer.drain(quiet=True)  # nothing may still write into the file that the caller removes
-        raise
-    writer.drain()
+    for c, (src, axes, _) in enumerate(year.variables):
+        how = masks.policy(missing, src.name)
+        channel = iter(blocks.__next__, END)
+        for lo, block in channel:
+            bad = ~np.isfinite(block)
+            if bad.any():
+                counted = _complete(block, bad, src, axes, year, how, subsample, lo, channel)
+                valid = np.ones(year.meta.shape, dtype=bool) if valid is None else valid
+                valid[c] &= counted
+            fields[lo : lo + block.shape[0], c] = block
     return valid
+
+
+END = object()  # `reading`'s mark after the last block of a channel's year
+
+
+def reading(
+    years: Iterable[Year | Callable[[], Year]], subsample: int
+) -> Iterator[Year | tuple[int, np.ndarray] | object]:
+    """Each year (opened here when given as a function that opens it), then its channels' blocks in turn, each
+    channel's last followed by ``END``: what `write_year` consumes, read on another thread by `ahead.Ahead` while
+    the shards are written (met2net/data/convert.py `_write`)."""
+    for year in years:
+        year = year() if callable(year) else year
+        yield year
+        for _, _, parts in year.variables:
+            yield from _blocks(parts, subsample)
+            yield END
 
 
 # Source values read (and decoded) at a time: at most 4 MiB and a quarter of the variable's year, but at least 1 MiB
@@ -221,6 +239,9 @@ def _blocks(parts: list[xr.DataArray], subsample: int) -> Iterator[tuple[int, np
         shape = (len(range(0, da.sizes["lat"], subsample)), len(range(0, da.sizes["lon"], subsample)))
         for lo in range(0, da.sizes["time"], step):
             values = da[lo : lo + step].values
+            if subsample == 1 and values.dtype == np.float32 and values.flags.owndata and values.flags.c_contiguous:
+                yield done + lo, values  # read into an array of its own: the block as it is
+                continue
             block = np.empty((values.shape[0], *shape), dtype=np.float32)
             block[...] = values[:, ::subsample, ::subsample]  # strided reads are slow in netCDF-C
             del values
@@ -456,16 +477,22 @@ def _write(
     names = {f"{y}.h5" for y in mine}
     reusable = {e["file"]: e for e in plan.previous if e["file"] in names and shards.shard_is_valid(target, e)}
     entries, steps, meta = [], set(), None
-    # shard N is flushed and renamed while year N + 1 is read; each block is written while the next is read
-    with Publisher() as publisher, shards.BlockWriter() as writer:
+    d = cfg.data
+    fresh = [y for y in mine if f"{y}.h5" not in reusable]
+    opening = [
+        functools.partial(open_year, y, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
+        for y in fresh
+    ]
+    # the sources are read on another thread while the shards are written here; shard N is hashed, flushed and
+    # renamed on a third while year N + 1 is written
+    with Publisher() as publisher, Ahead(reading(opening, d.subsample)) as items:
         for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
             name = f"{year}.h5"
             if name in reusable:
                 entries.append(reusable[name])
                 continue
-            d = cfg.data
-            data = open_year(year, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
-            sha = write_year(target / name, data, d.subsample, d.missing, writer, publisher)
+            data = next(items)
+            sha = write_year(target / name, data, items, d.subsample, d.missing, publisher)
             entries.append((target / name, data.times, sha))  # its sha256 is taken on the publisher's thread
             print(f"rank {rank}/{size}: wrote {target / name} ({data.times.size} frames)", file=sys.stderr, flush=True)
             steps.update([data.step] if data.step else [])

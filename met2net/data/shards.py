@@ -47,8 +47,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +194,7 @@ def _check_finite(path: Path, fields: np.ndarray, times: np.ndarray, meta: Shard
 
 def start_shard(f: h5py.File, times: np.ndarray, meta: ShardMeta, compression: str | None = None) -> h5py.Dataset:
     """A new shard's attributes and coordinates in ``f`` and its ``fields`` dataset, allocated but not written yet:
-    the caller fills it (whole, `write_shard`; or a block of times and one channel at a time, `BlockWriter`, as
+    the caller fills it (whole, `write_shard`; or a block of times and one channel at a time, as
     met2net/data/convert.py streams a year from its sources) and answers for the values being finite. ``times``:
     datetime64, whole hours, strictly increasing."""
     times = _hours(times)
@@ -230,45 +229,6 @@ def _fill(
     start_shard(f, times, meta, compression)[...] = fields
     if valid is not None:
         add_valid(f, valid)
-
-
-class BlockWriter:
-    """Writes blocks into HDF5 datasets on one background thread, at most ``depth`` blocks behind the caller.
-
-    h5py lets go of the GIL while HDF5 writes, so the caller reads and decodes the next block from its source while
-    the last one goes to the file: a conversion's reading and writing overlap instead of following each other, and
-    its memory is a few blocks, not a shard. A block must not be changed after `put`; `drain` before closing the
-    file. One writer serves many files in turn (met2net/data/convert.py keeps one for a conversion); use it as a
-    context manager, which drains it and stops its thread.
-    """
-
-    def __init__(self, depth: int = 2):
-        self.depth = depth
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="met2net-shard-write")
-        self._pending: deque[Future[None]] = deque()
-
-    def put(self, dataset: h5py.Dataset, where: tuple, block: np.ndarray) -> None:
-        """Write ``dataset[where] = block`` after the blocks put before; raises an earlier block's failure."""
-        while len(self._pending) >= self.depth:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(dataset.__setitem__, where, block))
-
-    def drain(self, quiet: bool = False) -> None:
-        """Wait for every block put; raise the first failure unless ``quiet`` (another error is on its way)."""
-        failed = None
-        while self._pending:
-            failed = failed or self._pending.popleft().exception()
-        if failed is not None and not quiet:
-            raise failed
-
-    def __enter__(self) -> BlockWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        try:
-            self.drain(quiet=kind is not None)
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def write_shard(

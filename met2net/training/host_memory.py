@@ -14,12 +14,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8  # glibc's malloc.h
 SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 64 << 20}
 
 
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory mapped; False where the C library is not glibc (nothing changed)."""
+def keep_freed_memory(one_arena: bool = False) -> bool:
+    """Tell glibc's malloc to keep freed memory mapped; False where the C library is not glibc (nothing changed).
+
+    ``one_arena``: every thread allocates from the main heap too (call it before other threads allocate). glibc gives
+    each thread a heap of its own, and a block goes back to the heap it came from: when one thread allocates what
+    another frees (a conversion's reader and writer, met2net/data/ahead.py), the two heaps keep their own free blocks
+    and the resident set grows by a few blocks (8 MB for the 10-year bench's shards of 24 MB, docs/performance.md)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
@@ -28,4 +33,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
+    settings = {**SETTINGS, **({M_ARENA_MAX: 1} if one_arena else {})}
+    return all(mallopt(param, value) == 1 for param, value in settings.items())

@@ -129,8 +129,8 @@ def test_each_shard_is_flushed_before_its_rename_and_the_renames_before_the_inde
 
 
 def test_shards_are_hashed_flushed_and_renamed_off_the_thread_that_reads_the_next_year(tree, tmp_path, monkeypatch):
-    """The hashing, flush and rename of each shard run on the publisher's thread (while the next year is read), in
-    order, and index.json holds the sha256 of the files as renamed."""
+    """The hashing, flush and rename of each shard run on the publisher's thread (while the next year is read and
+    written), in order, and index.json holds the sha256 of the files as renamed."""
     threads, replace, hash_of = [], atomic.os.replace, atomic._sha256_of
 
     def logged_replace(a, b):
@@ -155,6 +155,35 @@ def test_shards_are_hashed_flushed_and_renamed_off_the_thread_that_reads_the_nex
     assert all(thread.startswith("met2net-publish") for *_, thread in shards)
     assert [t for what, name, t in threads if name == "index.json"] == [threading.main_thread().name]
     verify_shards(out)  # every shard's sha256 in index.json is the file's
+
+
+def test_the_next_year_is_opened_and_read_while_a_shard_is_written(tree, tmp_path, monkeypatch):
+    """The sources are read on a thread of their own (met2net/data/ahead.py): while the main thread writes the last
+    block of 2010's shard, 2011 is opened from its files, so a shard's per-file work (xarray's selections on one
+    side, h5py's file and dataset creation on the other) overlaps the other side's reading and decompressing. (It
+    was once opened only after 2010's shard was complete.)"""
+    import met2net.data.convert as conversion
+
+    opened_2011, seen = threading.Event(), []
+    open_year, setitem = conversion.open_year, h5py.Dataset.__setitem__
+
+    def logged_open_year(year, *args):
+        if year == 2011:
+            opened_2011.set()
+        return open_year(year, *args)
+
+    def logged_setitem(self, key, value):
+        if self.name == "/fields" and ".2010.h5." in self.file.filename and key[1] == len(VARS) - 1:
+            seen.append((opened_2011.wait(30), threading.current_thread() is threading.main_thread()))
+        setitem(self, key, value)
+
+    monkeypatch.setattr(conversion, "open_year", logged_open_year)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", logged_setitem)
+    out = tmp_path / "shards"
+    convert(tree, cfg(), out, progress=False)
+    assert seen == [(True, True)]  # one block per channel here, written on the main thread
+    assert [e["file"] for e in read_index(out)["shards"]] == ["2010.h5", "2011.h5"]
+    verify_shards(out)
 
 
 def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_leaves_no_trace(

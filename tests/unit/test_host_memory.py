@@ -63,3 +63,37 @@ def test_steps_after_the_first_fault_no_pages_in_when_freed_memory_is_kept():
     later_kept, later_given_back = statistics.median(kept["faults"][2:]), statistics.median(given_back["faults"][2:])
     assert later_given_back > 2_000, given_back  # memory given back is faulted in again every step
     assert later_kept < later_given_back / 10, (kept, given_back)
+
+
+HEAPS = """
+import ctypes, sys, tempfile, threading
+import numpy as np
+from met2net.training.host_memory import keep_freed_memory
+
+assert keep_freed_memory(one_arena=sys.argv[1] == "one")
+blocks = []
+thread = threading.Thread(target=lambda: blocks.append(np.ones(1 << 18)))  # 2 MiB, below the mmap threshold
+thread.start()
+thread.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile("r") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(report.read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
+@pytest.mark.parametrize("arenas, heaps", [("one", 1), ("per-thread", 2)])
+def test_one_arena_makes_threads_allocate_from_the_main_heap(arenas, heaps):
+    """``keep_freed_memory(one_arena=True)``, as `met2net data convert` sets it: a block another thread allocates
+    comes from the main heap (glibc's malloc_info lists one heap), so the blocks its reader thread allocates and the
+    main thread frees are reused by the next read instead of piling up in two heaps; without it, the thread gets a
+    heap of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", HEAPS, arenas], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(out.stdout.split()[-1]) == heaps, out.stdout

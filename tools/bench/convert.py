@@ -82,7 +82,7 @@ def child(mode: str, src: str, config: str, out: str) -> None:
                 del raw
     elif mode.startswith("convert"):
         if mode == "convert":  # as `met2net data convert` runs it (not with --default-malloc: "convert-default")
-            keep_freed_memory()
+            keep_freed_memory(one_arena=True)
         convert(src, cfg, out, progress=False)
     seconds = time.perf_counter() - tic
     print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb()}))
