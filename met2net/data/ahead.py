@@ -31,14 +31,16 @@ _DONE = object()
 class Ahead(Generic[T]):
     """Iterates ``items`` on a thread of its own, at most ``depth`` items ahead; yields them in order and raises
     their iterator's error where that item would have come. Use as a context manager: leaving it (after an error of
-    the consumer's too) stops the thread and waits for it, so nothing is still reading once the sources close."""
+    the consumer's too) stops the thread and waits for it, so nothing is still reading once the sources close.
+    ``threaded=False``: the same, iterated on the consumer's thread (where the two sides must not run at once)."""
 
-    def __init__(self, items: Iterable[T], depth: int = 1, name: str = "met2net-read-ahead"):
+    def __init__(self, items: Iterable[T], depth: int = 1, name: str = "met2net-read-ahead", threaded: bool = True):
         self._items = iter(items)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True) if threaded else None
+        if self._thread is not None:
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -58,6 +60,8 @@ class Ahead(Generic[T]):
         return self
 
     def __next__(self) -> T:
+        if self._thread is None:
+            return next(self._items)
         item = self._queue.get()
         if item is _DONE:
             self._queue.put(_DONE)  # every later call ends too
@@ -69,6 +73,11 @@ class Ahead(Generic[T]):
 
     def close(self) -> None:
         """Stop the thread (it finishes the item in hand) and wait for it."""
+        if self._thread is None:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+            return
         self._stop.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):

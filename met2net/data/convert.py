@@ -35,6 +35,7 @@ from met2net.data.netcdf import (
     OpenSources,
     coordinate_names,
     find_files,
+    hdf5_from_two_threads_is_safe,
     open_parts,
     open_source,
     source_times,
@@ -483,9 +484,10 @@ def _write(
         functools.partial(open_year, y, job.sources, job.files, d.subsample, d.allow_gaps, d.coords, opened)
         for y in fresh
     ]
-    # the sources are read on another thread while the shards are written here; shard N is hashed, flushed and
-    # renamed on a third while year N + 1 is written
-    with Publisher() as publisher, Ahead(reading(opening, d.subsample)) as items:
+    # the sources are read on another thread while the shards are written here (unless netCDF4 and h5py share an
+    # HDF5 library that is not thread-safe); shard N is hashed, flushed and renamed on a third while N + 1 is written
+    threaded = hdf5_from_two_threads_is_safe()
+    with Publisher() as publisher, Ahead(reading(opening, d.subsample), threaded=threaded) as items:
         for year in tqdm(mine, desc=f"shards (rank {rank})", disable=not progress or None, unit="year"):
             name = f"{year}.h5"
             if name in reusable:

@@ -14,6 +14,9 @@ came from.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -547,3 +550,35 @@ def open_variable(
             f"the files overlap, so remove the duplicates or narrow file_glob"
         )
     return da
+
+
+@functools.cache
+def hdf5_from_two_threads_is_safe() -> bool:
+    """Whether netCDF4 (reading a conversion's sources) and h5py (writing its shards) may call HDF5 from two threads
+    at once: yes when each carries its own copy of the library (pip's wheels do), or when the one they share was
+    built thread-safe (``H5is_library_threadsafe``); no when they share one built without it (an HPC module's HDF5
+    with h5py and netCDF4 built against it), and no when this cannot be told (no ``/proc/self/maps``): then the
+    conversion reads and writes on one thread (met2net/data/convert.py)."""
+    import h5py  # noqa: F401 - both loaded, so that their libraries are mapped
+    import netCDF4  # noqa: F401
+
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    paths = {os.path.realpath(line.split()[5]) for line in lines if len(line.split()) >= 6}
+    hdf5 = sorted(p for p in paths if _is_hdf5_library(os.path.basename(p)))
+    if len(hdf5) != 1:
+        return len(hdf5) > 1
+    try:
+        query = ctypes.CDLL(hdf5[0]).H5is_library_threadsafe
+    except (OSError, AttributeError):  # HDF5 before 1.10.1 cannot say
+        return False
+    safe = ctypes.c_bool(False)
+    return query(ctypes.byref(safe)) >= 0 and safe.value
+
+
+def _is_hdf5_library(name: str) -> bool:
+    """The HDF5 library's file name, not its high-level part's: ``libhdf5.so.310``, Debian's
+    ``libhdf5_serial.so.103`` or ``libhdf5_openmpi.so.103``, a wheel's renamed copy ``libhdf5-9e18f0c6.so.320.0.0``."""
+    return name.startswith("libhdf5") and "_hl" not in name and ".so" in name

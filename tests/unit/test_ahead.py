@@ -21,6 +21,19 @@ def test_items_come_in_order_and_the_iterator_runs_on_another_thread():
     assert threading.current_thread() not in threads and len(set(threads)) == 1
 
 
+def test_unthreaded_it_iterates_on_the_consumers_thread():
+    threads = []
+
+    def items():
+        for i in range(5):
+            threads.append(threading.current_thread())
+            yield i
+
+    with Ahead(items(), threaded=False) as ahead:
+        assert list(ahead) == list(range(5))
+    assert set(threads) == {threading.current_thread()}
+
+
 def test_the_iterators_error_is_raised_where_its_item_would_have_come():
     def items():
         yield 1

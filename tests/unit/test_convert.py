@@ -186,6 +186,45 @@ def test_the_next_year_is_opened_and_read_while_a_shard_is_written(tree, tmp_pat
     verify_shards(out)
 
 
+def test_where_hdf5_must_not_run_on_two_threads_the_sources_are_read_on_the_writers(tree, tmp_path, monkeypatch):
+    """When netCDF4 and h5py share an HDF5 library built without thread-safety (one built from source, or an HPC
+    module's), reading on one thread while writing on another could corrupt its state: the conversion then reads
+    on the thread that writes, and writes the same bytes (index.json's checksums equal the threaded run's)."""
+    import met2net.data.convert as conversion
+
+    readers, blocks = set(), conversion._blocks
+
+    def logged_blocks(*args):
+        for item in blocks(*args):
+            readers.add(threading.current_thread().name)
+            yield item
+
+    monkeypatch.setattr(conversion, "_blocks", logged_blocks)
+    convert(tree, cfg(), tmp_path / "threaded", progress=False)
+    assert readers == {"met2net-read-ahead"}
+    readers.clear()
+    monkeypatch.setattr(conversion, "hdf5_from_two_threads_is_safe", lambda: False)
+    convert(tree, cfg(), tmp_path / "one", progress=False)
+    assert readers == {threading.main_thread().name}
+    sums = [[e["sha256"] for e in read_index(tmp_path / d)["shards"]] for d in ("threaded", "one")]
+    assert sums[0] == sums[1] and len(sums[0]) == 2
+
+
+def test_the_hdf5_libraries_of_h5py_and_netcdf4_are_told_apart():
+    """With pip's wheels each package maps its own renamed copy of HDF5, so the two threads may call them at once;
+    the file names that count as the library (not its high-level part)."""
+    from met2net.data.netcdf import _is_hdf5_library, hdf5_from_two_threads_is_safe
+
+    names = ["libhdf5.so.310", "libhdf5_serial.so.103", "libhdf5_openmpi.so.103", "libhdf5-9e18f0c6.so.320.0.0"]
+    assert all(_is_hdf5_library(n) for n in names)
+    assert not any(_is_hdf5_library(n) for n in ["libhdf5_hl.so.310", "libhdf5_serial_hl.so.100", "libnetcdf.so.22"])
+    safe = hdf5_from_two_threads_is_safe()  # imports both packages
+    maps = Path("/proc/self/maps").read_text().split()
+    copies = {os.path.realpath(m) for m in maps if _is_hdf5_library(os.path.basename(m))}
+    assert len(copies) >= 2, f"expected h5py's and netCDF4's own HDF5 (pip's wheels), found {copies}"
+    assert safe
+
+
 def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_leaves_no_trace(
     tree, tmp_path, monkeypatch
 ):
