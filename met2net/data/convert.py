@@ -209,14 +209,12 @@ def _stream(
 END = object()  # `reading`'s mark after the last block of a channel's year
 
 
-def reading(
-    years: Iterable[Year | Callable[[], Year]], subsample: int
-) -> Iterator[Year | tuple[int, np.ndarray] | object]:
-    """Each year (opened here when given as a function that opens it), then its channels' blocks in turn, each
-    channel's last followed by ``END``: what `write_year` consumes, read on another thread by `ahead.Ahead` while
-    the shards are written (met2net/data/convert.py `_write`)."""
-    for year in years:
-        year = year() if callable(year) else year
+def reading(years: Iterable[Callable[[], Year]], subsample: int) -> Iterator[Year | tuple[int, np.ndarray] | object]:
+    """Each year, opened here (``years``: the functions that open them, `open_year`), then its channels' blocks in
+    turn, each channel's last followed by ``END``: what `write_year` consumes, read on another thread by
+    `ahead.Ahead` while `_write` writes the shards."""
+    for opening in years:
+        year = opening()
         yield year
         for _, _, parts in year.variables:
             yield from _blocks(parts, subsample)

@@ -24,7 +24,7 @@ def keep_freed_memory(one_arena: bool = False) -> bool:
     ``one_arena``: every thread allocates from the main heap too (call it before other threads allocate). glibc gives
     each thread a heap of its own, and a block goes back to the heap it came from: when one thread allocates what
     another frees (a conversion's reader and writer, met2net/data/ahead.py), the two heaps keep their own free blocks
-    and the resident set grows by a few blocks (8 MB for the 10-year bench's shards of 24 MB, docs/performance.md)."""
+    and the resident set grows by a few blocks (5 MB for the 10-year bench's shards of 24 MB, docs/performance.md)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
