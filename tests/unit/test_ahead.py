@@ -7,7 +7,8 @@ import pytest
 from met2net.data.ahead import Ahead
 
 
-def test_items_come_in_order_and_the_iterator_runs_on_another_thread():
+@pytest.mark.parametrize("threaded", [True, False])
+def test_items_come_in_order_on_another_thread_or_unthreaded_on_the_consumers(threaded):
     threads = []
 
     def items():
@@ -15,23 +16,10 @@ def test_items_come_in_order_and_the_iterator_runs_on_another_thread():
             threads.append(threading.current_thread())
             yield i
 
-    with Ahead(items()) as ahead:
+    with Ahead(items(), threaded=threaded) as ahead:
         assert list(ahead) == list(range(50))
         assert next(ahead, "end") == "end"  # and it stays ended
-    assert threading.current_thread() not in threads and len(set(threads)) == 1
-
-
-def test_unthreaded_it_iterates_on_the_consumers_thread():
-    threads = []
-
-    def items():
-        for i in range(5):
-            threads.append(threading.current_thread())
-            yield i
-
-    with Ahead(items(), threaded=False) as ahead:
-        assert list(ahead) == list(range(5))
-    assert set(threads) == {threading.current_thread()}
+    assert len(set(threads)) == 1 and (threading.current_thread() in threads) is not threaded
 
 
 def test_the_iterators_error_is_raised_where_its_item_would_have_come():
