@@ -189,7 +189,10 @@ def test_the_next_year_is_opened_and_read_while_a_shard_is_written(tree, tmp_pat
 def test_where_hdf5_must_not_run_on_two_threads_the_sources_are_read_on_the_writers(tree, tmp_path, monkeypatch):
     """When netCDF4 and h5py share an HDF5 library built without thread-safety (one built from source, or an HPC
     module's), reading on one thread while writing on another could corrupt its state: the conversion then reads
-    on the thread that writes, and writes the same bytes (index.json's checksums equal the threaded run's)."""
+    on the thread that writes, and writes the same bytes (index.json's checksums equal the threaded run's).
+
+    The answer "they share an unsafe library" is a fake (here each package has its own copy: the next test checks
+    how that is told); the conversion, netCDF4 and h5py are real."""
     import met2net.data.convert as conversion
 
     readers, blocks = set(), conversion._blocks
@@ -229,7 +232,12 @@ def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_le
     tree, tmp_path, monkeypatch
 ):
     """A full disk found by the publisher's fsync of 2011's shard: the conversion fails naming that shard, no
-    temporary file stays, 2011.h5 and index.json are never written (2010.h5, flushed before, stays valid)."""
+    temporary file stays, 2011.h5 and index.json are never written (2010.h5, flushed before, stays valid).
+
+    The failing fsync is a fake, standing in for storage that reports the error only when flushing (network and
+    parallel file systems); what is checked is the conversion's handling of it on the publisher's thread. A real
+    full disk (a tmpfs that fills up, which fails the write itself) is
+    `tests/unit/test_storage_faults.py::test_a_full_disk_during_data_convert_names_the_shard_and_keeps_the_written_ones`."""
     fsync = atomic.os.fsync
 
     def failing_fsync(fd):
@@ -245,6 +253,9 @@ def test_a_shard_whose_flush_fails_in_the_background_fails_the_conversion_and_le
 
 
 def test_a_publisher_that_failed_refuses_the_next_file_and_removes_it(tmp_path, monkeypatch):
+    """After a failed flush the publisher refuses the next file, naming the first one's failure, and removes it.
+    The failing fsync is a fake (a disk that fails every flush): the publisher's bookkeeping is what is checked."""
+
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
