@@ -84,7 +84,7 @@ def _segments(run_dir: Path) -> list[list[dict]]:
     return runs
 
 
-def _peak_tflops(gpu: str, precision: str) -> float | None:
+def datasheet_tflops(gpu: str, precision: str) -> float | None:
     override = os.environ.get("PEAK_TFLOPS_BF16" if precision == "bf16" else "PEAK_TFLOPS_FP32")
     if override:
         return float(override)
@@ -107,7 +107,7 @@ def row(run_dir: str, name: str, flops_per_sample: str) -> int:
     rate = statistics.median(r["samples_per_s"] for r in train)
     peak_mem = max(r.get("peak_memory_gib", 0.0) for r in train)
     gpu = ranks[0].get("gpu", "?")
-    peak = _peak_tflops(gpu, start["precision"])
+    peak = datasheet_tflops(gpu, start["precision"])
     model_tflops = rate * float(flops_per_sample) / 1e12
     mfu = f"{100 * model_tflops / (peak * len(ranks)):.1f} %" if peak else "n/a (set PEAK_TFLOPS_*)"
     devices = ", ".join(f"{r['rank']}→{r['host']}:{r['device']}" for r in ranks)

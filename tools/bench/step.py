@@ -17,8 +17,16 @@ fractions is reported, so that a shared machine's load of the moment hits step a
 table of the rates, before and after the steps, shows the machine's best and how much the load moved. The header
 names the CPU and the kernels oneDNN chose (from its verbose log).
 
-    .venv/bin/python tools/bench/step.py [--batches 1 2 4] [--precisions fp32 bf16] [--steps 3]
-    .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32]
+A second table splits each step into forward, backward and optimizer, each part ended by a device synchronisation.
+
+``--device cuda`` runs the same on a GPU (issue 17, item 5): the products and steps are timed with a synchronisation
+at their end, the square product is 8192³, fp32 steps and products run with TF32 as training leaves it (cuDNN's
+convolutions in TF32, matrix products not) while the first steps' 1e-5 check runs without TF32, and each step's row
+adds its MFU (necessary work against the data sheet's dense bf16 or TF32 peak, `tools/gpu_smoke_report.py`) and
+the most GPU memory it held.
+
+    .venv/bin/python tools/bench/step.py [--batches 1 2 4] [--precisions fp32 bf16] [--steps 3] [--device cuda]
+    .venv/bin/python tools/bench/step.py --profile [--batches 1] [--precisions fp32] [--device cuda]
 
 ``--profile``: instead, where the optimised step's time goes: torch.profiler's operators of one step (after five
 warm-up steps) by self CPU time, and, from another step profiled with its shapes recorded (which costs page faults:
@@ -29,6 +37,7 @@ among them), convolutions and convolution backwards by shape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import re
@@ -37,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -54,26 +63,48 @@ from met2net.training.stages import Implicit, Schedule
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-SQUARE = 2048
+SQUARE = {"cpu": 2048, "cuda": 8192}  # the large square product's side: big enough to reach the device's peak
 WARMUP_PROFILE = 5  # steps before the profiled one: the heap settles (page faults stop) after 3–5
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a no-op on the CPU), so that a host timer measures them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Runner:
-    def __init__(self, model: Met2Net, schedule: Schedule, precision: str):
-        self.model, self.schedule, self.precision = model, schedule, precision
-        schedule.configure(model)
-        self.opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
+    """One step variant on its own copy of the weights. ``split`` holds the last step's forward, backward and
+    optimizer seconds, each ended by a device synchronisation (free on the CPU; on a GPU three per step, which the
+    training loop does not make)."""
+
+    def __init__(self, model: Met2Net, schedule: Schedule, precision: str, device: torch.device):
+        self.model, self.schedule, self.precision, self.device = model.to(device), schedule, precision, device
+        schedule.configure(self.model)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
+        self.split: dict[str, float] = {}
 
     def step(self, x: torch.Tensor, y: torch.Tensor, keep_grads: bool = False) -> tuple[dict, dict | None]:
-        with autocast(self.precision, torch.device("cpu")):
+        tic = time.perf_counter()
+        with autocast(self.precision, self.device):
             out = self.schedule.forward(self.model, x, y)
+        sync(self.device)
+        forward = time.perf_counter()
         out.loss.backward()
         self.schedule.after_backward(self.model)
+        sync(self.device)
+        backward = time.perf_counter()
         grads = None
         if keep_grads:
             grads = {k: p.grad.clone() for k, p in self.model.named_parameters() if p.grad is not None}
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        sync(self.device)
+        self.split = {
+            "forward": forward - tic,
+            "backward": backward - forward,
+            "optimizer": time.perf_counter() - backward,
+        }
         return out.parts, grads
 
 
@@ -137,18 +168,23 @@ def onednn_kernels() -> str:
 
 
 # -- matrix-product peaks ---------------------------------------------------------------------------------------------
-def best_rate(fn: Callable[[], object], flops: float, repeats: int = 5, min_seconds: float = 0.1) -> float:
-    """GFLOP/s of ``fn`` (``flops`` per call): best of ``repeats`` loops of at least ``min_seconds``."""
+def best_rate(
+    fn: Callable[[], object], flops: float, device: torch.device, repeats: int = 5, min_seconds: float = 0.1
+) -> float:
+    """GFLOP/s of ``fn`` (``flops`` per call) on ``device``: best of ``repeats`` loops of at least ``min_seconds``."""
     fn()
+    sync(device)
     tic, calls = time.perf_counter(), 0
     while time.perf_counter() - tic < min_seconds:
         fn()
         calls += 1
+        sync(device)
     best = float("inf")
     for _ in range(repeats):
         tic = time.perf_counter()
         for _ in range(calls):
             fn()
+        sync(device)
         best = min(best, (time.perf_counter() - tic) / calls)
     return flops / best / 1e9
 
@@ -172,18 +208,20 @@ class Peaks:
     Translator's shapes as torch.mm, its D→D 1×1 convolution as the model runs it (channels-last), and a large
     square product."""
 
-    def __init__(self, cfg: Config, batch: int, precisions: list[str]):
+    def __init__(self, cfg: Config, batch: int, precisions: list[str], device: torch.device):
+        self.device = device
         self.products: dict[str, dict[str, tuple[Callable[[], object], float]]] = {}
         h, w = cfg.model.latent_grid
+        square = SQUARE[device.type]
         for precision in precisions:
             dtype = DTYPES[precision]
             shapes = [(f"mm {name} {m}×{k}·{k}×{n}", m, k, n) for name, m, k, n in gemm_shapes(cfg, batch)]
-            for label, m, k, n in [*shapes, (f"mm square {SQUARE}³", SQUARE, SQUARE, SQUARE)]:
-                a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            for label, m, k, n in [*shapes, (f"mm square {square}³", square, square, square)]:
+                a, b = (torch.randn(r, c, dtype=dtype, device=device) for r, c in ((m, k), (k, n)))
                 self.products.setdefault(label, {})[precision] = (lambda a=a, b=b: a @ b, 2.0 * m * k * n)
             _, m, d, _ = gemm_shapes(cfg, batch)[0]
-            x = torch.randn(m // (h * w), d, h, w, dtype=dtype).to(memory_format=torch.channels_last)
-            wt = torch.randn(d, d, 1, 1, dtype=dtype).to(memory_format=torch.channels_last)
+            x = torch.randn(m // (h * w), d, h, w, dtype=dtype, device=device).to(memory_format=torch.channels_last)
+            wt = torch.randn(d, d, 1, 1, dtype=dtype, device=device).to(memory_format=torch.channels_last)
             label = f"conv 1×1 D→D channels-last ({m} pixels)"
             self.products.setdefault(label, {})[precision] = (lambda x=x, wt=wt: F.conv2d(x, wt), 2.0 * m * d * d)
 
@@ -191,7 +229,9 @@ class Peaks:
         """{product: {precision: GFLOP/s}} (one precision, or all)."""
         return {
             label: {
-                p: best_rate(fn, flops, repeats, min_seconds) for p, (fn, flops) in by.items() if precision in (None, p)
+                p: best_rate(fn, flops, self.device, repeats, min_seconds)
+                for p, (fn, flops) in by.items()
+                if precision in (None, p)
             }
             for label, by in self.products.items()
         }
@@ -207,6 +247,7 @@ class Peaks:
             while calls == 0 or time.perf_counter() - tic < seconds / len(self.products):
                 fn()
                 calls += 1
+            sync(self.device)  # the time ends when the queued products have run
             rates[label] = {precision: flops * calls / (time.perf_counter() - tic) / 1e9}
         return peak_of(rates, precision)
 
@@ -219,16 +260,29 @@ def peak_of(rates: dict[str, dict[str, float]], precision: str) -> tuple[float, 
 
 
 # -- the steps --------------------------------------------------------------------------------------------------------
-def runners(base: Met2Net, cfg: Config, precisions: list[str]) -> dict[tuple[str, str], Runner]:
+def runners(base: Met2Net, cfg: Config, precisions: list[str], device: torch.device) -> dict[tuple[str, str], Runner]:
     """(step, precision) → a Runner on a copy of the same weights; the literal fp32 step first (the yardstick)."""
     out = {}
     for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
         literal = copy.deepcopy(base).use_fast_kernels(False)
-        out[("literal", precision)] = Runner(literal, LiteralImplicit(cfg), precision)
+        out[("literal", precision)] = Runner(literal, LiteralImplicit(cfg), precision, device)
         if precision in precisions:
             fast = copy.deepcopy(base).to(memory_format=torch.channels_last)
-            out[("optimised", precision)] = Runner(fast, Implicit(cfg), precision)
+            out[("optimised", precision)] = Runner(fast, Implicit(cfg), precision, device)
     return out
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 products and convolutions without TF32 on a GPU (cuDNN allows TF32 by default, and training leaves it
+    so), for the first steps' 1e-5 check; no effect on the CPU."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def first_steps(group: dict, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str, str], dict]:
@@ -236,7 +290,7 @@ def first_steps(group: dict, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str
     with the literal fp32 step's; an fp32 optimised step more than 1e-5 off stops the bench."""
     checks: dict[tuple[str, str], dict] = {}
     for key, runner in group.items():
-        with flop_counter() as counter:
+        with flop_counter() as counter, exact_fp32():
             parts, grads = runner.step(x, y, keep_grads=True)
         checks[key] = {"flops": counter.get_total_flops() / x.shape[0], "loss": parts["loss"].item(), "grads": grads}
     ref = checks[("literal", "fp32")]
@@ -254,27 +308,31 @@ def first_steps(group: dict, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[str
 def timed_steps(
     group: dict, x: torch.Tensor, y: torch.Tensor, steps: int, peaks: Peaks, flops: float
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """Per variant, the median over ``steps`` rounds of: seconds per step, and the step's rate of necessary work
-    (``flops`` per step) as a fraction of the Translator-shape and square product rates measured right after it, for
-    as long (``Peaks.adjacent``) — side by side, so that the machine's load of the moment hits both. The variants
-    alternate within each round."""
-    rounds: dict[tuple[str, str], list[tuple[float, float, float]]] = {key: [] for key in group}
+    """Per variant, the median over ``steps`` rounds of: seconds per step, its forward, backward and optimizer
+    parts, and the step's rate of necessary work (``flops`` per step) as a fraction of the Translator-shape and
+    square product rates measured right after it, for as long (``Peaks.adjacent``) — side by side, so that the
+    machine's load of the moment hits both; on a GPU also the most memory a step held. The variants alternate within
+    each round."""
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in group}
     for _ in range(steps):
         for (step, precision), runner in group.items():
+            if runner.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(runner.device)
             tic = time.perf_counter()
             runner.step(x, y)
             seconds = time.perf_counter() - tic
+            memory = torch.cuda.max_memory_allocated(runner.device) if runner.device.type == "cuda" else 0
             shape_peak, square_peak = peaks.adjacent(precision, seconds)
             rate = flops / seconds / 1e9
-            rounds[(step, precision)].append((seconds, rate / shape_peak, rate / square_peak))
-    return {
-        key: {
-            "seconds": statistics.median(r[0] for r in rs),
-            "of_shape": statistics.median(r[1] for r in rs),
-            "of_square": statistics.median(r[2] for r in rs),
-        }
-        for key, rs in rounds.items()
-    }
+            rounds[(step, precision)].append(
+                {"seconds": seconds, "of_shape": rate / shape_peak, "of_square": rate / square_peak}
+                | runner.split
+                | {"memory": memory}
+            )
+    out = {key: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for key, rs in rounds.items()}
+    for key, rs in rounds.items():
+        out[key]["memory"] = max(r["memory"] for r in rs)
+    return out
 
 
 def timed(fn: Callable[[], object]) -> str:
@@ -285,21 +343,23 @@ def timed(fn: Callable[[], object]) -> str:
     return f"{time.perf_counter() - started:.3f} s, {faults:,} page faults"
 
 
-def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 20) -> None:
-    """Print where one optimised step's time goes (``--profile``)."""
-    runner = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision)
-    x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid)
-    y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid)
+def profile(base: Met2Net, cfg: Config, batch: int, precision: str, device: torch.device, rows: int = 20) -> None:
+    """Print where one optimised step's time goes (``--profile``): by self CPU time, or on a GPU by the device's."""
+    runner = Runner(copy.deepcopy(base).to(memory_format=torch.channels_last), Implicit(cfg), precision, device)
+    x, y = inputs(cfg, batch, device)
     for _ in range(WARMUP_PROFILE):
         runner.step(x, y)
     # Recording shapes can allocate enough to move the heap, and the step then faults in fresh pages (up to ~10^5
     # faults and 1.5-3x the step time, most of it charged to whichever operator first writes a new block): the
     # operator table comes from a step profiled without shapes, the by-shape tables from one with them.
     activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         took = timed(lambda: runner.step(x, y))
     print(f"\noptimised {precision} step, batch {batch} (profiled: {took}):", flush=True)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+    by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=by, row_limit=rows, max_name_column_width=40))
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         took = timed(lambda: runner.step(x, y))
     print(f"by shape, from another step profiled with its shapes ({took})")
@@ -316,6 +376,41 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, rows: int = 
             print(f"  {e.self_cpu_time_total / 1e3:8.1f} {e.count:6d}  {', '.join(map(str, shapes))}")
 
 
+def inputs(cfg: Config, batch: int, device: torch.device, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random inputs and targets on ``device`` (drawn on the CPU, so the same seed gives the same numbers
+    on every device)."""
+    g = torch.Generator().manual_seed(batch if seed is None else seed)
+    x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
+    y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
+    return x.to(device), y.to(device)
+
+
+def machine(device: torch.device) -> str:
+    """What the step runs on: the CPU and oneDNN's kernels, or the GPU, its CUDA and cuDNN and the TF32 settings."""
+    if device.type != "cuda":
+        return f"CPU: {cpu_model()}\n{onednn_kernels()}"
+    props = torch.cuda.get_device_properties(device)
+    return (
+        f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}, "
+        f"{props.multi_processor_count} multiprocessors; CUDA {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version()}; fp32 steps and products timed with TF32 as training leaves it (cuDNN "
+        f"{torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32}), the first steps' "
+        "check without TF32"
+    )
+
+
+def datasheet_peak(device: torch.device, precision: str) -> float | None:
+    """The GPU's dense peak in GFLOP/s from its vendor's data sheet (tools/gpu_smoke_report.py's table: bf16, or
+    TF32 for fp32), None on the CPU or for a GPU the table does not know."""
+    if device.type != "cuda":
+        return None
+    sys.path.insert(0, str(ROOT / "tools"))
+    from gpu_smoke_report import datasheet_tflops
+
+    tflops = datasheet_tflops(torch.cuda.get_device_name(device), precision)
+    return tflops * 1e3 if tflops else None
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
@@ -327,11 +422,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (the first visible GPU by default)")
     ap.add_argument("--profile", action="store_true", help="where the optimised step's time goes, instead")
     ap.add_argument(
         "--default-malloc", action="store_true", help="leave glibc's malloc as it is (training keeps freed memory)"
     )
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {args.device}: torch {torch.__version__} finds no GPU (a CPU build, or none visible)"
+        )
     kept = not args.default_malloc and keep_freed_memory()
     precisions = [p for p in DTYPES if p == "fp32" or p in args.precisions]  # the literal fp32 step is the yardstick
     cfg = load_config(args.config, ["model.drop_path=0"])  # deterministic, so the check is exact
@@ -340,10 +441,9 @@ def main() -> None:
     if args.profile:
         for batch in args.batches:
             for precision in args.precisions:
-                profile(base, cfg, batch, precision)
+                profile(base, cfg, batch, precision, device)
         return
-    print(f"CPU: {cpu_model()}", flush=True)
-    print(f"{onednn_kernels()}", flush=True)
+    print(machine(device), flush=True)
     necessary = implicit_step_flops(cfg.model)
     macs = implicit_step_macs(cfg.model)
     print(
@@ -355,14 +455,13 @@ def main() -> None:
         + ")",
         flush=True,
     )
-    step_rows, peak_rows = [], []
+    datasheet = {p: datasheet_peak(device, p) for p in precisions}
+    step_rows, peak_rows, split_rows = [], [], []
     for batch in args.batches:
-        g = torch.Generator().manual_seed(batch)
-        x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
-        y = torch.randn(x.shape, generator=g)
-        peaks = Peaks(cfg, batch, precisions)
+        x, y = inputs(cfg, batch, device)
+        peaks = Peaks(cfg, batch, precisions, device)
         before = peaks.measure()
-        group = runners(base, cfg, args.precisions)
+        group = runners(base, cfg, args.precisions, device)
         checks = first_steps(group, x, y)
         timed = timed_steps(group, x, y, args.steps, peaks, necessary * batch)
         after = peaks.measure()
@@ -371,6 +470,7 @@ def main() -> None:
         lit_fp32 = timed[("literal", "fp32")]["seconds"]
         for (step, precision), t in timed.items():
             c = checks[(step, precision)]
+            rate = necessary * batch / t["seconds"] / 1e9
             step_rows.append(
                 [
                     batch,
@@ -379,7 +479,7 @@ def main() -> None:
                     f"{t['seconds']:.3f}",
                     f"{batch / t['seconds']:.3f}",
                     f"{lit_fp32 / t['seconds']:.2f}×",
-                    f"{necessary * batch / t['seconds'] / 1e9:.0f}",
+                    f"{rate:.0f}",
                     f"{100 * t['of_shape']:.0f} %",
                     f"{100 * t['of_square']:.0f} %",
                     f"{c['flops'] / 1e9:.1f}",
@@ -387,12 +487,28 @@ def main() -> None:
                     f"{c['grad_rel']:.1e}",
                 ]
             )
+            if device.type == "cuda":
+                peak = datasheet[precision]
+                step_rows[-1] += [f"{100 * rate / peak:.1f} %" if peak else "n/a", f"{t['memory'] / 2**30:.2f}"]
+            split_rows.append(
+                [batch, precision, step]
+                + [
+                    f"{t[part]:.4f} ({100 * t[part] / t['seconds']:.0f} %)"
+                    for part in ("forward", "backward", "optimizer")
+                ]
+            )
             print(" | ".join(map(str, step_rows[-1])), flush=True)
     print("\nmatrix-product rates, GFLOP/s, best of 5 before / after the steps\n")
     print(table(["batch", "product", *precisions], peak_rows))
     print(
         "\nsteps: median s/step; GFLOP/s of the necessary work; median of its ratio to the best Translator-shape and "
-        "the square product rates averaged over as long right after each step\n"
+        "the square product rates averaged over as long right after each step"
+        + (
+            "; MFU: the necessary work against the data sheet's dense peak (TF32 for fp32)"
+            if device.type == "cuda"
+            else ""
+        )
+        + "\n"
     )
     header = [
         "batch",
@@ -408,7 +524,11 @@ def main() -> None:
         "loss rel. diff",
         "grad rel. diff",
     ]
+    if device.type == "cuda":
+        header += ["MFU", "peak memory GiB"]
     print(table(header, step_rows))
+    print("\nstep-time split: median seconds of each part (and its share of the step), each part ended by a sync\n")
+    print(table(["batch", "precision", "step", "forward", "backward", "optimizer"], split_rows))
 
 
 if __name__ == "__main__":
