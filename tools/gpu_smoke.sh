@@ -26,7 +26,7 @@ OUT=${SMOKE_DIR:-runs/gpu_smoke}
 STEPS=${SMOKE_STEPS:-20}
 CONFIG=${SMOKE_CONFIG:-configs/mv5_5.625.yaml}
 read -ra DATA <<< "${SMOKE_DATA:-data.source=synthetic data.train_years=[2010] data.val_years=[2011] data.test_years=[2012] data.step_hours=6}"
-REPORT=(env PYTHONPATH="$ROOT" "$PY" "$ROOT/tools/gpu_smoke_report.py")
+REPORT=(env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$ROOT/tools/gpu_smoke_report.py")
 
 skip() { echo "gpu_smoke: SKIPPED: $* (nothing was run)"; exit 0; }
 command -v nvidia-smi > /dev/null 2>&1 || skip "no nvidia-smi on this machine: no NVIDIA driver, so no GPU"
@@ -47,10 +47,12 @@ rows=()
 
 fail() { echo "gpu_smoke: FAILED: $1 (log: $2)" >&2; tail -n 20 "$2" >&2; failures=$((failures + 1)); }
 
+selected() { [ -z "${SMOKE_ONLY:-}" ] || [[ " $SMOKE_ONLY " == *" $1 "* ]]; }
+
 # $1 name, $2 launch: one|torchrun2|pertask2, then overrides; trains, resumes, consolidates, evaluates, adds a row
 smoke() {
   local name=$1 how=$2; shift 2
-  if [ -n "${SMOKE_ONLY:-}" ] && [[ " $SMOKE_ONLY " != *" $name "* ]]; then return 0; fi
+  selected "$name" || return 0
   local dir="$OUT/$name" log="$OUT/$name.log"
   rm -rf "$dir" "$log"
   echo "gpu_smoke: $name: training $STEPS steps"
@@ -99,7 +101,8 @@ CUDA_VISIBLE_DEVICES=${visible[0]} "$PY" -m pytest -q -p no:cacheprovider "$ROOT
 # (docs/performance.md, Data loader); the built-in data above never reads shards, so one run trains on converted ones:
 # the same synthetic fields as netCDF files → shards → statistics (what scripts/quickstart.sh does).
 SHARDS="$OUT/shards"
-if [ -z "${SMOKE_DATA:-}" ] && [ "$CONFIG" = configs/mv5_5.625.yaml ] && [ ! -f "$SHARDS/stats.json" ]; then
+if [ -z "${SMOKE_DATA:-}" ] && [ "$CONFIG" = configs/mv5_5.625.yaml ] && [ ! -f "$SHARDS/stats.json" ] \
+   && selected shards-zero2-bf16; then
   { "$PY" -m met2net.cli data synthetic "$OUT/netcdf" --years 2010-2012 --grid 32x64 \
     && "$PY" -m met2net.cli data convert "$OUT/netcdf" -c configs/quickstart.yaml -o "$SHARDS" data.path="$SHARDS" \
     && "$PY" -m met2net.cli data stats "$SHARDS" --train-years 2010; } > "$OUT/shards.log" 2>&1 \

@@ -68,3 +68,16 @@ def test_report_rows_and_the_resume_check(tmp_path, capsys):
 def test_flop_count_of_a_training_sample(capsys):
     assert gpu_smoke_report.flops(str(ROOT / "configs/quickstart.yaml"), [*TINY, "training.batch_size=2"]) == 0
     assert float(capsys.readouterr().out) > 0
+
+
+@on_a_gpu
+def test_the_device_checks_skip_without_a_gpu(tmp_path):
+    """tools/device/checks.sh (the GPU checks as one run on a lent machine) says why and runs nothing where torch
+    finds no GPU: no wheels installed, no bench, no smoke run."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "CHECK_DIR": str(tmp_path / "work"),
+           "MET2NET_PYTHON": sys.executable}  # fmt: skip
+    out = subprocess.run(["bash", str(ROOT / "tools/device/checks.sh")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"checks: SKIPPED: torch {torch.__version__} finds no GPU (nothing was run)\n"
+    assert (tmp_path / "out/summary.md").read_text() == out.stdout
+    assert list((tmp_path / "work").iterdir()) == []
