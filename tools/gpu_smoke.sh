@@ -14,7 +14,8 @@
 #
 # Data: the built-in synthetic fields on the mv5 grid and variables (one year each for train/val/test, 6-hourly),
 # or SMOKE_DATA="data.source=shards data.path=/scratch/mv5/shards" for converted WeatherBench data.
-# SMOKE_ONLY="zero2-bf16 zero3-fp32" runs those configurations only; SMOKE_DIR (runs/gpu_smoke) holds runs and logs.
+# SMOKE_ONLY="zero2-bf16 zero3-fp32" runs those configurations only; SMOKE_DIR (runs/gpu_smoke) holds runs and logs;
+# SMOKE_OVERRIDES="k=v ..." adds config overrides to every run; SMOKE_REHEARSAL=1 runs it all on the CPU instead.
 # Also: the CUDA unit tests (tests/unit/test_hot_path.py -k gpu; the fast kernels against the plain layers in
 # tests/unit/test_model.py), and with the default data one run on shards
 # ("shards-zero2-bf16": batches normalised on the device) converted from the same synthetic fields.
@@ -26,22 +27,30 @@ OUT=${SMOKE_DIR:-runs/gpu_smoke}
 STEPS=${SMOKE_STEPS:-20}
 CONFIG=${SMOKE_CONFIG:-configs/mv5_5.625.yaml}
 read -ra DATA <<< "${SMOKE_DATA:-data.source=synthetic data.train_years=[2010] data.val_years=[2011] data.test_years=[2012] data.step_hours=6}"
+read -ra EXTRA <<< "${SMOKE_OVERRIDES:-}"
 REPORT=(env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$ROOT/tools/gpu_smoke_report.py")
 
 skip() { echo "gpu_smoke: SKIPPED: $* (nothing was run)"; exit 0; }
-command -v nvidia-smi > /dev/null 2>&1 || skip "no nvidia-smi on this machine: no NVIDIA driver, so no GPU"
-nvidia-smi -L > /dev/null 2>&1 || skip "nvidia-smi finds no GPU: $(nvidia-smi -L 2>&1 | head -n 1)"
-[ -x "$PY" ] || skip "no Python at $PY (bash scripts/setup.sh, or set MET2NET_PYTHON)"
-read -r num_gpus why <<< "$("${REPORT[@]}" gpus)"
-[ "$num_gpus" -ge 1 ] 2> /dev/null || skip "${why:-torch.cuda finds no GPU}"
+if [ -n "${SMOKE_REHEARSAL:-}" ]; then
+  # The script itself, every launch and check, on the CPU with gloo as if there were 2 GPUs
+  # (tests/e2e/test_gpu_smoke_rehearsal.py): what a GPU run needs besides the GPU. Its numbers mean nothing.
+  num_gpus=2
+  banner="REHEARSAL on the CPU (gloo), no GPU: its numbers mean nothing"
+else
+  command -v nvidia-smi > /dev/null 2>&1 || skip "no nvidia-smi on this machine: no NVIDIA driver, so no GPU"
+  nvidia-smi -L > /dev/null 2>&1 || skip "nvidia-smi finds no GPU: $(nvidia-smi -L 2>&1 | head -n 1)"
+  [ -x "$PY" ] || skip "no Python at $PY (bash scripts/setup.sh, or set MET2NET_PYTHON)"
+  read -r num_gpus why <<< "$("${REPORT[@]}" gpus)"
+  [ "$num_gpus" -ge 1 ] 2> /dev/null || skip "${why:-torch.cuda finds no GPU}"
+  banner="$num_gpus GPU(s): $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -n 1) ..."
+fi
 
 # the GPUs this script may use, as CUDA_VISIBLE_DEVICES names them (all of torch's when it is unset)
 IFS=, read -ra visible <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((num_gpus - 1)))}"
 mkdir -p "$OUT"
-echo "gpu_smoke: $num_gpus GPU(s): $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -n 1)" \
-     "...; runs and logs in $OUT"
+echo "gpu_smoke: $banner; runs and logs in $OUT"
 COMMON=("$CONFIG" "${DATA[@]}" training.max_steps="$STEPS" training.log_every=1 training.val_batches=2
-        training.progress=false)
+        training.progress=false "${EXTRA[@]}")
 failures=0
 rows=()
 

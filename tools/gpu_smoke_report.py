@@ -73,11 +73,13 @@ def flops(config: str, overrides: list[str]) -> int:
 
 
 def _segments(run_dir: Path) -> list[list[dict]]:
-    """metrics.jsonl split at each start record: one list per run (or resumed run) of the directory."""
+    """metrics.jsonl split into one list per run (or resumed run) of the directory: a run opens with its start
+    record, or, when it resumed, with the resume record that the trainer logs just before its start record."""
     runs: list[list[dict]] = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if record["split"] == "start":
+        resumed_start = record["split"] == "start" and runs and [r["split"] for r in runs[-1]] == ["resume"]
+        if record["split"] == "resume" or (record["split"] == "start" and not resumed_start):
             runs.append([])
         if runs:
             runs[-1].append(record)

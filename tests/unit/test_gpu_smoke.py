@@ -54,7 +54,8 @@ def test_report_rows_and_the_resume_check(tmp_path, capsys):
     ]
     start = {"split": "start", "step": 0, "startup": {"ranks": ranks, "precision": "bf16"}}
     train = [{"split": "train", "step": s, "samples_per_s": 100.0 + s, "peak_memory_gib": 1.5} for s in range(1, 9)]
-    resumed = [start, {"split": "resume", "step": 8}, {"split": "train", "step": 9, "samples_per_s": 1.0}]
+    # as the trainer logs a resumed run: its resume record, then its start record (met2net/training/loop.py)
+    resumed = [{"split": "resume", "step": 8}, start, {"split": "train", "step": 9, "samples_per_s": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [start, *train, *resumed]))
     assert gpu_smoke_report.row(str(tmp_path), "zero1-bf16", "1e12") == 0
     line = capsys.readouterr().out
