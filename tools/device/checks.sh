@@ -2,19 +2,22 @@
 # The GPU checks of issues 17 (item 5) and 18 (item 4) as one prepared run, sized for a short lease of a machine
 # with one GPU and no network (this workplace's device tool: its image has torch with CUDA but not DeepSpeed).
 #   bash tools/device/wheels.sh                                   here, once: the missing packages into .whl/
-#   run(command="bash tools/device/checks.sh", carry=[".whl"], timeout_s=570)     there
+#   run(command="bash tools/device/checks.sh", carry=[".whl"], timeout_s=600)     there
 # Steps, each under its own time limit, each logged, each allowed to fail without stopping the rest:
 #   1. the carried wheels installed into /tmp/site (nothing else is installed: the image's torch is used);
 #      versions of the GPU, driver, torch, CUDA, cuDNN, NCCL, DeepSpeed;
 #   2. tools/bench/step.py --device cuda: samples/s, % of the measured peak and MFU against the data sheet's,
 #      peak memory, the forward/backward/optimizer split, fp32 and bf16, at CHECK_BATCHES (1 16);
-#   3. tools/gpu_smoke.sh on the configurations in CHECK_SMOKE (default: bf16 at ZeRO 2, fp32 at ZeRO 3, the
-#      plain-PyTorch engine in bf16, and the run on converted shards): the CUDA unit tests, then each configuration
-#      trained with NCCL at world size 1, resumed, consolidated and evaluated; its table of samples/s, MFU and peak
-#      memory. CHECK_SMOKE=all runs every configuration (raise CHECK_SMOKE_S to match).
-# The limits add up to 9 minutes (give the call a timeout_s of 570): with a machine's start, a 15-minute lease.
+#   3. tools/bench/distributed.py --device cuda --precision bf16 --batch 16: DeepSpeed's overhead against the plain
+#      loop with NCCL, the same split, MFU (and 2-rank efficiency and ZeRO-3 partitioning where 2 GPUs are visible);
+#   4. tools/gpu_smoke.sh on the configurations in CHECK_SMOKE (default: bf16 at ZeRO 2, fp32 at ZeRO 3, and bf16
+#      at ZeRO 2 on converted shards): the CUDA unit tests, then each configuration trained with NCCL at world
+#      size 1, resumed, consolidated and evaluated; its table of samples/s, MFU and peak memory. CHECK_SMOKE=all
+#      runs every configuration (raise CHECK_SMOKE_S to match).
+# The limits add up to 9 min 50 s, within one call's 10 minutes; with a machine's start, most of a 15-minute lease.
 # Without a GPU that torch can use it says so and exits 0 having run nothing. Results land in $OUT (the device
-# tool's folder; runs/device_checks without one): summary.md with every table, and logs.tar.gz with every log.
+# tool's folder; runs/device_checks without one) as each step ends: summary.md with every table and each step's
+# log; at the end logs.tar.gz with every log the runs wrote.
 # Exit status: the number of failed steps.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,6 +40,7 @@ step() {
   local verdict="FAILED, exit $rc"
   [ "$rc" = 124 ] && verdict+=", over ${limit} s"
   say "- $name: $([ "$rc" = 0 ] && echo ok || echo "$verdict"), $((SECONDS - started)) s"
+  cp "$WORK/$name.log" "$OUT/"  # what comes back even if the call runs out of time later
   [ "$rc" = 0 ] || { failed=$((failed + 1)); tail -n 15 "$WORK/$name.log"; }
   return "$rc"
 }
@@ -49,7 +53,7 @@ if [ -n "$why" ]; then
   exit 0
 fi
 if ls .whl/*.whl > /dev/null 2>&1; then
-  step install 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  step install 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -72,9 +76,13 @@ read -ra batches <<< "${CHECK_BATCHES:-1 16}"
 step step-bench "${CHECK_BENCH_S:-150}" "$PY" tools/bench/step.py --device cuda --batches "${batches[@]}" --steps 5
 { echo; sed -n '/^GPU:/,$p' "$WORK/step-bench.log"; } >> "$SUMMARY"
 
-export SMOKE_DIR="$WORK/smoke" SMOKE_ONLY="${CHECK_SMOKE:-zero2-bf16 zero3-fp32 local-bf16 shards-zero2-bf16}"
+step distributed-bench "${CHECK_DISTRIBUTED_S:-120}" "$PY" tools/bench/distributed.py --device cuda --precision bf16 \
+  --batch 16 --steps 5
+{ echo; sed -n '/^mv5/,$p' "$WORK/distributed-bench.log"; } >> "$SUMMARY"
+
+export SMOKE_DIR="$WORK/smoke" SMOKE_ONLY="${CHECK_SMOKE:-zero2-bf16 zero3-fp32 shards-zero2-bf16}"
 [ "$SMOKE_ONLY" = all ] && unset SMOKE_ONLY
-step gpu-smoke "${CHECK_SMOKE_S:-240}" bash tools/gpu_smoke.sh
+step gpu-smoke "${CHECK_SMOKE_S:-200}" bash tools/gpu_smoke.sh
 { echo; grep -E '^\|' "$WORK/gpu-smoke.log"; grep -E 'gpu_smoke: (FAILED|SKIPPED|all|.*FAILED)' "$WORK/gpu-smoke.log"; } \
   >> "$SUMMARY"
 
