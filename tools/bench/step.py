@@ -376,10 +376,10 @@ def profile(base: Met2Net, cfg: Config, batch: int, precision: str, device: torc
             print(f"  {e.self_cpu_time_total / 1e3:8.1f} {e.count:6d}  {', '.join(map(str, shapes))}")
 
 
-def inputs(cfg: Config, batch: int, device: torch.device, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of random inputs and targets on ``device`` (drawn on the CPU, so the same seed gives the same numbers
-    on every device)."""
-    g = torch.Generator().manual_seed(batch if seed is None else seed)
+def inputs(cfg: Config, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random inputs and targets on ``device``, seeded by the batch size and drawn on the CPU, so that
+    every device gets the same numbers."""
+    g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, cfg.model.in_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
     y = torch.randn(batch, cfg.model.out_frames, len(cfg.model.variables), *cfg.model.grid, generator=g)
     return x.to(device), y.to(device)
