@@ -14,7 +14,7 @@
 #      at ZeRO 2 on converted shards): the CUDA unit tests, then each configuration trained with NCCL at world
 #      size 1, resumed, consolidated and evaluated; its table of samples/s, MFU and peak memory. CHECK_SMOKE=all
 #      runs every configuration (raise CHECK_SMOKE_S to match).
-# The limits add up to 9 min 50 s, within one call's 10 minutes; with a machine's start, most of a 15-minute lease.
+# The limits add up to 9 min 45 s, within one call's 10 minutes; with a machine's start, most of a 15-minute lease.
 # Without a GPU that torch can use it says so and exits 0 having run nothing. Results land in $OUT (the device
 # tool's folder; runs/device_checks without one) as each step ends: summary.md with every table and each step's
 # log; at the end logs.tar.gz with every log the runs wrote.
@@ -58,7 +58,7 @@ if ls .whl/*.whl > /dev/null 2>&1; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} MET2NET_PYTHON=$PY
-step versions 60 "$PY" -c '
+step versions 45 "$PY" -c '
 import shutil, subprocess, torch
 query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv,noheader"]
 smi = subprocess.run(query, capture_output=True, text=True).stdout if shutil.which("nvidia-smi") else "no nvidia-smi"
@@ -73,7 +73,7 @@ import met2net.cli  # noqa: F401  (the package imports with these versions)
 { echo; echo '```'; cat "$WORK/versions.log"; echo '```'; } >> "$SUMMARY"
 
 read -ra batches <<< "${CHECK_BATCHES:-1 16}"
-step step-bench "${CHECK_BENCH_S:-150}" "$PY" tools/bench/step.py --device cuda --batches "${batches[@]}" --steps 5
+step step-bench "${CHECK_BENCH_S:-120}" "$PY" tools/bench/step.py --device cuda --batches "${batches[@]}" --steps 5
 { echo; sed -n '/^GPU:/,$p' "$WORK/step-bench.log"; } >> "$SUMMARY"
 
 step distributed-bench "${CHECK_DISTRIBUTED_S:-120}" "$PY" tools/bench/distributed.py --device cuda --precision bf16 \
@@ -82,7 +82,7 @@ step distributed-bench "${CHECK_DISTRIBUTED_S:-120}" "$PY" tools/bench/distribut
 
 export SMOKE_DIR="$WORK/smoke" SMOKE_ONLY="${CHECK_SMOKE:-zero2-bf16 zero3-fp32 shards-zero2-bf16}"
 [ "$SMOKE_ONLY" = all ] && unset SMOKE_ONLY
-step gpu-smoke "${CHECK_SMOKE_S:-200}" bash tools/gpu_smoke.sh
+step gpu-smoke "${CHECK_SMOKE_S:-240}" bash tools/gpu_smoke.sh
 { echo; grep -E '^\|' "$WORK/gpu-smoke.log"; grep -E 'gpu_smoke: (FAILED|SKIPPED|all|.*FAILED)' "$WORK/gpu-smoke.log"; } \
   >> "$SUMMARY"
 
