@@ -329,10 +329,11 @@ def timed_steps(
                 | runner.split
                 | {"memory": memory}
             )
-    out = {key: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for key, rs in rounds.items()}
-    for key, rs in rounds.items():
-        out[key]["memory"] = max(r["memory"] for r in rs)
-    return out
+    return {
+        key: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "memory"}
+        | {"memory": max(r["memory"] for r in rs)}
+        for key, rs in rounds.items()
+    }
 
 
 def timed(fn: Callable[[], object]) -> str:
